@@ -1,0 +1,41 @@
+# actmatch — run `make help` for the targets.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# torch/torchvision are installed first so pip resolves the rest against them.
+TORCH   ?= torch torchvision
+IMAGES  ?= ../shared/data/imagenet-sample
+OUT     ?= outputs
+
+.PHONY: help install demo test test-slow bench bench-explain lint clean
+
+help:  ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install actmatch with its dependencies
+
+demo: $(STAMP)  ## explain a bundled real photo (scikit-image's coffee) into outputs/demo/
+	$(BIN)/actmatch demo --out $(OUT)/demo
+
+test: $(STAMP)  ## run the fast test suite
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## run only the slow tests
+	$(BIN)/python -m pytest -q -m slow
+
+bench-explain: $(STAMP)  ## explain every image under IMAGES and print the area / label-kept table
+	$(BIN)/actmatch explain $(IMAGES) --out $(OUT)/bench-explain
+
+bench: $(STAMP)  ## compare actmatch with the baselines on IMAGES (actmatch benchmark)
+	$(BIN)/actmatch benchmark --images $(IMAGES) --out $(OUT)/benchmark
+
+clean:  ## remove outputs and caches (keeps .venv)
+	rm -rf $(OUT) wandb lightning_logs .pytest_cache

@@ -1,0 +1,50 @@
+"""The ``actmatch`` command: one entry, one module per subcommand.
+
+* ``explain``, ``demo``: per-image explanations of image files (actmatch.commands.explain)
+* ``circuit``: channel circuits behind decisions (actmatch.commands.circuit)
+* ``benchmark``: actmatch against the baselines (actmatch.commands.benchmark)
+* ``fit``, ``validate``, ``test``, ``predict``: LightningCLI over experiments/ configs
+  (actmatch.commands.lightning)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["main", "SUBCOMMANDS"]
+
+SUBCOMMANDS = {
+    "explain": ("actmatch.commands.explain", "explain images with per-image activation-matching masks"),
+    "demo": ("actmatch.commands.explain", "explain a bundled real photo (scikit-image's coffee)"),
+    "circuit": ("actmatch.commands.circuit", "read out the channel circuit behind decisions"),
+    "benchmark": ("actmatch.commands.benchmark", "compare actmatch with baseline explainers"),
+    "fit": ("actmatch.commands.lightning", "train the amortized explainer (LightningCLI)"),
+    "validate": ("actmatch.commands.lightning", "validate an explainer (LightningCLI)"),
+    "test": ("actmatch.commands.lightning", "test an explainer (LightningCLI)"),
+    "predict": ("actmatch.commands.lightning", "predict masks (LightningCLI)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: actmatch COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "`actmatch COMMAND --help` describes each command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"actmatch: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    return int(module.main(command, rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

