@@ -318,6 +318,7 @@ class ActMatchExplainer(L.LightningModule):
             "confidence_explanation": p_e,
             "label_kept": kept.bool(),
             "mask_area": area,
+            "terms": {name: value.detach() for name, value in out.terms.items()},  # name -> (B,) unweighted
         }
 
     def training_step(self, batch, batch_idx: int) -> dict:
