@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_info
 import actmatch.callbacks  # noqa: F401
 import actmatch.classifier_training  # noqa: F401
 import actmatch.datamodules  # noqa: F401
-import actmatch.explainers.losses  # noqa: F401
+from actmatch.explainers import losses as loss_terms
 from actmatch.explainers.module import ActMatchExplainer
 
 __all__ = ["ActMatchCLI", "RunConfigSaver", "main", "DEFAULT_LOGGER"]
@@ -71,11 +71,53 @@ class RunConfigSaver(SaveConfigCallback):
         rank_zero_info(f"resolved config saved to {path}")
 
 
+def loss_term_classes() -> dict[str, type[loss_terms.LossTerm]]:
+    """Log name -> class of every loss term in :mod:`actmatch.explainers.losses`."""
+    classes = {}
+    for name in loss_terms.__all__:
+        cls = getattr(loss_terms, name)
+        if isinstance(cls, type) and issubclass(cls, loss_terms.LossTerm) and cls is not loss_terms.LossTerm:
+            classes[_snake(cls.__name__)] = cls  # == LossTerm.name
+    return classes
+
+
+def _snake(name: str) -> str:
+    import re
+
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 class ActMatchCLI(LightningCLI):
-    """LightningCLI in subclass mode with actmatch's defaults (explainer model, W&B offline)."""
+    """LightningCLI in subclass mode with actmatch's defaults (explainer model, W&B offline).
+
+    ``--loss_weights.<term> W`` (e.g. ``--loss_weights.area 8``) sets the weight of the loss term
+    of that name already listed in ``model.init_args.losses``: the flat flags that loss-weight
+    ablations and W&B sweeps drive.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"model": {"class_path": f"{ActMatchExplainer.__module__}.{ActMatchExplainer.__name__}"}})
+        for name in loss_term_classes():
+            parser.add_argument(f"--loss_weights.{name}", type=float | None, default=None,
+                                help=f"weight of the {name} loss term listed in model.init_args.losses")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        weights = {k: v for k, v in vars(config.get("loss_weights") or {}).items() if v is not None}
+        if not weights:
+            return
+        classes = loss_term_classes()
+        losses = config.model.init_args.get("losses") if "init_args" in config.model else None
+        if not losses:
+            raise ValueError("--loss_weights needs the loss terms listed in the config (model.init_args.losses)")
+        for name, weight in weights.items():
+            cls = classes[name]
+            entries = [t for t in losses if str(t.class_path).rsplit(".", 1)[-1] == cls.__name__]
+            if not entries:
+                raise ValueError(f"--loss_weights.{name}: the config has no {cls.__name__} term; "
+                                 f"add it to model.init_args.losses first")
+            for entry in entries:
+                entry.init_args.weight = float(weight)
 
 
 def main(command: str, argv: list[str]) -> int:

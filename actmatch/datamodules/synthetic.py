@@ -1,15 +1,17 @@
 """Synthetic images with ground-truth evidence: the framework's test bench without ImageNet.
 
-Each image has a textured or cluttered background, a few distractors (rings, bars, dots:
-shapes that never decide a class) and one **class object** whose shape decides the label
-(disk, square, triangle, cross, diamond, ...). Colours are random, so only the shape is
-evidence. The sample comes with the object's pixel mask as ``evidence_mask``.
+Each image has a textured or cluttered background and a few distractors (rings, bars, dots:
+shapes that never decide a class), all in desaturated colours, and one **class object**
+whose shape (disk, square, triangle, cross, ...) and saturated class colour decide the label.
+Everything that identifies the class is in that one object, and the sample comes with its
+pixel mask as ``evidence_mask``. (Colour makes the set learnable by a small CPU-trained
+classifier in a couple of minutes; shape alone takes far longer.)
 
-The **shortcut** variant adds a small coloured patch whose colour predicts the class
-perfectly, while the object's shape agrees with the label only with probability
-``object_agreement`` (chance by default). A classifier trained on it learns the patch; a
-faithful explainer puts its mask on the patch (``evidence_mask`` is then the patch and
-``object_mask`` the now-uninformative object).
+The **shortcut** variant draws the object in a desaturated colour with a shape that agrees
+with the label only with probability ``object_agreement`` (chance by default), and adds a
+small patch in the class colour: the patch predicts the class perfectly. A classifier
+trained on it learns the patch; a faithful explainer puts its mask on the patch
+(``evidence_mask`` is then the patch and ``object_mask`` the object).
 
 Every sample is a pure function of ``(seed, index)``: datasets are deterministic and splits
 with different seeds are disjoint draws.
@@ -28,7 +30,7 @@ __all__ = ["SHAPES", "PATCH_COLOURS", "SyntheticEvidence", "SyntheticDataModule"
 
 SHAPES = ("disk", "square", "triangle", "cross", "diamond", "ring_square")
 DISTRACTORS = ("ring", "bar", "dot")
-# one saturated colour per class for the shortcut patch
+# one saturated colour per class (the class object, or the shortcut patch)
 PATCH_COLOURS = (
     (1.0, 0.0, 0.0),
     (0.0, 0.9, 0.0),
@@ -146,7 +148,7 @@ class SyntheticEvidence(Dataset):
     def _background(self, g: torch.Generator) -> torch.Tensor:
         s = self.image_size
         ys, xs = (t / (s - 1) for t in _grid(s))
-        base = torch.rand(3, 1, 1, generator=g) * 0.6 + 0.2  # (3, 1, 1)
+        base = self._dull(g)  # (3, 1, 1)
         img = base.expand(3, s, s).clone()
         if self.background == "texture":
             for _ in range(3):  # random coloured gratings
@@ -154,13 +156,13 @@ class SyntheticEvidence(Dataset):
                 theta = math.pi * torch.rand(1, generator=g).item()
                 phase = 2 * math.pi * torch.rand(1, generator=g).item()
                 wave = torch.sin(2 * math.pi * freq * (xs * math.cos(theta) + ys * math.sin(theta)) + phase)
-                img = img + 0.12 * (torch.rand(3, 1, 1, generator=g) - 0.5) * 2 * wave
+                img = img + 0.12 * (torch.rand(1, generator=g) - 0.5) * 2 * wave
         else:  # clutter: many faint small shapes
             for _ in range(12):
                 kind = DISTRACTORS[int(torch.randint(len(DISTRACTORS), (1,), generator=g))]
                 cy, cx = (torch.rand(2, generator=g) * s).tolist()
                 m = render_shape(kind, s, cy, cx, s * (0.04 + 0.06 * torch.rand(1, generator=g).item()), math.pi * torch.rand(1, generator=g).item())
-                img = torch.where(m, 0.7 * img + 0.3 * torch.rand(3, 1, 1, generator=g), img)
+                img = torch.where(m, 0.7 * img + 0.3 * self._dull(g), img)
         img = img + 0.05 * torch.randn(3, s, s, generator=g)
         return img
 
@@ -175,13 +177,24 @@ class SyntheticEvidence(Dataset):
         return cy, cx
 
     @staticmethod
-    def _colour(g: torch.Generator, avoid: torch.Tensor) -> torch.Tensor:
-        """A random colour at least somewhat different from ``avoid`` (3,)."""
+    def _dull(g: torch.Generator) -> torch.Tensor:
+        """A random desaturated colour (3, 1, 1): grey level plus a faint tint."""
+        grey = 0.15 + 0.7 * torch.rand(1, generator=g)
+        return (grey + 0.16 * (torch.rand(3, generator=g) - 0.5)).clamp(0, 1).view(3, 1, 1)
+
+    @classmethod
+    def _colour(cls, g: torch.Generator, avoid: torch.Tensor) -> torch.Tensor:
+        """A random desaturated colour whose grey level differs from ``avoid`` (3,)."""
         for _ in range(10):
-            colour = torch.rand(3, generator=g)
-            if (colour - avoid).abs().max() > 0.35:
+            colour = cls._dull(g)
+            if (colour.mean() - avoid.mean()).abs() > 0.2:
                 break
-        return colour.view(3, 1, 1)
+        return colour
+
+    @staticmethod
+    def _class_colour(g: torch.Generator, label: int) -> torch.Tensor:
+        """The class's saturated colour with a little brightness jitter (3, 1, 1)."""
+        return (torch.tensor(PATCH_COLOURS[label]) * (0.8 + 0.2 * torch.rand(1, generator=g))).view(3, 1, 1)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.size:
@@ -200,7 +213,8 @@ class SyntheticEvidence(Dataset):
         cy, cx = self._place(g, radius, occupied)
         angle = (torch.rand(1, generator=g).item() - 0.5) * 0.5
         obj = render_shape(SHAPES[shape], s, cy, cx, radius, angle)
-        img = torch.where(obj, self._colour(g, bg_colour), img)
+        colour = self._class_colour(g, label) if self.variant == "object" else self._colour(g, bg_colour)
+        img = torch.where(obj, colour, img)
         occupied |= obj
 
         lo, hi = self.distractors
