@@ -1,0 +1,264 @@
+"""``actmatch circuit``: the channel circuits behind the decisions on image files.
+
+For each image: a per-image activation-matching mask (``--steps``), or the ``mask.png`` of an
+earlier ``actmatch explain`` run (``--masks-from DIR``: ``DIR/<image stem>/mask.png``, 0/255 at
+the file's size, resized to the model input with nearest neighbours); then the circuits of the
+explanation and of the original image, their ablation test and, with ``--search``, the
+smallest per-layer channel fraction that keeps the original top-1 label.
+
+Writes ``OUT/<image stem>/`` (``circuit.json``, ``circuit.graphml``, ``circuit.png``,
+``circuit_original.json``, ``circuit_comparison.png``, ``mask.png``, ``circuit_summary.json``),
+``OUT/circuits.csv`` (one row per image) and ``OUT/circuits_summary.json``, and prints a summary.
+Unreadable images are reported by name and the others still run; the exit code is 1 if any
+image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_rgb, resize_for_model, to_tensor
+from actmatch.explainers.circuits import ABLATIONS, DEFAULT_FRACTIONS, SCORINGS, MeanAblation, write_circuit_outputs
+from actmatch.explainers.classifier import ClassifierLoadError
+
+__all__ = ["main", "read_mask", "CSV_FIELDS", "summarize"]
+
+CSV_FIELDS = [
+    "image",
+    "label",
+    "label_name",
+    "mask_source",
+    "mask_area",
+    "explanation_label_kept",
+    "circuit_fraction",
+    "circuit_nodes",
+    "circuit_label_kept",
+    "circuit_confidence",
+    "circuit_fraction_original",
+    "circuit_nodes_original_smallest",
+    "circuit_label_kept_original",
+    "circuit_nodes_original",
+    "circuit_jaccard_nodes",
+    "circuit_jaccard_edges",
+    "circuit_scoring",
+    "circuit_ablation",
+    "seconds",
+    "status",
+    "error",
+]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="actmatch circuit",
+        description="Read out, draw and test (by ablation) the channel circuit behind each image's decision.",
+    )
+    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--out", default="outputs/circuit", help="output folder (default: %(default)s)")
+    parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
+    parser.add_argument("--weights", default=None, help="local classifier checkpoint (.pth/.safetensors)")
+    parser.add_argument("--taps", nargs="+", default=None, help="circuit layers (default: the backbone's stages)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--k", type=int, default=None, help="channels per tapped layer (absolute)")
+    size.add_argument("--fraction", type=float, default=None, help="fraction of channels per tapped layer (default 0.1)")
+    parser.add_argument("--scoring", choices=sorted(SCORINGS), default="gradient",
+                        help="edge scoring: weight (one conv/linear between taps), gradient (any), auto (default: %(default)s)")
+    parser.add_argument("--ablation", choices=sorted(ABLATIONS), default="zero",
+                        help="what replaces channels outside the circuit: zero, or their mean over the given images")
+    parser.add_argument("--steps", type=int, default=None, help="per-image optimisation steps of the mask")
+    parser.add_argument("--masks-from", default=None, help="folder of an earlier `actmatch explain` run: reuse DIR/<stem>/mask.png")
+    parser.add_argument("--search", action="store_true",
+                        help=f"find the smallest per-layer fraction that keeps the label (grid {list(DEFAULT_FRACTIONS)})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mask fit (default: 0)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.k is not None and args.k < 1:
+        parser.error(f"--k must be >= 1, got {args.k}")
+    if args.fraction is not None and not 0 < args.fraction <= 1:
+        parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    if args.search and (args.k is not None or args.fraction is not None):
+        parser.error("--search finds the fraction itself; drop --k/--fraction")
+    if args.masks_from is not None and not Path(args.masks_from).is_dir():
+        parser.error(f"--masks-from {args.masks_from}: no such folder (give the --out folder of `actmatch explain`)")
+    return args
+
+
+def read_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """A 0/255 ``mask.png`` as a (1, 1, h, w) {0, 1} mask at the model input ``size`` (nearest)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such mask (run `actmatch explain` on this image first, or drop --masks-from)")
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("L"), dtype=np.float32)
+    except OSError as err:
+        raise ImageReadError(f"{path}: unreadable mask ({err})") from err
+    mask = torch.from_numpy((array > 127).astype(np.float32))[None, None]  # (1, 1, H, W)
+    return F.interpolate(mask, size=size, mode="nearest")
+
+
+def _load(path: Path, classifier) -> tuple[Image.Image, torch.Tensor]:
+    original = read_rgb(path)
+    try:
+        image = resize_for_model(to_tensor(original), classifier.input_size, classifier.fixed_input_size)
+    except ImageReadError as err:
+        raise ImageReadError(f"{path}: {err}") from err
+    return original, image[None]
+
+
+def _write_mask(mask: torch.Tensor, size: tuple[int, int], path: Path) -> None:
+    full = F.interpolate(mask.float().cpu(), size=size, mode="nearest")[0, 0]
+    Image.fromarray((full.numpy() > 0.5).astype(np.uint8) * 255).save(path)
+
+
+def _quantiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {"min": ordered[0], "median": statistics.median(ordered), "max": ordered[-1],
+            "mean": round(statistics.fmean(ordered), 4)}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Aggregate of ``circuits.csv`` rows: fraction distribution, share kept at <= 10%, sizes."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    out: dict = {"images": len(rows), "ok": len(ok), "failed": len(rows) - len(ok)}
+    if not ok:
+        return out
+    out["circuit_label_kept"] = sum(bool(r["circuit_label_kept"]) for r in ok) / len(ok)
+    searched = [r for r in ok if "circuit_fraction_original" in r and r.get("searched")]
+    if searched:
+        for key, name in (("circuit_fraction", "explanation"), ("circuit_fraction_original", "original")):
+            found = [r[key] for r in searched if r[key] is not None and (key != "circuit_fraction" or r["circuit_label_kept"])]
+            histogram = {str(f): sum(1 for v in found if v == f) for f in DEFAULT_FRACTIONS}
+            histogram["none"] = len(searched) - len(found)
+            out[f"smallest_fraction_{name}"] = {
+                "distribution": histogram,
+                **_quantiles(found),
+                "share_kept_at_10pct": sum(1 for v in found if v <= 0.1) / len(searched),
+            }
+        pairs = [(r["circuit_fraction"], r["circuit_fraction_original"]) for r in searched
+                 if r["circuit_label_kept"] and r["circuit_fraction_original"] is not None]
+        out["explanation_vs_original"] = {
+            "pairs": len(pairs),
+            "explanation_smaller": sum(e < x for e, x in pairs),
+            "equal": sum(e == x for e, x in pairs),
+            "explanation_larger": sum(e > x for e, x in pairs),
+            "nodes_explanation": _quantiles([r["circuit_nodes"] for r in searched if r["circuit_label_kept"]]),
+            "nodes_original": _quantiles([r["circuit_nodes_original_smallest"] for r in searched
+                                          if r["circuit_nodes_original_smallest"] is not None]),
+        }
+    out["jaccard_nodes"] = _quantiles([r["circuit_jaccard_nodes"] for r in ok])
+    return out
+
+
+def print_summary(summary: dict, stream=sys.stdout) -> None:
+    print(f"images: {summary['images']}  ok: {summary['ok']}  failed: {summary['failed']}", file=stream)
+    if not summary.get("ok"):
+        return
+    print(f"circuit keeps the label: {100 * summary['circuit_label_kept']:.0f}% of images", file=stream)
+    for name in ("explanation", "original"):
+        stats = summary.get(f"smallest_fraction_{name}")
+        if stats:
+            dist = ", ".join(f"{k}: {v}" for k, v in stats["distribution"].items() if v)
+            print(f"smallest label-keeping fraction per layer ({name}): median {stats.get('median')}  [{dist}]", file=stream)
+            print(f"  kept with <= 10% of channels per layer: {100 * stats['share_kept_at_10pct']:.0f}% of images", file=stream)
+    comp = summary.get("explanation_vs_original")
+    if comp:
+        print(
+            f"explanation's circuit vs original's (smallest fractions, {comp['pairs']} images): smaller "
+            f"{comp['explanation_smaller']}, equal {comp['equal']}, larger {comp['explanation_larger']}; "
+            f"median channels {comp['nodes_explanation'].get('median')} vs {comp['nodes_original'].get('median')}",
+            file=stream,
+        )
+    print(f"node Jaccard original vs explanation: median {summary['jaccard_nodes'].get('median')}", file=stream)
+
+
+def main(command: str, argv: list[str]) -> int:
+    args = parse_args(argv)
+    from actmatch.commands.explain import build_explainer
+
+    out_dir = Path(args.out)
+    torch.manual_seed(args.seed)
+    try:
+        explainer = build_explainer(None, args.backbone, args.weights, args.steps).to(args.device)
+        if args.taps is not None:
+            from actmatch.explainers.taps import validate_layers
+
+            validate_layers(explainer.classifier, args.taps)
+    except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
+        print(f"actmatch circuit: {err}", file=sys.stderr)
+        return 2
+    classifier = explainer.classifier
+    paths = expand_image_paths(args.images)
+    if not paths:
+        print(f"actmatch circuit: no images found in {args.images}", file=sys.stderr)
+        return 2
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers = args.taps or explainer.taps
+    ablation = args.ablation
+    if ablation == "mean":  # dataset means over the readable images (one forward pass each)
+        images = []
+        for path in paths:
+            try:
+                images.append(_load(path, classifier)[1].to(explainer.device))
+            except (ImageReadError, OSError):
+                pass  # reported in the main loop
+        ablation = MeanAblation.from_images(classifier, images, list(layers)) if images else "mean"
+    k = args.k if args.k is not None else args.fraction
+    rows = []
+    start_all = time.perf_counter()
+    bar = tqdm(paths, desc="circuits", unit="image", file=sys.stderr)
+    for path in bar:
+        bar.set_postfix_str(path.name[:30])
+        start = time.perf_counter()
+        row = {"image": str(path), "searched": args.search}
+        try:
+            original, image = _load(path, classifier)
+            image = image.to(explainer.device)
+            if args.masks_from:
+                mask = read_mask(Path(args.masks_from) / path.stem / "mask.png", tuple(image.shape[-2:]))
+                row["mask_source"] = str(Path(args.masks_from) / path.stem / "mask.png")
+            else:
+                mask = explainer.fit_images(image, steps=args.steps, seed=args.seed).masks
+                row["mask_source"] = f"fit ({args.steps or explainer.steps} steps)"
+            evaluated = explainer.evaluate(image, mask.to(explainer.device))
+            label = int(evaluated.label[0])
+            folder = out_dir / path.stem
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_mask(mask, (original.size[1], original.size[0]), folder / "mask.png")
+            summary = write_circuit_outputs(explainer, image, mask, folder, k=k, scoring=args.scoring, ablation=ablation,
+                                            search=args.search, layers=layers)
+            row.update(
+                label=label, label_name=classifier.class_name(label), mask_area=round(float(mask.mean()), 6),
+                explanation_label_kept=bool(evaluated.label_kept[0]), **summary,
+                seconds=round(time.perf_counter() - start, 2), status="ok", error="",
+            )
+            (folder / "circuit_summary.json").write_text(json.dumps(row, indent=2) + "\n")
+        except (ImageReadError, OSError, ValueError, RuntimeError) as err:
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            tqdm.write(f"error: {message}", file=sys.stderr)
+            row.update(status="error", error=message)
+        rows.append(row)
+    with open(out_dir / "circuits.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(rows)
+    (out_dir / "circuits_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(summary)
+    print(f"wrote {out_dir}/ in {time.perf_counter() - start_all:.1f} s")
+    return 1 if summary["failed"] else 0

@@ -1,0 +1,322 @@
+"""The circuit graph: nodes, scored edges, class links and faithfulness, as a networkx DiGraph.
+
+Node ids are ``"<layer>:<channel>"`` for channels and ``"class:<index>"`` for classes. Node
+attributes: ``kind`` (channel | class), ``layer``, ``layer_index`` (column), ``channel``,
+``activation`` (mean activation; the logit for classes), ``energy`` (mean |activation|),
+``rank`` (0 = most energetic in its layer); classes also ``name`` and ``probability``. Edge
+attributes: ``kind`` (edge | class_link), ``score``, ``scoring`` (weight | gradient | fc).
+Graph attributes: backbone, input, scoring, ablation, layers, channels, counts, fraction, label,
+label_name, label_kept, confidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+from torch import nn
+
+from actmatch.explainers.circuits.ablation import Ablation, Faithfulness, ablated_logits, faithfulness, make_ablation
+from actmatch.explainers.circuits.edges import EdgeScoring, make_scoring
+from actmatch.explainers.circuits.nodes import (
+    PRE_LOGITS,
+    Activations,
+    KSpec,
+    find_head,
+    read_activations,
+    resolve_counts,
+    sites,
+    top_channels,
+)
+from actmatch.explainers.taps import default_taps, validate_layers
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "CircuitReader",
+    "SearchResult",
+    "read_circuit",
+    "circuit_channels",
+    "compare_circuits",
+    "node_id",
+]
+
+DEFAULT_FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+"""Per-layer channel fractions tried by :meth:`CircuitReader.search` (grid)."""
+
+
+def node_id(layer: str, channel: int) -> str:
+    """Graph id of a channel node (``layer:channel``) or a class node (``class:index``)."""
+    return f"{layer}:{channel}"
+
+
+@dataclass
+class SearchResult:
+    """Smallest per-layer channel fraction whose circuit keeps the label.
+
+    Attributes:
+        fraction: the smallest fraction found, None when even the full model loses the label.
+        trials: (fraction, label kept, confidence) for every fraction tried, in order tried.
+    """
+
+    fraction: float | None
+    trials: list[tuple[float, bool, float]] = field(default_factory=list)
+
+    @property
+    def label_kept(self) -> bool:
+        return self.fraction is not None
+
+
+class CircuitReader:
+    """Reads out, scores and tests the channel circuit of one image at a time.
+
+    Args:
+        classifier: a FrozenClassifier (images in [0, 1]) or any model taking the images as given.
+        layers: tapped layers (None: the backbone's stages from timm's feature_info); sorted into
+            forward order on first use. Unknown names raise an error listing the valid ones.
+        k: channels per layer (int, fraction or per-layer mapping; see
+            :func:`~actmatch.explainers.circuits.nodes.resolve_counts`). The pre-logits layer takes
+            the value given for it, else the global k (an int k larger than its feature count
+            keeps all features).
+        scoring: ``weight``, ``gradient``, ``auto`` or an :class:`EdgeScoring`.
+        ablation: ``zero``, ``mean`` or an :class:`Ablation` (faithfulness test).
+        top_classes: class nodes: the label plus the next top classes up to this many.
+        head: the linear classifier head (default: timm's ``get_classifier()``).
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        layers: Sequence[str] | None = None,
+        k: KSpec = 0.1,
+        scoring: str | EdgeScoring = "gradient",
+        ablation: str | Ablation = "zero",
+        top_classes: int = 1,
+        head: str | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.layers = validate_layers(classifier, list(layers)) if layers is not None else default_taps(classifier)
+        self.head = find_head(classifier, head)
+        self.k = k
+        self.scoring = make_scoring(scoring)
+        self.ablation = make_ablation(ablation)
+        if top_classes < 1:
+            raise ValueError(f"top_classes must be >= 1, got {top_classes}")
+        self.top_classes = top_classes
+        self.chunk = 4  # images per batched ablation forward pass
+
+    @property
+    def device(self) -> torch.device:
+        buffers = list(self.classifier.buffers()) + list(self.classifier.parameters())
+        return buffers[0].device if buffers else torch.device("cpu")
+
+    # ------------------------------------------------------------------ nodes
+    def activations(self, image: torch.Tensor) -> Activations:
+        """One forward pass of ``image`` (1, 3, H, W); fixes the forward order of the taps."""
+        acts = read_activations(self.classifier, image.to(self.device), self.layers, self.head)
+        self.layers = acts.layers[:-1]
+        return acts
+
+    def counts(self, acts: Activations, k: KSpec | None = None) -> dict[str, int]:
+        """Channels kept per layer (taps and pre-logits)."""
+        k = self.k if k is None else k
+        channels = {name: acts.channels(name) for name in acts.layers}
+        if not isinstance(k, Mapping):
+            spec = {name: k for name in self.layers}
+            spec[PRE_LOGITS] = k if isinstance(k, float) else min(k, acts.channels(PRE_LOGITS))
+            k = spec
+        elif PRE_LOGITS not in k:
+            fractions = [v for v in k.values() if isinstance(v, float)]
+            k = {**k, PRE_LOGITS: max(fractions) if fractions else 1.0}
+        return resolve_counts(k, channels)
+
+    def keep(self, acts: Activations, k: KSpec | None = None) -> dict[str, torch.Tensor]:
+        """Tap layer -> (C,) bool mask of the circuit's channels."""
+        counts = self.counts(acts, k)
+        masks = {}
+        for name in self.layers:
+            mask = torch.zeros(acts.channels(name), dtype=torch.bool)
+            mask[top_channels(acts.energy[name], counts[name])] = True
+            masks[name] = mask
+        return masks
+
+    # ------------------------------------------------------------------ faithfulness
+    def faithfulness(
+        self, image: torch.Tensor, k: KSpec | None = None, label: int | None = None, acts: Activations | None = None
+    ) -> Faithfulness:
+        """Classify ``image`` with every tapped channel outside the circuit ablated."""
+        acts = acts or self.activations(image)
+        return faithfulness(self.classifier, image.to(self.device), self.keep(acts, k), label, self.ablation,
+                            acts.logits.to(self.device))
+
+    def search(
+        self,
+        image: torch.Tensor,
+        label: int | None = None,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        method: str = "grid",
+        tolerance: float = 0.005,
+    ) -> SearchResult:
+        """Smallest per-layer fraction whose circuit keeps ``label`` (default: the image's top-1).
+
+        ``grid`` tries ``fractions`` in increasing order and stops at the first that keeps the
+        label (exact on the grid). ``bisect`` assumes that keeping more channels never loses the
+        label and halves [0, 1] down to ``tolerance`` (fewer forward passes, may miss
+        non-monotone cases).
+        """
+        if method not in ("grid", "bisect"):
+            raise ValueError(f"unknown search method {method!r}; choose 'grid' or 'bisect'")
+        image = image.to(self.device)
+        acts = self.activations(image)
+        label = int(acts.logits.argmax()) if label is None else int(label)
+        trials: list[tuple[float, bool, float]] = []
+
+        def test(fraction: float) -> bool:
+            result = self.faithfulness(image, float(fraction), label, acts)
+            trials.append((float(fraction), result.label_kept, result.confidence))
+            return result.label_kept
+
+        if method == "grid":
+            grid = sorted(set(float(f) for f in fractions))
+            if not grid or not all(0 < f <= 1 for f in grid):
+                raise ValueError(f"fractions must be a non-empty list of values in (0, 1], got {list(fractions)}")
+            for start in range(0, len(grid), self.chunk):  # a few fractions per batched forward pass
+                part = grid[start : start + self.chunk]
+                logits = ablated_logits(self.classifier, image, [self.keep(acts, f) for f in part], self.ablation, self.chunk)
+                probs = logits.softmax(-1)
+                for fraction, row in zip(part, probs):
+                    trials.append((fraction, int(row.argmax()) == label, float(row[label])))
+                    if trials[-1][1]:
+                        return SearchResult(fraction, trials)
+            return SearchResult(None, trials)
+        if not test(1.0):
+            return SearchResult(None, trials)
+        low, high = 0.0, 1.0  # low never kept (or untested), high kept
+        while high - low > tolerance:
+            middle = (low + high) / 2
+            if test(middle):
+                high = middle
+            else:
+                low = middle
+        return SearchResult(high, trials)
+
+    # ------------------------------------------------------------------ graph
+    def read(
+        self,
+        image: torch.Tensor,
+        k: KSpec | None = None,
+        label: int | None = None,
+        input_name: str = "explanation",
+        test: bool = True,
+    ) -> nx.DiGraph:
+        """The circuit of ``image`` (1, 3, H, W) as a DiGraph (see the module docstring).
+
+        Args:
+            k: channels per layer (default: the reader's ``k``).
+            label: the class to link and to test (default: the image's top-1).
+            input_name: recorded as the graph's ``input`` (e.g. explanation or original).
+            test: run the ablation test and record ``label_kept`` / ``confidence``.
+        """
+        image = image.to(self.device)
+        acts = self.activations(image)
+        k = self.k if k is None else k
+        counts = self.counts(acts, k)
+        label = int(acts.logits.argmax()) if label is None else int(label)
+        names = getattr(self.classifier, "class_names", None) or []
+        graph = nx.DiGraph(
+            backbone=str(getattr(self.classifier, "name", type(self.classifier).__name__)),
+            input=input_name,
+            scoring=self.scoring.name,
+            ablation=self.ablation.name,
+            layers=list(acts.layers),
+            channels={name: acts.channels(name) for name in acts.layers},
+            counts=counts,
+            label=label,
+            label_name=names[label] if label < len(names) else str(label),
+        )
+        if isinstance(k, float):
+            graph.graph["fraction"] = float(k)
+        kept = {}
+        for index, layer in enumerate(acts.layers):
+            kept[layer] = top_channels(acts.energy[layer], counts[layer])
+            for rank, channel in enumerate(kept[layer].tolist()):
+                graph.add_node(
+                    node_id(layer, channel), kind="channel", layer=layer, layer_index=index, channel=channel,
+                    activation=float(acts.mean[layer][channel]), energy=float(acts.energy[layer][channel]), rank=rank,
+                )
+        where = sites(self.classifier, acts.layers, self.head)
+        for source, target in zip(acts.layers[:-1], acts.layers[1:]):
+            used = self.scoring.used(self.classifier, image, where[source], where[target])
+            scores = self.scoring.score(self.classifier, image, where[source], where[target], acts, kept[source], kept[target])
+            for a, i in enumerate(kept[source].tolist()):
+                for b, j in enumerate(kept[target].tolist()):
+                    if scores[a, b] > 0:
+                        graph.add_edge(node_id(source, i), node_id(target, j), kind="edge", score=float(scores[a, b]), scoring=used)
+        self._class_links(graph, acts, kept[PRE_LOGITS], label, names)
+        if test:
+            result = self.faithfulness(image, k, label, acts)
+            graph.graph.update(label_kept=result.label_kept, confidence=result.confidence,
+                               label_ablated=result.label_ablated, confidence_full=result.confidence_full)
+        return graph
+
+    def _class_links(self, graph: nx.DiGraph, acts: Activations, features: torch.Tensor, label: int, names: list[str]) -> None:
+        head = dict(getattr(self.classifier, "model", self.classifier).named_modules())[self.head]
+        weight = head.weight.detach().abs().cpu()  # (K, F)
+        probs = acts.probs
+        classes = [label] + [c for c in torch.argsort(probs, descending=True).tolist() if c != label][: self.top_classes - 1]
+        index = len(acts.layers)
+        energy = acts.energy[PRE_LOGITS]
+        for c in classes:
+            graph.add_node(
+                node_id("class", c), kind="class", layer="classes", layer_index=index, channel=c,
+                activation=float(acts.logits[c]), energy=float(probs[c]), rank=classes.index(c),
+                name=names[c] if c < len(names) else str(c), probability=float(probs[c]),
+            )
+            for i in features.tolist():
+                score = float(weight[c, i] * energy[i])
+                if score > 0:
+                    graph.add_edge(node_id(PRE_LOGITS, i), node_id("class", c), kind="class_link", score=score, scoring="fc")
+
+
+def read_circuit(classifier: nn.Module, image: torch.Tensor, **kwargs) -> nx.DiGraph:
+    """Shortcut: ``CircuitReader(classifier, **reader_kwargs).read(image, k=..., label=...)``."""
+    read_kwargs = {key: kwargs.pop(key) for key in ("label", "input_name", "test") if key in kwargs}
+    return CircuitReader(classifier, **kwargs).read(image, **read_kwargs)
+
+
+def circuit_channels(graph: nx.DiGraph) -> dict[str, list[int]]:
+    """Layer -> channels of the circuit (channel nodes only), in rank order."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for _, data in graph.nodes(data=True):
+        if data.get("kind") == "channel":
+            out.setdefault(data["layer"], []).append((data["rank"], data["channel"]))
+    return {layer: [c for _, c in sorted(items)] for layer, items in out.items()}
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def compare_circuits(a: nx.DiGraph, b: nx.DiGraph) -> dict:
+    """Shared channel nodes and edges of two circuits (e.g. original vs explanation), with Jaccard overlap."""
+    nodes_a = {n for n, d in a.nodes(data=True) if d.get("kind") == "channel"}
+    nodes_b = {n for n, d in b.nodes(data=True) if d.get("kind") == "channel"}
+    edges_a = {(u, v) for u, v, d in a.edges(data=True) if d.get("kind") == "edge"}
+    edges_b = {(u, v) for u, v, d in b.edges(data=True) if d.get("kind") == "edge"}
+    per_layer = {}
+    for layer in dict.fromkeys(list(a.graph.get("layers", [])) + list(b.graph.get("layers", []))):
+        la = {n for n in nodes_a if a.nodes[n]["layer"] == layer}
+        lb = {n for n in nodes_b if b.nodes[n]["layer"] == layer}
+        per_layer[layer] = _jaccard(la, lb)
+    return {
+        "nodes_a": len(nodes_a),
+        "nodes_b": len(nodes_b),
+        "shared_nodes": sorted(nodes_a & nodes_b),
+        "jaccard_nodes": _jaccard(nodes_a, nodes_b),
+        "edges_a": len(edges_a),
+        "edges_b": len(edges_b),
+        "shared_edges": len(edges_a & edges_b),
+        "jaccard_edges": _jaccard(edges_a, edges_b),
+        "jaccard_per_layer": per_layer,
+    }

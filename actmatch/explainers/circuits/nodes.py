@@ -1,0 +1,215 @@
+"""Circuit nodes: the most energetic channels at each tapped layer.
+
+One forward pass of a single image records, at every tapped layer, the feature map
+a_c(p) (post-activation where the layer ends in an activation) and, at the classifier head,
+its input: the pooled penultimate features f_i. A channel's **energy** is its mean absolute
+activation over positions,
+
+    E_c = (1 / |P|) Σ_p |a_c(p)|,
+
+which equals the mean activation after a ReLU. The circuit keeps, per layer, the k channels
+of highest energy; k is absolute (an ``int`` ≥ 1) or a fraction of the layer's channels
+(a ``float`` in (0, 1], rounded up, at least one channel), the same for every layer or given
+per layer as a mapping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
+
+__all__ = [
+    "PRE_LOGITS",
+    "KSpec",
+    "Site",
+    "Activations",
+    "find_head",
+    "resolve_counts",
+    "read_activations",
+    "top_channels",
+    "sites",
+]
+
+PRE_LOGITS = "pre_logits"
+"""Name of the layer of pooled penultimate features (the input of the linear classifier head)."""
+
+KSpec = int | float | Mapping[str, int | float]
+"""Channels per layer: an int (absolute), a float in (0, 1] (fraction), or a per-layer mapping."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a layer's activations are read: the ``output`` of a module, or its ``input``."""
+
+    name: str  # layer name in the circuit
+    module: str  # module name in the model
+    kind: str = "output"  # "output" | "input"
+
+
+@dataclass
+class Activations:
+    """One image's activations at the circuit's layers (all on CPU, batch dimension dropped).
+
+    Attributes:
+        layers: layer names in forward order; the last one is :data:`PRE_LOGITS`.
+        maps: layer -> (C, h, w) feature map ((F, 1, 1) for the pre-logits features).
+        energy: layer -> (C,) mean absolute activation.
+        mean: layer -> (C,) mean (signed) activation.
+        logits: (K,) class logits.
+    """
+
+    layers: list[str]
+    maps: dict[str, torch.Tensor]
+    energy: dict[str, torch.Tensor] = field(default_factory=dict)
+    mean: dict[str, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name, fmap in self.maps.items():
+            self.energy.setdefault(name, fmap.abs().flatten(1).mean(1))
+            self.mean.setdefault(name, fmap.flatten(1).mean(1))
+
+    def channels(self, layer: str) -> int:
+        """Number of channels at ``layer``."""
+        return int(self.maps[layer].shape[0])
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(K,) softmax of the logits."""
+        return self.logits.softmax(-1)
+
+
+def _model_of(module: nn.Module) -> nn.Module:
+    return getattr(module, "model", module)
+
+
+def find_head(classifier: nn.Module, head: str | None = None) -> str:
+    """Name of the linear classifier head: ``head`` if given, timm's ``get_classifier()``, or the
+    last ``nn.Linear`` of the model.
+
+    Raises:
+        ValueError: no such module, or it is not ``nn.Linear``.
+    """
+    model = _model_of(classifier)
+    modules = dict(model.named_modules())
+    if head is not None:
+        validate_layers(classifier, [head])
+        if not isinstance(modules[head], nn.Linear):
+            raise ValueError(f"the head {head!r} is a {type(modules[head]).__name__}, not nn.Linear; name the final linear layer")
+        return head
+    if hasattr(model, "get_classifier"):
+        fc = model.get_classifier()
+        for name, module in modules.items():
+            if module is fc and isinstance(fc, nn.Linear):
+                return name
+    linear = [name for name, module in modules.items() if isinstance(module, nn.Linear)]
+    if not linear:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear classifier head, so class links cannot be scored; "
+            f"pass head=NAME of the final linear layer"
+        )
+    return linear[-1]
+
+
+def resolve_counts(k: KSpec, channels: Mapping[str, int]) -> dict[str, int]:
+    """Channels to keep per layer.
+
+    Args:
+        k: int ≥ 1 (absolute), float in (0, 1] (fraction, rounded up, ≥ 1 channel), or a mapping
+            layer -> int/float; layers missing from a mapping keep all channels.
+        channels: layer -> number of channels.
+
+    Raises:
+        ValueError: k out of range, larger than a layer's channel count, or naming an unknown layer.
+    """
+    if isinstance(k, Mapping):
+        unknown = sorted(set(k) - set(channels))
+        if unknown:
+            raise ValueError(f"k names unknown layer(s) {unknown}; the circuit's layers are {list(channels)}")
+        per_layer = {name: k.get(name, 1.0) for name in channels}
+    else:
+        per_layer = {name: k for name in channels}
+    counts = {}
+    for name, value in per_layer.items():
+        total = channels[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"k for layer {name!r} must be an int (channels) or a float fraction, got {value!r}")
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError(f"k for layer {name!r} must be >= 1 channel, got {value}")
+            if value > total:
+                raise ValueError(
+                    f"k={value} is larger than the {total} channels of layer {name!r}; "
+                    f"use k <= {total} or a fraction such as 0.1"
+                )
+            counts[name] = value
+        else:
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"fraction for layer {name!r} must be in (0, 1], got {value}")
+            counts[name] = max(1, min(total, math.ceil(value * total - 1e-9)))
+    return counts
+
+
+def top_channels(energy: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` highest-energy channels, highest first (ties: lower index)."""
+    order = torch.argsort(energy, descending=True, stable=True)
+    return order[:count]
+
+
+@contextmanager
+def _capture_input(module: nn.Module, store: dict) -> Iterator[None]:
+    def record(_module: nn.Module, inputs) -> None:
+        store["input"] = inputs[0].detach().clone()
+
+    handle = module.register_forward_pre_hook(record)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def read_activations(
+    classifier: nn.Module, image: torch.Tensor, layers: list[str] | None = None, head: str | None = None
+) -> Activations:
+    """One forward pass of ``image`` (1, 3, H, W) in [0, 1] recording the circuit's layers.
+
+    Taps are returned in the order the forward pass reaches them, followed by :data:`PRE_LOGITS`.
+
+    Raises:
+        ValueError: not a single image, unknown layer (the message lists the valid names), a tap
+            that the forward pass never reaches, or no linear head.
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"circuits are read one image at a time: expected (1, 3, H, W), got {tuple(image.shape)}")
+    layers = list(layers) if layers is not None else default_taps(classifier)
+    if PRE_LOGITS in layers:
+        raise ValueError(f"{PRE_LOGITS!r} is added automatically (the classifier head's input); do not tap it")
+    validate_layers(classifier, layers)
+    head_name = find_head(classifier, head)
+    head_module = dict(_model_of(classifier).named_modules())[head_name]
+    store: dict = {}
+    with ActivationTaps(classifier, layers) as taps, _capture_input(head_module, store):
+        logits = classifier(image)
+    missing = [name for name in layers if name not in taps.features]
+    if missing:
+        raise ValueError(f"the forward pass never reached layer(s) {missing}; tap modules the model actually runs")
+    order = list(taps.features)  # insertion order = forward order
+    maps = {name: taps.features[name][0].cpu() for name in order}  # (C, h, w)
+    pre = store["input"][0].cpu()
+    maps[PRE_LOGITS] = pre.reshape(pre.shape[0], 1, 1) if pre.dim() == 1 else pre.flatten(1)[:, :, None]
+    return Activations(layers=order + [PRE_LOGITS], maps=maps, logits=logits[0].cpu())
+
+
+def sites(classifier: nn.Module, layers: list[str], head: str | None = None) -> dict[str, Site]:
+    """Layer name -> :class:`Site` for the taps and the pre-logits features."""
+    out = {name: Site(name, name, "output") for name in layers if name != PRE_LOGITS}
+    out[PRE_LOGITS] = Site(PRE_LOGITS, find_head(classifier, head), "input")
+    return out
