@@ -358,3 +358,55 @@ def test_circuit_command_bad_arguments(tmp_path, monkeypatch, capsys):
         main(["circuit", "x.png", "--masks-from", str(tmp_path / "missing")])
     assert main(["circuit", str(tmp_path / "x.png"), "--out", str(tmp_path), "--taps", "nope"]) == 2
     assert "valid names" in capsys.readouterr().err
+
+
+class _RecordingWandb:
+    """Stands in for WandbLogger (isinstance passes) without starting wandb."""
+
+    @staticmethod
+    def make():
+        from lightning.pytorch.loggers import WandbLogger
+
+        class Recording(WandbLogger):
+            def __init__(self) -> None:  # no wandb run
+                self.logged = []
+
+            def log_metrics(self, metrics, step=None) -> None:
+                self.logged.append((metrics, step))
+
+        return Recording()
+
+
+def test_circuit_callback_logs_image_and_table_to_wandb_only(tiny):
+    from types import SimpleNamespace
+
+    import wandb
+    from lightning.pytorch.loggers import CSVLogger
+
+    from actmatch.callbacks.circuit import EDGE_COLUMNS, CircuitGraphs
+    from actmatch.explainers.module import ActMatchExplainer
+
+    module = ActMatchExplainer(classifier=tiny, taps=TAPS, steps=2)
+    with torch.inference_mode():  # as in Lightning's validation loop
+        images = torch.rand(2, 3, 16, 16)
+        masks = (torch.rand(2, 1, 16, 16) > 0.3).float()
+        outputs = {"images": images, "masks": masks, "explanations": images * masks, "target": torch.tensor([0, 1])}
+    wandb_logger = _RecordingWandb.make()
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[wandb_logger], sanity_checking=False, current_epoch=0, global_step=7)
+    callback = CircuitGraphs(k=2)
+    before = hook_count(tiny)
+    callback.on_validation_batch_end(trainer, module, outputs, None, 0)
+    assert hook_count(tiny) == before
+    (metrics, step), = wandb_logger.logged
+    assert step == 7
+    assert isinstance(metrics["val/circuit"], wandb.Image)
+    table = metrics["val/circuit_edges"]
+    assert isinstance(table, wandb.Table) and table.columns == EDGE_COLUMNS and len(table.data) > 0
+    callback.on_validation_batch_end(trainer, module, outputs, None, 1)  # not the first batch
+    assert len(wandb_logger.logged) == 1
+    other = SimpleNamespace(is_global_zero=True, loggers=[CSVLogger("/tmp")], sanity_checking=False, current_epoch=0, global_step=0)
+    with pytest.warns(UserWarning, match="Weights & Biases"):
+        callback.on_validation_batch_end(other, module, outputs, None, 0)  # a no-op
+    not_zero = SimpleNamespace(**{**vars(trainer), "is_global_zero": False})
+    callback.on_validation_batch_end(not_zero, module, outputs, None, 0)
+    assert len(wandb_logger.logged) == 1
