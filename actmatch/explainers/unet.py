@@ -24,7 +24,7 @@ def binarize(logits: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor
     """
     soft = torch.sigmoid(logits)
     hard = (soft > threshold).to(soft.dtype)
-    return hard + soft - soft.detach(), soft
+    return hard + (soft - soft.detach()), soft  # parenthesised: the value is exactly the hard mask
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:

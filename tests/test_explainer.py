@@ -1,0 +1,117 @@
+"""The explainer module: frozen weights, hooks, determinism, both modes, a real photo."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from actmatch.datamodules.images import load_image
+from actmatch.explainers import losses as terms
+from actmatch.explainers.classifier import load_classifier, state_fingerprint
+from actmatch.explainers.module import ActMatchExplainer
+from actmatch.explainers.taps import hook_count
+from actmatch.explainers.unet import MaskUNet
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier():
+    return load_classifier("resnet10t", pretrained=False, num_classes=5)
+
+
+def tiny_explainer(classifier, **kwargs) -> ActMatchExplainer:
+    kwargs.setdefault("unet", MaskUNet(width=4, depth=2, working_size=32))
+    kwargs.setdefault("steps", 4)
+    return ActMatchExplainer(classifier=classifier, **kwargs)
+
+
+def test_per_image_masks_are_binary_input_sized_and_weights_untouched(tiny_classifier, rng_images):
+    explainer = tiny_explainer(tiny_classifier)
+    before = state_fingerprint(tiny_classifier)
+    result = explainer.fit_images(rng_images)
+    assert result.masks.shape == (2, 1, 64, 64)
+    assert set(result.masks.unique().tolist()) <= {0.0, 1.0}
+    assert result.explanations.shape == rng_images.shape
+    assert ((result.area >= 0) & (result.area <= 1)).all()
+    assert state_fingerprint(tiny_classifier) == before
+    assert not any(p.requires_grad for p in tiny_classifier.parameters())
+    assert hook_count(tiny_classifier) == 0
+
+
+def test_amortized_training_leaves_classifier_untouched(tiny_classifier, rng_images, tmp_path):
+    explainer = tiny_explainer(tiny_classifier, mode="amortized")
+    before = state_fingerprint(tiny_classifier)
+    loader = DataLoader(TensorDataset(rng_images.repeat(2, 1, 1, 1)), batch_size=2)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    unet_before = [p.clone() for p in explainer.unet.parameters()]
+    trainer.fit(explainer, loader)
+    assert state_fingerprint(tiny_classifier) == before
+    assert not tiny_classifier.training
+    assert any(not torch.equal(a, b) for a, b in zip(unet_before, explainer.unet.parameters()))
+    masks = explainer.explain(rng_images).masks
+    assert masks.shape == (2, 1, 64, 64) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert hook_count(tiny_classifier) == 0
+
+
+def test_hooks_removed_when_a_loss_term_fails(tiny_classifier, rng_images):
+    class Exploding(terms.LossTerm):
+        def forward(self, evidence, perturbed_logits=None):
+            raise RuntimeError("boom")
+
+    explainer = tiny_explainer(tiny_classifier, losses=[terms.ActivationMatching(), Exploding()])
+    with pytest.raises(RuntimeError, match="boom"):
+        explainer.fit_images(rng_images)
+    assert hook_count(tiny_classifier) == 0
+
+
+def test_same_seed_same_mask(tiny_classifier, rng_images):
+    explainer = tiny_explainer(tiny_classifier, steps=6, select="last")
+    a = explainer.fit_images(rng_images, seed=3).masks
+    b = explainer.fit_images(rng_images, seed=3).masks
+    assert torch.equal(a, b)
+
+
+def test_one_batched_forward_per_step(tiny_classifier, rng_images):
+    """Explanation, robustness and necessity copies go through the classifier together."""
+    explainer = tiny_explainer(
+        tiny_classifier, losses=[terms.ActivationMatching(), terms.Robustness(num_backgrounds=2), terms.Necessity()]
+    )
+    reference = explainer.reference(rng_images)
+    calls = []
+    handle = tiny_classifier.model.register_forward_pre_hook(lambda m, inp: calls.append(inp[0].shape[0]))
+    try:
+        explainer.step(rng_images, reference=reference)
+    finally:
+        handle.remove()
+    assert calls == [2 * (1 + 2 + 1)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"losses": [terms.Area(weight=0.0)]}, "no loss term has a positive weight"),
+        ({"losses": []}, "no loss term has a positive weight"),
+        ({"taps": []}, "tap list is empty"),
+        ({"taps": ["nope"]}, "unknown layer"),
+        ({"fill": "purple"}, "unknown fill"),
+        ({"mode": "sometimes"}, "unknown mode"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"losses": [terms.Area(), terms.Area()]}, "once"),
+    ],
+)
+def test_invalid_configuration_fails_before_any_work(tiny_classifier, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_explainer(tiny_classifier, **kwargs)
+
+
+def test_real_photo_keeps_its_label_with_a_smaller_mask(lite0, small_coffee_path):
+    explainer = ActMatchExplainer(classifier=lite0, steps=25)
+    image, _ = load_image(small_coffee_path, lite0.input_size)
+    before = state_fingerprint(lite0)
+    result = explainer.fit_images(image[None], seed=0)
+    assert lite0.class_name(int(result.label)) == "espresso"
+    assert bool(result.label_kept)
+    assert result.area.item() < 0.9  # the mask dropped pixels and the label survived
+    assert state_fingerprint(lite0) == before
