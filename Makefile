@@ -35,7 +35,7 @@ bench-explain: $(STAMP)  ## explain every image under IMAGES and print the area 
 	$(BIN)/actmatch explain $(IMAGES) --out $(OUT)/bench-explain
 
 bench: $(STAMP)  ## compare actmatch with the baselines on IMAGES (actmatch benchmark)
-	$(BIN)/actmatch benchmark --images $(IMAGES) --out $(OUT)/benchmark
+	$(BIN)/actmatch benchmark --images $(IMAGES) --limit 20 --out $(OUT)/benchmark
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUT) wandb lightning_logs .pytest_cache
