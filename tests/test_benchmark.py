@@ -76,3 +76,7 @@ def test_amortized_without_checkpoint_and_unreadable_image_are_named(setup, tmp_
 
 def test_registry_names_classes():
     assert set(benchmark.METHODS) >= {"am", "am-amortized", "saliency", "gradcam", "occlusion", "ig", "rise", "convad", "ep"}
+
+
+def test_am_runs_first_so_that_its_area_sets_the_cut():
+    assert benchmark.parse_methods("saliency,am,rise,saliency", None) == ["am", "saliency", "rise"]

@@ -177,7 +177,7 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
 
 
 def parse_methods(text: str, checkpoint: str | None) -> list[str]:
-    """Validated method names, in order, without duplicates; errors name the bad ones."""
+    """Validated method names (``am`` first, then in order), without duplicates; errors name the bad ones."""
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in METHODS]
     if not names or unknown:
@@ -186,7 +186,7 @@ def parse_methods(text: str, checkpoint: str | None) -> list[str]:
         raise ValueError("method 'am-amortized' needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
     if "ep" in names and not torchray_available():
         raise ValueError("method 'ep' (extremal perturbation) needs TorchRay, which is not installed (CC BY-NC 4.0); drop 'ep'")
-    return names
+    return sorted(names, key=lambda n: n != "am")  # am first: its mask area sets the equal-area cut
 
 
 def method_settings(args: argparse.Namespace) -> dict[str, dict]:
