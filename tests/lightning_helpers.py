@@ -1,0 +1,145 @@
+"""Helpers for the LightningCLI tests: run the CLI, stand-in weights and folders, W&B records.
+
+Also holds small probe callbacks that the subprocess tests load by class_path
+(``lightning_helpers.RankProbe``) with ``PYTHONPATH`` set to this folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m actmatch.cli ARGS`` in a subprocess; probes in tests/ are importable."""
+    full_env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(TESTS),
+                    OMP_NUM_THREADS="1", **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "actmatch.cli", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc
+
+
+def cli_in_process(command: str, args: list[str]) -> int:
+    """The same CLI in this process (cheaper: no interpreter start, imports shared)."""
+    from actmatch.commands.lightning import main
+
+    return main(command, args)
+
+
+def save_random_weights(backbone: str, path: Path, num_classes: int | None = None) -> Path:
+    """A random-init timm state dict standing in for hub or trained weights."""
+    import timm
+    from safetensors.torch import save_file
+
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    arch = {"efficientnet_lite1": "tf_efficientnet_lite1", "efficientnet_lite2": "tf_efficientnet_lite2"}.get(backbone, backbone)
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
+def fake_imagenet(root: Path, layout: str = "split", per_class: int = 2, size: int = 72) -> Path:
+    """A tiny ImageNet-style folder of random JPEGs (``split`` or ``flat`` layout)."""
+    rng = np.random.default_rng(0)
+    for wnid in WNIDS:
+        for i in range(per_class):
+            folder = root / "train" / wnid if layout == "split" else root
+            name = f"{wnid}_{i}.JPEG" if layout == "split" else f"{wnid}_img{i}.JPEG"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(folder / name)
+            if layout == "split":
+                (root / "val" / wnid).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "val" / wnid / name)
+    return root
+
+
+def wandb_records(run_dir: Path):
+    """Decode the protobuf records of an offline run's ``run-*.wandb`` file (LevelDB-style log)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = next(run_dir.glob("run-*.wandb")).read_bytes()
+    block, pos, chunks, buf = 32768, 7, [], b""  # 7-byte file header
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 1:  # full
+            chunks.append(chunk)
+        elif kind == 2:  # first
+            buf = chunk
+        elif kind == 3:  # middle
+            buf += chunk
+        elif kind == 4:  # last
+            chunks.append(buf + chunk)
+    records = []
+    for raw in chunks:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        records.append(record)
+    return records
+
+
+def history_keys(run_dir: Path) -> set[str]:
+    keys = set()
+    for record in wandb_records(run_dir):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return keys
+
+
+class RankProbe(L.Callback):
+    """Writes ``rank<r>.json``: rank, world size, batches seen, local and synced mask area."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir, self.batches, self.areas = Path(out_dir), 0, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        self.areas.append(outputs["mask_area"].detach().cpu())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "rank": trainer.global_rank, "world_size": trainer.world_size, "batches": self.batches,
+            "local_mask_area": float(torch.cat(self.areas).mean()), "metrics": metrics,
+        }))
+
+
+class StepRecorder(L.Callback):
+    """Appends the global step of every training batch to ``steps.jsonl``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(trainer.global_step) + "\n")
+
+
+class KillAt(L.Callback):
+    """Kills the process (no clean-up, like a pre-empted job) when training reaches ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os._exit(17)
