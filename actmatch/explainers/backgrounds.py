@@ -89,5 +89,5 @@ class BackgroundSampler:
         for i, kind in enumerate(self.kinds):
             rows = (choice == i).nonzero().flatten()
             if len(rows):
-                out[rows] = self.sample_kind(images, kind)[rows]
+                out[rows] = self.sample_kind(images, kind)[rows].to(out.dtype)  # blur is bf16 under autocast
         return out
