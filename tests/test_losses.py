@@ -122,3 +122,13 @@ def test_backgrounds_have_image_shape_and_range(kind, rng_images):
     out = BackgroundSampler([kind])(rng_images)
     assert out.shape == rng_images.shape
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_warmup_ramps_the_weight_linearly():
+    term = L.Area(weight=8.0, warmup=0.5)
+    assert term.weight_at(0.0) == 0.0
+    assert term.weight_at(0.25) == pytest.approx(4.0)
+    assert term.weight_at(0.9) == 8.0
+    assert term.weight_at(None) == 8.0
+    with pytest.raises(ValueError, match="warmup"):
+        L.Area(warmup=2.0)

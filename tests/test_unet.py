@@ -48,3 +48,12 @@ def test_bad_shapes_are_refused():
         MaskUNet(width=0)
     with pytest.raises(ValueError, match="smaller than 2\\*\\*depth"):
         MaskUNet(depth=4, working_size=8)
+
+
+def test_saturated_pixels_keep_a_gradient():
+    """A pixel far below the threshold must still be trainable (the mask must not 'die')."""
+    logits = torch.full((1, 1, 4, 4), -30.0, requires_grad=True)
+    mask, _ = binarize(logits)
+    assert mask.sum() == 0
+    mask.sum().backward()
+    assert (logits.grad > 1e-3).all()

@@ -61,13 +61,24 @@ class LossTerm(nn.Module):
 
     Args:
         weight: non-negative multiplier of the term in the total loss.
+        warmup: fraction of the optimisation (per-image steps, or training steps) over which
+            the weight ramps linearly from 0 to ``weight``; 0 applies it in full at once.
     """
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, warmup: float = 0.0) -> None:
         super().__init__()
         if not weight >= 0:
             raise ValueError(f"{type(self).__name__}: weight must be >= 0, got {weight}")
+        if not 0 <= warmup <= 1:
+            raise ValueError(f"{type(self).__name__}: warmup must be in [0, 1], got {warmup}")
         self.weight = float(weight)
+        self.warmup = float(warmup)
+
+    def weight_at(self, progress: float | None) -> float:
+        """Effective weight: w · min(1, progress / warmup) (w when progress is unknown)."""
+        if self.warmup == 0 or progress is None:
+            return self.weight
+        return self.weight * min(1.0, progress / self.warmup)
 
     @property
     def name(self) -> str:
@@ -84,7 +95,7 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}"
+        return f"weight={self.weight}, warmup={self.warmup}"
 
 
 class ActivationMatching(LossTerm):
@@ -103,8 +114,14 @@ class ActivationMatching(LossTerm):
 
     distances = ("mse", "cosine")
 
-    def __init__(self, weight: float = 1.0, distance: str = "mse", layer_weights: dict[str, float] | None = None) -> None:
-        super().__init__(weight)
+    def __init__(
+        self,
+        weight: float = 1.0,
+        distance: str = "mse",
+        layer_weights: dict[str, float] | None = None,
+        warmup: float = 0.0,
+    ) -> None:
+        super().__init__(weight, warmup)
         if distance not in self.distances:
             raise ValueError(f"ActivationMatching: unknown distance {distance!r}; choose one of {self.distances}")
         if layer_weights is not None and any(not w >= 0 for w in layer_weights.values()):
@@ -186,8 +203,14 @@ class Robustness(LossTerm):
         num_backgrounds: backgrounds per image and step.
     """
 
-    def __init__(self, weight: float = 1.0, backgrounds: list[str] | None = None, num_backgrounds: int = 1) -> None:
-        super().__init__(weight)
+    def __init__(
+        self,
+        weight: float = 1.0,
+        backgrounds: list[str] | None = None,
+        num_backgrounds: int = 1,
+        warmup: float = 0.0,
+    ) -> None:
+        super().__init__(weight, warmup)
         if num_backgrounds < 1:
             raise ValueError(f"Robustness: num_backgrounds must be >= 1, got {num_backgrounds}")
         self.sampler = BackgroundSampler(backgrounds)
@@ -217,8 +240,8 @@ class Necessity(LossTerm):
         margin: probability of the label tolerated once the kept pixels are removed.
     """
 
-    def __init__(self, weight: float = 1.0, margin: float = 0.1) -> None:
-        super().__init__(weight)
+    def __init__(self, weight: float = 1.0, margin: float = 0.1, warmup: float = 0.0) -> None:
+        super().__init__(weight, warmup)
         if not 0 <= margin <= 1:
             raise ValueError(f"Necessity: margin must be in [0, 1], got {margin}")
         self.margin = margin
@@ -238,8 +261,8 @@ def default_loss_terms() -> list[LossTerm]:
         ActivationMatching(weight=1.0, distance="mse"),
         KLDivergence(weight=0.0),
         CrossEntropy(weight=1.0),
-        Area(weight=4.0),
-        Binarization(weight=0.5),
-        TotalVariation(weight=0.5),
+        Area(weight=16.0, warmup=0.5),
+        Binarization(weight=0.1),
+        TotalVariation(weight=0.1),
         Robustness(weight=0.5),
     ]

@@ -99,7 +99,7 @@ class ActMatchExplainer(L.LightningModule):
         losses: list[LossTerm] | None = None,
         fill: str = "mean",
         lr: float = 0.01,
-        steps: int = 100,
+        steps: int = 60,
         mode: str = "per_image",
         select: str = "smallest_kept",
         classifier: FrozenClassifier | None = None,
@@ -145,8 +145,12 @@ class ActMatchExplainer(L.LightningModule):
         images: torch.Tensor,
         unet: nn.Module | None = None,
         reference: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None,
+        progress: float | None = None,
     ) -> StepOutput:
-        """Mask, explain and score a batch (B, 3, H, W) in [0, 1]; one batched forward pass."""
+        """Mask, explain and score a batch (B, 3, H, W) in [0, 1]; one batched forward pass.
+
+        ``progress`` in [0, 1] (the fraction of the optimisation done) drives the terms' warm-up.
+        """
         unet = unet or self.unet
         logits, features = reference if reference is not None else self.reference(images)
         mask, soft = binarize(unet(images))  # (B, 1, H, W)
@@ -173,7 +177,7 @@ class ActMatchExplainer(L.LightningModule):
                 offset += extra.shape[0]
             value = term(evidence, perturbed)  # (B,)
             terms[term.name] = value
-            total = total + term.weight * value
+            total = total + term.weight_at(progress) * value
         return StepOutput(total, terms, evidence)
 
     # ------------------------------------------------------------------ per image
@@ -224,7 +228,7 @@ class ActMatchExplainer(L.LightningModule):
         history = []
         with torch.enable_grad():
             for i in range(steps):
-                out = self.step(images, unet, reference)
+                out = self.step(images, unet, reference, progress=i / steps)
                 mask = out.evidence.mask.detach()
                 area = mask.flatten(1).mean(1)
                 kept = out.evidence.logits_e.detach().argmax(-1) == target
@@ -295,7 +299,10 @@ class ActMatchExplainer(L.LightningModule):
 
     def _shared_step(self, batch, stage: str) -> dict:
         images = self._images(batch)
-        out = self.step(images)
+        progress = None
+        if stage == "train" and self._trainer is not None:
+            progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)
+        out = self.step(images, progress=progress)
         ev = out.evidence
         with torch.no_grad():
             p_x = ev.logits.softmax(-1).gather(1, ev.target[:, None]).squeeze(1)

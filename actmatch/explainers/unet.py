@@ -14,17 +14,35 @@ from torch import nn
 __all__ = ["MaskUNet", "binarize"]
 
 
-def binarize(logits: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+class _StraightThrough(torch.autograd.Function):
+    """Forward 1[σ(z) > t]; backward ∂m/∂z = max(σ'(z), floor)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, threshold: float, floor: float) -> torch.Tensor:
+        soft = torch.sigmoid(logits)
+        ctx.save_for_backward(soft)
+        ctx.floor = floor
+        return (soft > threshold).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (soft,) = ctx.saved_tensors
+        return grad * (soft * (1 - soft)).clamp_min(ctx.floor), None, None
+
+
+def binarize(
+    logits: torch.Tensor, threshold: float = 0.5, floor: float = 0.02
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard mask with a straight-through gradient.
 
-    m = 1[σ(z) > t] + σ(z) − sg(σ(z)): the value is the hard mask, the gradient is σ'(z).
+    Forward: m = 1[σ(z) > t], exactly 0 or 1. Backward: ∂m/∂z = max(σ'(z), floor). The floor
+    keeps saturated pixels trainable: with the plain σ' a pixel pushed far below the threshold
+    gets a gradient under Adam's ε and can never come back (the mask "dies").
 
     Returns:
         (mask, soft): the straight-through hard mask and the sigmoid probabilities.
     """
-    soft = torch.sigmoid(logits)
-    hard = (soft > threshold).to(soft.dtype)
-    return hard + (soft - soft.detach()), soft  # parenthesised: the value is exactly the hard mask
+    return _StraightThrough.apply(logits, threshold, floor), torch.sigmoid(logits)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -57,7 +75,7 @@ class MaskUNet(nn.Module):
         width: int = 16,
         depth: int = 3,
         working_size: int | None = 112,
-        init_keep: float = 3.0,
+        init_keep: float = 0.5,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
