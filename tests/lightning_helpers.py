@@ -124,12 +124,12 @@ class RankProbe(L.Callback):
 
 
 class StepRecorder(L.Callback):
-    """Appends the global step of every training batch to ``steps.jsonl``."""
+    """Appends the global step after every completed training batch to a JSON-lines file."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(trainer.global_step) + "\n")
 
