@@ -410,3 +410,13 @@ def test_circuit_callback_logs_image_and_table_to_wandb_only(tiny):
     not_zero = SimpleNamespace(**{**vars(trainer), "is_global_zero": False})
     callback.on_validation_batch_end(not_zero, module, outputs, None, 0)
     assert len(wandb_logger.logged) == 1
+
+
+def test_max_in_edges_keeps_the_strongest_inputs(tiny, image):
+    full = CircuitReader(tiny, TAPS, k=4, scoring="weight", max_in_edges=None).read(image, test=False)
+    pruned = CircuitReader(tiny, TAPS, k=4, scoring="weight", max_in_edges=1).read(image, test=False)
+    for node, data in pruned.nodes(data=True):
+        if data["kind"] == "channel" and data["layer"] in ("act2", "act3"):
+            (u, _), = pruned.in_edges(node)
+            strongest = max(full.in_edges(node, data="score"), key=lambda e: e[2])
+            assert u == strongest[0]

@@ -83,6 +83,8 @@ class CircuitReader:
         ablation: ``zero``, ``mean`` or an :class:`Ablation` (faithfulness test).
         top_classes: class nodes: the label plus the next top classes up to this many.
         head: the linear classifier head (default: timm's ``get_classifier()``).
+        max_in_edges: keep only each node's strongest incoming edges (None: all k_s × k_t edges;
+            large circuits otherwise have hundreds of thousands of edges).
     """
 
     def __init__(
@@ -94,7 +96,11 @@ class CircuitReader:
         ablation: str | Ablation = "zero",
         top_classes: int = 1,
         head: str | None = None,
+        max_in_edges: int | None = 16,
     ) -> None:
+        if max_in_edges is not None and max_in_edges < 1:
+            raise ValueError(f"max_in_edges must be >= 1 or None, got {max_in_edges}")
+        self.max_in_edges = max_in_edges
         self.classifier = classifier
         self.layers = validate_layers(classifier, list(layers)) if layers is not None else default_taps(classifier)
         self.head = find_head(classifier, head)
@@ -249,10 +255,16 @@ class CircuitReader:
         for source, target in zip(acts.layers[:-1], acts.layers[1:]):
             used = self.scoring.used(self.classifier, image, where[source], where[target])
             scores = self.scoring.score(self.classifier, image, where[source], where[target], acts, kept[source], kept[target])
-            for a, i in enumerate(kept[source].tolist()):
-                for b, j in enumerate(kept[target].tolist()):
-                    if scores[a, b] > 0:
-                        graph.add_edge(node_id(source, i), node_id(target, j), kind="edge", score=float(scores[a, b]), scoring=used)
+            if self.max_in_edges is not None and scores.shape[0] > self.max_in_edges:  # strongest inputs per target
+                top = scores.topk(self.max_in_edges, dim=0).indices  # (n, k_t)
+                scores = torch.zeros_like(scores).scatter(0, top, scores.gather(0, top))
+            sources_ = kept[source].tolist()
+            targets_ = kept[target].tolist()
+            rows, cols = torch.nonzero(scores > 0, as_tuple=True)
+            graph.add_edges_from(
+                (node_id(source, sources_[a]), node_id(target, targets_[b]), {"kind": "edge", "score": float(scores[a, b]), "scoring": used})
+                for a, b in zip(rows.tolist(), cols.tolist())
+            )
         self._class_links(graph, acts, kept[PRE_LOGITS], label, names)
         if test:
             result = self.faithfulness(image, k, label, acts)
