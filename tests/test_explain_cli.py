@@ -148,3 +148,14 @@ def test_console_script_runs(small_coffee_path, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "small_coffee" / "mask.png").exists()
+
+
+def test_circuit_flag_adds_circuit_outputs(small_coffee_path, tmp_path):
+    out = tmp_path / "out"
+    assert run([str(small_coffee_path), "--out", str(out), "--steps", "2", "--circuit"]) == 0
+    folder = out / "small_coffee"
+    assert (folder / "circuit.json").exists() and (folder / "circuit.png").exists()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["circuit_nodes"] > 0
+    assert 0 < summary["circuit_fraction"] <= 1
+    assert isinstance(summary["circuit_label_kept"], bool)
