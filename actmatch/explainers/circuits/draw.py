@@ -92,7 +92,7 @@ def draw_circuit(
         kept = g.get("label_kept")
         test = "" if kept is None else f" | circuit keeps label: {kept} (p={g.get('confidence', float('nan')):.2f})"
         title = f"{g.get('backbone', '')} {g.get('input', '')}: {g.get('label_name', '')}{test}"
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=8, pad=30)  # above the column titles
     if path is not None:
         fig.savefig(path, dpi=130, bbox_inches="tight")
     return fig
