@@ -32,7 +32,8 @@ def write_variants(folder: Path, source: Path) -> dict[str, Path]:
     img.convert("P").save(paths["palette"])
     paths["sixteen"] = folder / "sixteen.png"
     gray16 = (np.asarray(img.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    Image.fromarray(gray16, mode="I;16").save(paths["sixteen"])
+    Image.fromarray(gray16).save(paths["sixteen"])  # uint16 -> a 16-bit PNG
+    assert Image.open(paths["sixteen"]).mode.startswith("I")
     return paths
 
 
@@ -150,6 +151,7 @@ def test_console_script_runs(small_coffee_path, tmp_path):
     assert (tmp_path / "small_coffee" / "mask.png").exists()
 
 
+@pytest.mark.slow
 def test_circuit_flag_adds_circuit_outputs(small_coffee_path, tmp_path):
     out = tmp_path / "out"
     assert run([str(small_coffee_path), "--out", str(out), "--steps", "2", "--circuit"]) == 0

@@ -91,7 +91,7 @@ def _config_init_args(path: str) -> dict:
         raise FileNotFoundError(f"config file not found: {config_path}")
     config = yaml.safe_load(config_path.read_text()) or {}
     config = config.get("model", config)
-    return dict(config.get("init_args", config)) if "class_path" in config else dict(config)
+    return dict(config.get("init_args", {})) if "class_path" in config or "init_args" in config else dict(config)
 
 
 def build_explainer(
@@ -269,8 +269,9 @@ def write_summary(rows: list[dict], out_dir: Path) -> dict:
     return agg
 
 
-def print_table(rows: list[dict], agg: dict, stream=sys.stdout) -> None:
-    """A fixed-width table of the results and the aggregate."""
+def print_table(rows: list[dict], agg: dict, stream=None) -> None:
+    """A fixed-width table of the results and the aggregate (to stdout by default)."""
+    stream = stream or sys.stdout
     header = f"{'image':<32} {'label':<22} {'p(x)':>6} {'p(e)':>6} {'kept':>5} {'area':>7} {'sec':>7}"
     print(header, file=stream)
     print("-" * len(header), file=stream)

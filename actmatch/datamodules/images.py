@@ -65,7 +65,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         else:  # 32-bit int or float: stretch the observed range
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray((arr * 255).round().astype(np.uint8), mode="L")
+        img = Image.fromarray((arr * 255).round().astype(np.uint8))  # 2-D uint8 -> mode L
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
