@@ -32,6 +32,7 @@ from torch import nn
 
 from actmatch.explainers.baselines import AttributionMethod
 from actmatch.explainers.classifier import FrozenClassifier
+from actmatch.explainers.taps import HookContext
 
 __all__ = ["Deactivation", "deactivate", "propagate_mask", "ConvADOcclusion", "CHECKPOINT_TYPES"]
 
@@ -78,7 +79,7 @@ def propagate_mask(mask: torch.Tensor, module: nn.Module, out_size: tuple[int, i
     return (1 - share <= tau).to(mask.dtype)
 
 
-class Deactivation:
+class Deactivation(HookContext):
     """Context manager: while open, ``classifier(images)`` runs with ConvAD deactivation.
 
     Args:
@@ -96,13 +97,13 @@ class Deactivation:
             raise ValueError(f"masks must be (B, 1, H, W), got shape {tuple(masks.shape)}")
         if not 0 <= tau < 1:
             raise ValueError(f"tau must be in [0, 1), got {tau}")
+        super().__init__()
         self.model = getattr(classifier, "model", classifier)
         if getattr(self.model, "num_prefix_tokens", None) is not None or getattr(self.model, "output_fmt", "NCHW") != "NCHW":
             raise ValueError(f"ConvAD supports channels-first CNNs; {type(self.model).__name__} is not one")
         self.masks = masks.detach()
         self.tau = tau
         self.state: dict[tuple[int, int], torch.Tensor] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._inputs: dict[int, torch.Tensor] = {}
 
     # -------------------------------------------------------------- mask bookkeeping
@@ -131,30 +132,20 @@ class Deactivation:
         return None
 
     # -------------------------------------------------------------- context
-    def __enter__(self) -> Deactivation:
+    def register(self) -> None:
         self.state = {tuple(self.masks.shape[-2:]): self.masks}
-        try:
-            for module in self.model.modules():
-                if isinstance(module, CHECKPOINT_TYPES):
-                    self._handles.append(module.register_forward_pre_hook(self._pre))
-                    self._handles.append(module.register_forward_hook(self._post))
-            head_pool = getattr(self.model, "global_pool", None)
-            if isinstance(head_pool, nn.Module):
-                self._handles.append(head_pool.register_forward_pre_hook(self._pre))
-        except BaseException:
-            self.remove()
-            raise
-        return self
+        for module in self.model.modules():
+            if isinstance(module, CHECKPOINT_TYPES):
+                self._handles.append(module.register_forward_pre_hook(self._pre))
+                self._handles.append(module.register_forward_hook(self._post))
+        head_pool = getattr(self.model, "global_pool", None)
+        if isinstance(head_pool, nn.Module):
+            self._handles.append(head_pool.register_forward_pre_hook(self._pre))
 
     def remove(self) -> None:
-        """Remove every hook this object registered."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        """Remove every hook and forget the masks in flight."""
+        super().remove()
         self._inputs.clear()
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 def deactivate(classifier: nn.Module, images: torch.Tensor, masks: torch.Tensor, tau: float = 0.5) -> torch.Tensor:

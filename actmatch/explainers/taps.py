@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-__all__ = ["ActivationTaps", "default_taps", "validate_layers", "hook_count"]
+__all__ = ["HookContext", "ActivationTaps", "default_taps", "validate_layers", "hook_count"]
 
 
 def _model_of(module: nn.Module) -> nn.Module:
@@ -91,35 +91,20 @@ def to_feature_map(output: torch.Tensor, model: nn.Module) -> torch.Tensor:
     raise ValueError(f"cannot turn an output of shape {tuple(output.shape)} into a feature map")
 
 
-class ActivationTaps:
-    """Context manager that records feature maps at ``layers`` during forward passes.
+class HookContext:
+    """Base of every hook-owning context: hooks added in :meth:`register` are removed on exit,
+    also when registering or the body raises. Subclasses append handles to ``self._handles``."""
 
-    Args:
-        module: a FrozenClassifier or a timm model.
-        layers: module names (as in ``named_modules()``); None taps the default stages.
-
-    Hooks are registered on ``__enter__`` and removed on ``__exit__``, also when the body
-    raises.
-    """
-
-    def __init__(self, module: nn.Module, layers: list[str] | None = None) -> None:
-        self.model = _model_of(module)
-        self.layers = validate_layers(module, layers if layers is not None else default_taps(module))
-        self.features: dict[str, torch.Tensor] = {}
+    def __init__(self) -> None:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _hook(self, name: str):
-        def record(_module: nn.Module, _inputs, output) -> None:
-            self.features[name] = to_feature_map(output, self.model).clone()
+    def register(self) -> None:
+        """Register the hooks (override)."""
+        raise NotImplementedError
 
-        return record
-
-    def __enter__(self) -> ActivationTaps:
-        modules = dict(self.model.named_modules())
-        self.features = {}
+    def __enter__(self):
         try:
-            for name in self.layers:
-                self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+            self.register()
         except BaseException:
             self.remove()
             raise
@@ -133,3 +118,33 @@ class ActivationTaps:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class ActivationTaps(HookContext):
+    """Context manager that records feature maps at ``layers`` during forward passes.
+
+    Args:
+        module: a FrozenClassifier or a timm model.
+        layers: module names (as in ``named_modules()``); None taps the default stages.
+
+    Hooks are registered on ``__enter__`` and removed on ``__exit__``, also when the body
+    raises.
+    """
+
+    def __init__(self, module: nn.Module, layers: list[str] | None = None) -> None:
+        super().__init__()
+        self.model = _model_of(module)
+        self.layers = validate_layers(module, layers if layers is not None else default_taps(module))
+        self.features: dict[str, torch.Tensor] = {}
+
+    def _hook(self, name: str):
+        def record(_module: nn.Module, _inputs, output) -> None:
+            self.features[name] = to_feature_map(output, self.model).clone()
+
+        return record
+
+    def register(self) -> None:
+        modules = dict(self.model.named_modules())
+        self.features = {}
+        for name in self.layers:
+            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
