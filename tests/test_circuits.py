@@ -91,7 +91,7 @@ def _by_hand(model: TinyCNN, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def test_nodes_are_the_most_energetic_channels(tiny, image):
-    graph = CircuitReader(tiny, TAPS, k=2).read(image)
+    graph = CircuitReader(tiny, TAPS, k=2, rank="energy").read(image)
     acts = _by_hand(tiny.model, tiny.normalize(image))
     for layer, channels in circuit_channels(graph).items():
         expected = acts[layer].abs().flatten(1).mean(1).argsort(descending=True)[:2].tolist()
@@ -101,7 +101,7 @@ def test_nodes_are_the_most_energetic_channels(tiny, image):
 
 
 def test_weight_edges_equal_sum_abs_kernel_times_activation(tiny, image):
-    graph = CircuitReader(tiny, TAPS, k=3, scoring="weight").read(image)
+    graph = CircuitReader(tiny, TAPS, k=3, scoring="weight", rank="energy").read(image)
     acts = _by_hand(tiny.model, tiny.normalize(image))
     pairs = [("act1", "act2", tiny.model.conv2), ("act2", "act3", tiny.model.conv3)]
     checked = 0
@@ -120,7 +120,7 @@ def test_weight_edges_equal_sum_abs_kernel_times_activation(tiny, image):
 
 
 def test_class_links_are_abs_fc_weight_times_feature(tiny, image):
-    graph = CircuitReader(tiny, TAPS, k={"act1": 2, PRE_LOGITS: 5}, top_classes=2).read(image)
+    graph = CircuitReader(tiny, TAPS, k={"act1": 2, PRE_LOGITS: 5}, top_classes=2, rank="energy").read(image)
     acts = _by_hand(tiny.model, tiny.normalize(image))
     classes = [n for n, d in graph.nodes(data=True) if d["kind"] == "class"]
     assert len(classes) == 2 and graph.nodes[classes[0]]["channel"] == graph.graph["label"]
@@ -146,7 +146,7 @@ def test_gradient_scoring_matches_weight_scoring_for_a_linear_1x1_link():
 def test_keeping_every_channel_reproduces_the_logits_exactly(tiny, image):
     reader = CircuitReader(tiny, TAPS, k=1.0)
     acts = reader.activations(image)
-    keep = reader.keep(acts)
+    keep = reader.keep(acts, image=image)
     assert all(mask.all() for mask in keep.values())
     with torch.no_grad():
         expected = tiny(image)
@@ -159,7 +159,7 @@ def test_keeping_every_channel_reproduces_the_logits_exactly(tiny, image):
 def test_ablation_changes_the_output_and_search_finds_a_keeping_fraction(tiny, image):
     reader = CircuitReader(tiny, TAPS)
     acts = reader.activations(image)
-    keep = reader.keep(acts, 1)
+    keep = reader.keep(acts, 1, image)
     with torch.no_grad(), ablated(tiny, keep, "zero"):
         ablated_logits = tiny(image)
     assert not torch.equal(ablated_logits, tiny(image))
@@ -420,3 +420,63 @@ def test_max_in_edges_keeps_the_strongest_inputs(tiny, image):
             (u, _), = pruned.in_edges(node)
             strongest = max(full.in_edges(node, data="score"), key=lambda e: e[2])
             assert u == strongest[0]
+
+
+def test_channel_attribution_equals_activation_times_gradient_by_hand(tiny, image):
+    from actmatch.explainers.circuits import channel_attribution
+
+    model = tiny.model
+    with torch.no_grad():
+        label = int(tiny(image).argmax())
+    x = tiny.normalize(image)
+    a1 = torch.relu(model.conv1(x)).detach().requires_grad_(True)  # A_c = Σ_p a_c(p) ∂ log p / ∂ a_c(p) (zero fill)
+    a2 = torch.relu(model.conv2(a1))
+    a2_leaf = a2.detach().requires_grad_(True)
+    logits = model.fc(model.flatten(model.pool(torch.relu(model.conv3(a2_leaf)))))
+    (g2,) = torch.autograd.grad(logits.log_softmax(-1)[0, label], [a2_leaf])
+    (g1,) = torch.autograd.grad(a2, [a1], grad_outputs=g2)
+    scores = channel_attribution(tiny, image, ["act1", "act2"], label)
+    assert torch.allclose(scores["act1"], (a1 * g1).sum((2, 3))[0].detach(), atol=1e-5)
+    assert torch.allclose(scores["act2"], (a2_leaf * g2).sum((2, 3))[0], atol=1e-5)
+    keep = {"act1": torch.tensor([True, False, True, True])}
+    assert channel_attribution(tiny, image, ["act1"], label, keep=keep)["act1"][1] == 0  # ablated: nothing to lose
+    assert hook_count(tiny) == 0
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        channel_attribution(tiny, image, ["act1"], label)
+
+
+def test_attribution_circuit_keeps_the_label_where_random_channels_do_not(lite0, coffee_path):
+    """Lite0 on the espresso photo: 10% of the channels inside every block, chosen by attribution,
+    keep the label; random channels of the same count do not (the control)."""
+    from actmatch.datamodules.images import load_image
+
+    x = load_image(coffee_path, lite0.input_size, lite0.fixed_input_size)[0][None]
+    reader = CircuitReader(lite0, k=0.1)
+    assert reader.layers[0] == "blocks.1.0.bn2" and len(reader.layers) == 15
+    result = reader.faithfulness(x)
+    assert result.label_kept, result
+    assert reader.random_control(x, draws=4) == 0.0
+    assert reader.random_control(x, k=1.0, draws=1) == 1.0  # everything kept: always the label
+    energy = CircuitReader(lite0, k=0.1, rank="energy")
+    assert not energy.faithfulness(x).label_kept  # the paper's energy nodes need more channels here
+    assert hook_count(lite0) == 0
+
+
+def test_tap_presets_and_ranking_errors(tiny, lite0):
+    from actmatch.explainers.circuits import block_taps, circuit_taps
+
+    blocks = block_taps(lite0)
+    assert len(blocks) == 15 and blocks[0] == "blocks.1.0.bn2" and blocks[-1] == "blocks.6.0.bn2"
+    assert circuit_taps(lite0) == blocks  # the default where the model has blocks
+    assert circuit_taps(lite0, "stages") == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+    assert circuit_taps(lite0, ["stages"]) == circuit_taps(lite0, "stages")
+    assert circuit_taps(tiny, fallback=["act1"]) == ["act1"]  # no blocks, no feature_info: the fallback
+    with pytest.raises(ValueError, match=r"unknown tap preset 'blockz'"):
+        circuit_taps(lite0, "blockz")
+    with pytest.raises(ValueError, match="no inverted-residual or ResNet blocks"):
+        circuit_taps(tiny)
+    with pytest.raises(ValueError, match=r"unknown channel ranking 'loud'.*attribution"):
+        CircuitReader(tiny, TAPS, rank="loud")
+    reader = CircuitReader(tiny, TAPS, k=2)
+    with pytest.raises(ValueError, match="needs the image"):
+        reader.keep(reader.activations(torch.rand(1, 3, 12, 12)))

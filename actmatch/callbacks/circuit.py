@@ -10,7 +10,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from actmatch.callbacks.base import WandbCallback
-from actmatch.explainers.circuits import CircuitReader, draw_circuit
+from actmatch.explainers.circuits import CircuitReader, circuit_taps, draw_circuit
 
 __all__ = ["CircuitGraphs", "EDGE_COLUMNS", "edge_rows"]
 
@@ -48,7 +48,7 @@ class CircuitGraphs(WandbCallback):
         k: channels per layer (int, fraction or per-layer mapping).
         scoring: edge scoring (``gradient`` works for any backbone; ``weight``; ``auto``).
         ablation: ablation of the faithfulness test (``zero`` or ``mean``).
-        layers: circuit layers (default: the module's taps).
+        layers: circuit layers or a preset (default: ``blocks``, else stages, else the module's taps).
         max_edges: rows of the edge table.
     """
 
@@ -88,7 +88,8 @@ class CircuitGraphs(WandbCallback):
         with torch.inference_mode(False):  # Lightning validates in inference mode; gradient scoring needs autograd
             explanation = self._explanation(pl_module, outputs).detach().clone()
             label = int(outputs["target"][0]) if "target" in outputs else None
-            reader = CircuitReader(pl_module.classifier, self.layers or pl_module.taps, k=self.k, scoring=self.scoring,
+            layers = circuit_taps(pl_module.classifier, self.layers, pl_module.taps)
+            reader = CircuitReader(pl_module.classifier, layers, k=self.k, scoring=self.scoring,
                                    ablation=self.ablation)
             graph = reader.read(explanation, label=label)
         figure = draw_circuit(graph)

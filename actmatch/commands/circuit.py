@@ -30,7 +30,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_rgb, resize_for_model, to_tensor
-from actmatch.explainers.circuits import ABLATIONS, DEFAULT_FRACTIONS, SCORINGS, MeanAblation, write_circuit_outputs
+from actmatch.explainers.circuits import (
+    ABLATIONS,
+    DEFAULT_FRACTIONS,
+    RANKINGS,
+    SCORINGS,
+    MeanAblation,
+    circuit_taps,
+    write_circuit_outputs,
+)
 from actmatch.explainers.classifier import ClassifierLoadError
 
 __all__ = ["main", "read_mask", "CSV_FIELDS", "summarize"]
@@ -52,6 +60,8 @@ CSV_FIELDS = [
     "circuit_nodes_original",
     "circuit_jaccard_nodes",
     "circuit_jaccard_edges",
+    "circuit_random_kept",
+    "circuit_rank",
     "circuit_scoring",
     "circuit_ablation",
     "seconds",
@@ -69,7 +79,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", default="outputs/circuit", help="output folder (default: %(default)s)")
     parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
     parser.add_argument("--weights", default=None, help="local classifier checkpoint (.pth/.safetensors)")
-    parser.add_argument("--taps", nargs="+", default=None, help="circuit layers (default: the backbone's stages)")
+    parser.add_argument("--taps", nargs="+", default=None,
+                        help="circuit layers: names, or 'blocks' (hidden channels inside every block, the default where "
+                             "the model has them) or 'stages' (the backbone's stage outputs)")
+    parser.add_argument("--rank", choices=list(RANKINGS), default="attribution",
+                        help="channels chosen by attribution (what the label needs; default) or energy (the paper's nodes)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--k", type=int, default=None, help="channels per tapped layer (absolute)")
     size.add_argument("--fraction", type=float, default=None, help="fraction of channels per tapped layer (default 0.1)")
@@ -161,6 +175,9 @@ def summarize(rows: list[dict]) -> dict:
             "nodes_original": _quantiles([r["circuit_nodes_original_smallest"] for r in searched
                                           if r["circuit_nodes_original_smallest"] is not None]),
         }
+    controls = [r["circuit_random_kept"] for r in ok if r.get("circuit_random_kept") is not None]
+    if controls:
+        out["random_circuit_label_kept"] = round(statistics.fmean(controls), 4)
     out["jaccard_nodes"] = _quantiles([r["circuit_jaccard_nodes"] for r in ok])
     return out
 
@@ -184,6 +201,9 @@ def print_summary(summary: dict, stream=sys.stdout) -> None:
             f"median channels {comp['nodes_explanation'].get('median')} vs {comp['nodes_original'].get('median')}",
             file=stream,
         )
+    if "random_circuit_label_kept" in summary:
+        print(f"control: random circuits of the same size keep the label {100 * summary['random_circuit_label_kept']:.0f}% "
+              f"of the time", file=stream)
     print(f"node Jaccard original vs explanation: median {summary['jaccard_nodes'].get('median')}", file=stream)
 
 
@@ -195,10 +215,7 @@ def main(command: str, argv: list[str]) -> int:
     torch.manual_seed(args.seed)
     try:
         explainer = build_explainer(None, args.backbone, args.weights, args.steps).to(args.device)
-        if args.taps is not None:
-            from actmatch.explainers.taps import validate_layers
-
-            validate_layers(explainer.classifier, args.taps)
+        layers = circuit_taps(explainer.classifier, args.taps, fallback=explainer.taps)
     except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
         print(f"actmatch circuit: {err}", file=sys.stderr)
         return 2
@@ -208,7 +225,6 @@ def main(command: str, argv: list[str]) -> int:
         print(f"actmatch circuit: no images found in {args.images}", file=sys.stderr)
         return 2
     out_dir.mkdir(parents=True, exist_ok=True)
-    layers = args.taps or explainer.taps
     ablation = args.ablation
     if ablation == "mean":  # dataset means over the readable images (one forward pass each)
         images = []
@@ -241,7 +257,7 @@ def main(command: str, argv: list[str]) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             _write_mask(mask, (original.size[1], original.size[0]), folder / "mask.png")
             summary = write_circuit_outputs(explainer, image, mask, folder, k=k, scoring=args.scoring, ablation=ablation,
-                                            search=args.search, layers=layers)
+                                            search=args.search, layers=layers, rank=args.rank)
             row.update(
                 label=label, label_name=classifier.class_name(label), mask_area=round(float(mask.mean()), 6),
                 explanation_label_kept=bool(evaluated.label_kept[0]), **summary,

@@ -34,6 +34,7 @@ from actmatch.explainers.circuits.edges import (
 )
 from actmatch.explainers.circuits.graph import (
     DEFAULT_FRACTIONS,
+    RANKINGS,
     CircuitReader,
     SearchResult,
     circuit_channels,
@@ -42,7 +43,16 @@ from actmatch.explainers.circuits.graph import (
     read_circuit,
 )
 from actmatch.explainers.circuits.io import read_graphml, read_json, write_graphml, write_json
-from actmatch.explainers.circuits.nodes import PRE_LOGITS, Activations, read_activations, resolve_counts
+from actmatch.explainers.circuits.attribution import attribution_select, channel_attribution
+from actmatch.explainers.circuits.nodes import (
+    PRE_LOGITS,
+    TAP_PRESETS,
+    Activations,
+    block_taps,
+    circuit_taps,
+    read_activations,
+    resolve_counts,
+)
 from actmatch.explainers.circuits.outputs import write_circuit_outputs
 
 __all__ = [
@@ -59,11 +69,17 @@ __all__ = [
     "MeanAblation",
     "NotLinkableError",
     "PRE_LOGITS",
+    "RANKINGS",
+    "TAP_PRESETS",
     "SCORINGS",
     "SearchResult",
     "WeightScoring",
     "ZeroAblation",
     "ablated",
+    "attribution_select",
+    "block_taps",
+    "channel_attribution",
+    "circuit_taps",
     "circuit_channels",
     "compare_circuits",
     "draw_circuit",

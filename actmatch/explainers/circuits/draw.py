@@ -1,7 +1,7 @@
 """Layered drawings of circuits (matplotlib + networkx): layers as columns, edge width by score.
 
 Scores differ by orders of magnitude between layers, so edge widths are normalised per pair of
-successive layers. Wide layers show their ``max_nodes`` most energetic channels (the column
+successive layers. Wide layers show their ``max_nodes`` first-ranked channels (the column
 title says how many the circuit has), and only edges between shown nodes are drawn.
 """
 
@@ -46,7 +46,7 @@ def draw_circuit(
     """Draw ``graph`` column by column; save to ``path`` if given.
 
     Args:
-        max_nodes: channels shown per layer (the most energetic).
+        max_nodes: channels shown per layer (the first-ranked).
         highlight: node ids drawn in a second colour (e.g. nodes shared with another circuit).
         title: figure title (default: backbone, input, label, faithfulness).
     """

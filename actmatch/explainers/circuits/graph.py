@@ -3,9 +3,10 @@
 Node ids are ``"<layer>:<channel>"`` for channels and ``"class:<index>"`` for classes. Node
 attributes: ``kind`` (channel | class), ``layer``, ``layer_index`` (column), ``channel``,
 ``activation`` (mean activation; the logit for classes), ``energy`` (mean |activation|),
-``rank`` (0 = most energetic in its layer); classes also ``name`` and ``probability``. Edge
+``rank`` (0 = first chosen in its layer by the reader's ranking); classes also ``name`` and
+``probability``. Edge
 attributes: ``kind`` (edge | class_link), ``score``, ``scoring`` (weight | gradient | fc).
-Graph attributes: backbone, input, scoring, ablation, layers, channels, counts, fraction, label,
+Graph attributes: backbone, input, scoring, ablation, rank_by, layers, channels, counts, fraction, label,
 label_name, label_kept, confidence.
 """
 
@@ -19,21 +20,23 @@ import torch
 from torch import nn
 
 from actmatch.explainers.circuits.ablation import Ablation, Faithfulness, ablated_logits, faithfulness, make_ablation
+from actmatch.explainers.circuits.attribution import attribution_select, channel_attribution
 from actmatch.explainers.circuits.edges import EdgeScoring, make_scoring
 from actmatch.explainers.circuits.nodes import (
     PRE_LOGITS,
     Activations,
     KSpec,
+    circuit_taps,
     find_head,
     read_activations,
     resolve_counts,
     sites,
     top_channels,
 )
-from actmatch.explainers.taps import default_taps, validate_layers
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "RANKINGS",
     "CircuitReader",
     "SearchResult",
     "read_circuit",
@@ -44,6 +47,11 @@ __all__ = [
 
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
 """Per-layer channel fractions tried by :meth:`CircuitReader.search` (grid)."""
+
+RANKINGS = ("attribution", "energy")
+"""How a layer's circuit channels are chosen: ``attribution`` (what the label needs, see
+:mod:`~actmatch.explainers.circuits.attribution`) or ``energy`` (the most energetic channels,
+the paper's definition)."""
 
 
 def node_id(layer: str, channel: int) -> str:
@@ -73,14 +81,18 @@ class CircuitReader:
 
     Args:
         classifier: a FrozenClassifier (images in [0, 1]) or any model taking the images as given.
-        layers: tapped layers (None: the backbone's stages from timm's feature_info); sorted into
-            forward order on first use. Unknown names raise an error listing the valid ones.
+        layers: tapped layers: names, a preset (``blocks`` or ``stages``) or None (``blocks``: the
+            hidden channels inside every block where the model has such blocks, else its stages;
+            see :func:`~actmatch.explainers.circuits.nodes.circuit_taps`). Sorted into forward
+            order on first use. Unknown names raise an error listing the valid ones.
         k: channels per layer (int, fraction or per-layer mapping; see
             :func:`~actmatch.explainers.circuits.nodes.resolve_counts`). The pre-logits layer takes
             the value given for it, else the global k (an int k larger than its feature count
             keeps all features).
         scoring: ``weight``, ``gradient``, ``auto`` or an :class:`EdgeScoring`.
         ablation: ``zero``, ``mean`` or an :class:`Ablation` (faithfulness test).
+        rank: ``attribution`` (default: the channels whose ablation costs the label most, in two
+            steps) or ``energy`` (the k most energetic channels, the paper's nodes).
         top_classes: class nodes: the label plus the next top classes up to this many.
         head: the linear classifier head (default: timm's ``get_classifier()``).
         max_in_edges: keep only each node's strongest incoming edges (None: all k_s × k_t edges;
@@ -97,12 +109,16 @@ class CircuitReader:
         top_classes: int = 1,
         head: str | None = None,
         max_in_edges: int | None = 16,
+        rank: str = "attribution",
     ) -> None:
+        if rank not in RANKINGS:
+            raise ValueError(f"unknown channel ranking {rank!r}; choose one of {list(RANKINGS)}")
+        self.rank = rank
         if max_in_edges is not None and max_in_edges < 1:
             raise ValueError(f"max_in_edges must be >= 1 or None, got {max_in_edges}")
         self.max_in_edges = max_in_edges
         self.classifier = classifier
-        self.layers = validate_layers(classifier, list(layers)) if layers is not None else default_taps(classifier)
+        self.layers = circuit_taps(classifier, layers)
         self.head = find_head(classifier, head)
         self.k = k
         self.scoring = make_scoring(scoring)
@@ -137,15 +153,60 @@ class CircuitReader:
             k = {**k, PRE_LOGITS: max(fractions) if fractions else 1.0}
         return resolve_counts(k, channels)
 
-    def keep(self, acts: Activations, k: KSpec | None = None) -> dict[str, torch.Tensor]:
-        """Tap layer -> (C,) bool mask of the circuit's channels."""
+    def select(
+        self, acts: Activations, k: KSpec | None = None, image: torch.Tensor | None = None, label: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Tap layer -> indices of the circuit's channels, first chosen first.
+
+        ``attribution`` ranking needs the ``image`` the activations came from; ``label`` defaults
+        to its top-1.
+        """
         counts = self.counts(acts, k)
+        taps = {name: counts[name] for name in self.layers}
+        if self.rank == "energy":
+            return {name: top_channels(acts.energy[name], count) for name, count in taps.items()}
+        if image is None:
+            raise ValueError("attribution ranking needs the image: pass image=..., or use rank='energy'")
+        label = int(acts.logits.argmax()) if label is None else int(label)
+        image = image.to(self.device)
+        if label not in acts.attribution:  # the full-model step is shared by every k
+            acts.attribution[label] = channel_attribution(self.classifier, image, self.layers, label, self.ablation)
+        return attribution_select(self.classifier, image, taps, label, self.ablation, acts.attribution[label])
+
+    def keep(
+        self, acts: Activations, k: KSpec | None = None, image: torch.Tensor | None = None, label: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Tap layer -> (C,) bool mask of the circuit's channels (see :meth:`select`)."""
         masks = {}
-        for name in self.layers:
+        for name, chosen in self.select(acts, k, image, label).items():
             mask = torch.zeros(acts.channels(name), dtype=torch.bool)
-            mask[top_channels(acts.energy[name], counts[name])] = True
+            mask[chosen] = True
             masks[name] = mask
         return masks
+
+    def random_control(
+        self, image: torch.Tensor, k: KSpec | None = None, label: int | None = None, draws: int = 8, seed: int = 0
+    ) -> float:
+        """Share of ``draws`` random circuits of the same per-layer sizes that keep ``label``.
+
+        The control for a faithfulness claim: a circuit means something only where random
+        channels of the same count do not keep the label too.
+        """
+        image = image.to(self.device)
+        acts = self.activations(image)
+        label = int(acts.logits.argmax()) if label is None else int(label)
+        counts = self.counts(acts, k)
+        generator = torch.Generator().manual_seed(seed)
+        keeps = []
+        for _ in range(draws):
+            keep = {}
+            for name in self.layers:
+                mask = torch.zeros(acts.channels(name), dtype=torch.bool)
+                mask[torch.randperm(acts.channels(name), generator=generator)[: counts[name]]] = True
+                keep[name] = mask
+            keeps.append(keep)
+        logits = ablated_logits(self.classifier, image, keeps, self.ablation, self.chunk)
+        return float((logits.argmax(-1) == label).float().mean())
 
     # ------------------------------------------------------------------ faithfulness
     def faithfulness(
@@ -153,7 +214,7 @@ class CircuitReader:
     ) -> Faithfulness:
         """Classify ``image`` with every tapped channel outside the circuit ablated."""
         acts = acts or self.activations(image)
-        return faithfulness(self.classifier, image.to(self.device), self.keep(acts, k), label, self.ablation,
+        return faithfulness(self.classifier, image.to(self.device), self.keep(acts, k, image, label), label, self.ablation,
                             acts.logits.to(self.device))
 
     def search(
@@ -189,7 +250,7 @@ class CircuitReader:
                 raise ValueError(f"fractions must be a non-empty list of values in (0, 1], got {list(fractions)}")
             for start in range(0, len(grid), self.chunk):  # a few fractions per batched forward pass
                 part = grid[start : start + self.chunk]
-                logits = ablated_logits(self.classifier, image, [self.keep(acts, f) for f in part], self.ablation, self.chunk)
+                logits = ablated_logits(self.classifier, image, [self.keep(acts, f, image, label) for f in part], self.ablation, self.chunk)
                 probs = logits.softmax(-1)
                 for fraction, row in zip(part, probs):
                     trials.append((fraction, int(row.argmax()) == label, float(row[label])))
@@ -235,6 +296,7 @@ class CircuitReader:
             input=input_name,
             scoring=self.scoring.name,
             ablation=self.ablation.name,
+            rank_by=self.rank,
             layers=list(acts.layers),
             channels={name: acts.channels(name) for name in acts.layers},
             counts=counts,
@@ -243,9 +305,9 @@ class CircuitReader:
         )
         if isinstance(k, float):
             graph.graph["fraction"] = float(k)
-        kept = {}
+        kept = self.select(acts, k, image, label)
+        kept[PRE_LOGITS] = top_channels(acts.energy[PRE_LOGITS], counts[PRE_LOGITS])
         for index, layer in enumerate(acts.layers):
-            kept[layer] = top_channels(acts.energy[layer], counts[layer])
             for rank, channel in enumerate(kept[layer].tolist()):
                 graph.add_node(
                     node_id(layer, channel), kind="channel", layer=layer, layer_index=index, channel=channel,

@@ -35,6 +35,9 @@ __all__ = [
     "read_activations",
     "top_channels",
     "sites",
+    "block_taps",
+    "circuit_taps",
+    "TAP_PRESETS",
 ]
 
 PRE_LOGITS = "pre_logits"
@@ -63,6 +66,7 @@ class Activations:
         energy: layer -> (C,) mean absolute activation.
         mean: layer -> (C,) mean (signed) activation.
         logits: (K,) class logits.
+        attribution: label -> layer -> (C,) full-model channel attribution, filled on demand.
     """
 
     layers: list[str]
@@ -70,6 +74,7 @@ class Activations:
     energy: dict[str, torch.Tensor] = field(default_factory=dict)
     mean: dict[str, torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
+    attribution: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # label -> layer -> (C,)
 
     def __post_init__(self) -> None:
         for name, fmap in self.maps.items():
@@ -206,6 +211,64 @@ def read_activations(
     pre = store["input"][0].cpu()
     maps[PRE_LOGITS] = pre.reshape(pre.shape[0], 1, 1) if pre.dim() == 1 else pre.flatten(1)[:, :, None]
     return Activations(layers=order + [PRE_LOGITS], maps=maps, logits=logits[0].cpu())
+
+
+def block_taps(classifier: nn.Module) -> list[str]:
+    """The hidden channels inside every block, where a circuit can be cut without cutting the stream.
+
+    - timm inverted residuals (EfficientNet, MobileNet-V2/V3, MNASNet: blocks with ``conv_pwl``):
+      ``bn2``, the activation after the depthwise convolution (BatchNormAct2d: norm + activation);
+    - timm ResNet basic blocks: ``act1``; bottlenecks: ``act1`` and ``act2``.
+
+    Stage outputs (:func:`~actmatch.explainers.taps.default_taps`) are the residual stream
+    itself, often only 16–40 channels wide early on: keeping 10% of them cuts the image down to
+    a handful of channels, and no circuit that small keeps a label.
+
+    Raises:
+        ValueError: the model has none of these blocks (name the layers with ``--taps``).
+    """
+    model = _model_of(classifier)
+    names = []
+    for name, module in model.named_modules():
+        if not name:
+            continue  # the model itself is not a block
+        if hasattr(module, "conv_pwl") and hasattr(module, "bn2"):
+            names.append(f"{name}.bn2")
+        elif hasattr(module, "downsample") and hasattr(module, "act1"):  # timm ResNet blocks
+            names += [f"{name}.act1", f"{name}.act2"] if hasattr(module, "conv3") else [f"{name}.act1"]
+    if not names:
+        raise ValueError(
+            f"{type(model).__name__} has no inverted-residual or ResNet blocks to tap inside; "
+            f"use the stage taps ('stages') or name the layers (e.g. --taps layer1 layer2)"
+        )
+    return names
+
+
+TAP_PRESETS = {"blocks": block_taps, "stages": default_taps}
+"""Named tap sets for circuits: ``blocks`` (hidden channels inside every block) and ``stages``."""
+
+
+def circuit_taps(
+    classifier: nn.Module, layers: str | list[str] | None = None, fallback: list[str] | None = None
+) -> list[str]:
+    """The circuit's layers: explicit names, a preset name from :data:`TAP_PRESETS`, or by default
+    :func:`block_taps` where the model has such blocks, else its stages, else ``fallback`` (e.g. the
+    explainer's taps)."""
+    if isinstance(layers, str) or (isinstance(layers, (list, tuple)) and len(layers) == 1 and layers[0] in TAP_PRESETS):
+        preset = layers if isinstance(layers, str) else layers[0]
+        if preset not in TAP_PRESETS:
+            raise ValueError(f"unknown tap preset {preset!r}; choose one of {sorted(TAP_PRESETS)} or give layer names")
+        return TAP_PRESETS[preset](classifier)
+    if layers is not None:
+        return validate_layers(classifier, list(layers))
+    for preset in (block_taps, default_taps):
+        try:
+            return preset(classifier)
+        except ValueError:
+            pass
+    if fallback:
+        return validate_layers(classifier, list(fallback))
+    return block_taps(classifier)  # raises, naming the fix
 
 
 def sites(classifier: nn.Module, layers: list[str], head: str | None = None) -> dict[str, Site]:

@@ -12,7 +12,7 @@ from actmatch.explainers.circuits.draw import draw_circuit, draw_comparison
 from actmatch.explainers.circuits.edges import EdgeScoring
 from actmatch.explainers.circuits.graph import DEFAULT_FRACTIONS, CircuitReader, compare_circuits
 from actmatch.explainers.circuits.io import write_graphml, write_json
-from actmatch.explainers.circuits.nodes import PRE_LOGITS, KSpec, resolve_counts
+from actmatch.explainers.circuits.nodes import PRE_LOGITS, KSpec, circuit_taps, resolve_counts
 
 __all__ = ["write_circuit_outputs", "DEFAULT_K"]
 
@@ -39,7 +39,9 @@ def write_circuit_outputs(
     ablation: str | Ablation = "zero",
     search: bool = True,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    layers: Sequence[str] | None = None,
+    layers: str | Sequence[str] | None = None,
+    rank: str = "attribution",
+    random_draws: int = 8,
 ) -> dict:
     """Read out, test and write the circuits of an explanation and of its original image.
 
@@ -57,7 +59,11 @@ def write_circuit_outputs(
         image: (1, 3, h, w) in [0, 1].
         mask: (1, 1, h, w) hard {0, 1} mask.
         out_dir: an existing folder.
-        layers: circuit layers (default: the explainer's taps).
+        layers: circuit layers, or a preset ``blocks`` / ``stages`` (default: ``blocks`` where the
+            model has them, else its stages, else the explainer's taps; see
+            :func:`~actmatch.explainers.circuits.nodes.circuit_taps`).
+        rank: ``attribution`` or ``energy`` (see :class:`CircuitReader`).
+        random_draws: random circuits of the same size tested as the control (0: none).
 
     Returns:
         Summary fields: ``circuit_nodes`` (tapped channels in the explanation's circuit),
@@ -66,7 +72,9 @@ def write_circuit_outputs(
         keeps the label), ``circuit_label_kept_original`` and ``circuit_nodes_original`` (the
         original's circuit at the explanation's k), ``circuit_nodes_original_smallest`` (tapped
         channels at the original's own smallest fraction), ``circuit_jaccard_nodes``,
-        ``circuit_jaccard_edges`` (original vs explanation at the same k).
+        ``circuit_jaccard_edges`` (original vs explanation at the same k), ``circuit_random_kept``
+        (share of random same-size circuits that keep the label; None without draws), ``circuit_rank``,
+        ``circuit_taps``.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -80,8 +88,9 @@ def write_circuit_outputs(
     evaluated = explainer.evaluate(image, mask)
     explanation = evaluated.explanations.to(device)
     label = int(evaluated.label[0])
-    reader = CircuitReader(explainer.classifier, layers or explainer.taps, k=DEFAULT_K if k is None else k,
-                           scoring=scoring, ablation=ablation)
+    layers = circuit_taps(explainer.classifier, layers, fallback=explainer.taps)
+    reader = CircuitReader(explainer.classifier, layers, k=DEFAULT_K if k is None else k,
+                           scoring=scoring, ablation=ablation, rank=rank)
     fraction_e = fraction_x = None
     trials = []
     if search and k is None:
@@ -92,6 +101,7 @@ def write_circuit_outputs(
     graph_e = reader.read(explanation, k=circuit_k, label=label, input_name="explanation")
     graph_x = reader.read(image, k=circuit_k, label=label, input_name="original")
     comparison = compare_circuits(graph_x, graph_e)
+    random_kept = reader.random_control(explanation, circuit_k, label, random_draws) if random_draws else None
     write_json(graph_e, out_dir / "circuit.json", search=[list(t) for t in trials],
                comparison={k_: v for k_, v in comparison.items() if k_ != "shared_nodes"})
     write_graphml(graph_e, out_dir / "circuit.graphml")
@@ -111,4 +121,7 @@ def write_circuit_outputs(
         "circuit_nodes_original_smallest": None if fraction_x is None else _tap_count(graph_x, fraction_x),
         "circuit_jaccard_nodes": comparison["jaccard_nodes"],
         "circuit_jaccard_edges": comparison["jaccard_edges"],
+        "circuit_random_kept": random_kept,
+        "circuit_rank": reader.rank,
+        "circuit_taps": " ".join(reader.layers),
     }
