@@ -37,6 +37,10 @@ def test_per_image_masks_are_binary_input_sized_and_weights_untouched(tiny_class
     assert state_fingerprint(tiny_classifier) == before
     assert not any(p.requires_grad for p in tiny_classifier.parameters())
     assert hook_count(tiny_classifier) == 0
+    # the U-Net's probabilities at the kept step: the mask is exactly their 0.5 threshold
+    assert result.soft_masks.shape == result.masks.shape
+    assert ((result.soft_masks >= 0) & (result.soft_masks <= 1)).all()
+    assert torch.equal((result.soft_masks > 0.5).float(), result.masks)
 
 
 def test_amortized_training_leaves_classifier_untouched(tiny_classifier, rng_images, tmp_path):

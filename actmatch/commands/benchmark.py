@@ -57,7 +57,11 @@ __all__ = [
 
 
 class ActMatchMethod(AttributionMethod):
-    """Per-image activation matching (:meth:`ActMatchExplainer.fit_images`); the map is the mask.
+    """Per-image activation matching (:meth:`ActMatchExplainer.fit_images`).
+
+    The map is m + s: the binary mask m plus the U-Net's probability s at the kept step, so a
+    cut at the mask's area is exactly the mask, and smaller or larger cuts (smallest sufficient
+    area, insertion, deletion) follow the U-Net's own ranking instead of random tie-breaks.
 
     Args:
         classifier: the frozen classifier (shared with the explainer, loaded once).
@@ -82,7 +86,8 @@ class ActMatchMethod(AttributionMethod):
 
     def compute(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self.explainer.to(images.device)
-        return self.explainer.fit_images(images, steps=self.steps, seed=self.seed).masks.to(images.device)
+        result = self.explainer.fit_images(images, steps=self.steps, seed=self.seed)
+        return (result.masks + result.soft_masks).to(images.device)
 
 
 class AmortizedActMatchMethod(ActMatchMethod):
@@ -258,7 +263,7 @@ def run_benchmark(
                 saliency = method.attribute(x, target)  # (1, 1, H, W)
                 row["seconds"] = time.perf_counter() - start
                 if name == "am":
-                    area = M.mask_area(saliency).item() or args.area
+                    area = M.mask_area(saliency >= 1).item() or args.area  # the binary mask inside m + s
                 row.update(_score(classifier, x, saliency, target, area, pool, args))
                 maps[name].append(saliency.cpu())
             except Exception as err:  # noqa: BLE001 - one failure must not lose the other rows

@@ -53,6 +53,7 @@ class Explanation:
     steps: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    soft_masks: torch.Tensor | None = None  # (B, 1, H, W) the U-Net's probabilities at the kept step
 
     @property
     def label_kept(self) -> torch.Tensor:
@@ -223,6 +224,7 @@ class ActMatchExplainer(L.LightningModule):
         target = reference[0].argmax(-1)
         b = images.shape[0]
         best_masks = torch.ones_like(images[:, :1])
+        best_soft = torch.ones_like(images[:, :1])
         best_area = torch.full((b,), float("inf"), device=self.device)
         found = torch.zeros(b, dtype=torch.bool, device=self.device)
         history = []
@@ -234,6 +236,7 @@ class ActMatchExplainer(L.LightningModule):
                 kept = out.evidence.logits_e.detach().argmax(-1) == target
                 better = kept & (area < best_area) if self.select == "smallest_kept" else torch.ones_like(kept)
                 best_masks[better] = mask[better]
+                best_soft[better] = out.evidence.soft_mask.detach()[better]
                 best_area = torch.where(better, area, best_area)
                 found |= kept
                 history.append({"loss": out.loss.mean().item(), "area": area.mean().item(), "kept": kept.float().mean().item()})
@@ -245,8 +248,10 @@ class ActMatchExplainer(L.LightningModule):
                     progress(i + 1, steps)
         # images whose label was never kept return their last mask
         best_masks[~found] = out.evidence.mask.detach()[~found]
+        best_soft[~found] = out.evidence.soft_mask.detach()[~found]
         result = self.evaluate(images, best_masks)
         result.steps, result.seconds, result.history = steps, time.perf_counter() - start, history
+        result.soft_masks = best_soft.cpu()
         return result
 
     @torch.no_grad()
