@@ -111,7 +111,7 @@ def test_invalid_configuration_fails_before_any_work(tiny_classifier, kwargs, me
 
 
 def test_real_photo_keeps_its_label_with_a_smaller_mask(lite0, small_coffee_path):
-    explainer = ActMatchExplainer(classifier=lite0, steps=25)
+    explainer = ActMatchExplainer(classifier=lite0, steps=40)
     image, _ = load_image(small_coffee_path, lite0.input_size)
     before = state_fingerprint(lite0)
     result = explainer.fit_images(image[None], seed=0)
