@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from actmatch.explainers.circuits.ablation import Ablation, ablated, make_ablation
+from actmatch.explainers.circuits.nodes import top_channels
 
 __all__ = ["channel_attribution", "attribution_select"]
 
@@ -55,7 +56,7 @@ def channel_attribution(
 
         return hook
 
-    with ablated(classifier, keep or {}, ablation) if keep else nullcontext():
+    with ablated(classifier, keep, ablation) if keep else nullcontext():
         handles = [modules[layer].register_forward_hook(record(layer)) for layer in layers]
         try:
             with torch.enable_grad():
@@ -68,15 +69,9 @@ def channel_attribution(
     scores = {}
     for layer, grad in zip(layers, grads):
         out = outputs[layer].detach()
-        fill = ablation.fill(layer, out)
-        scores[layer] = ((out - fill) * grad).flatten(2).sum(-1)[0].cpu() if out.dim() == 4 else ((out - fill) * grad)[0].cpu()
+        contribution = (out - ablation.fill(layer, out)) * grad  # (1, C, h, w) or (1, C)
+        scores[layer] = (contribution.flatten(2).sum(-1) if contribution.dim() == 4 else contribution)[0].cpu()
     return scores
-
-
-def _top(scores: torch.Tensor, count: int, allowed: torch.Tensor | None = None) -> torch.Tensor:
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, -float("inf"))
-    return torch.argsort(scores, descending=True, stable=True)[:count]
 
 
 def attribution_select(
@@ -99,9 +94,9 @@ def attribution_select(
     for layer in layers:
         channels = full_scores[layer].numel()
         mask = torch.zeros(channels, dtype=torch.bool)
-        mask[_top(full_scores[layer], min(channels, 2 * counts[layer]))] = True
+        mask[top_channels(full_scores[layer], min(channels, 2 * counts[layer]))] = True
         wide[layer] = mask
     if all(bool(mask.all()) for mask in wide.values()):
-        return {layer: _top(full_scores[layer], counts[layer]) for layer in layers}
+        return {layer: top_channels(full_scores[layer], counts[layer]) for layer in layers}
     refined = channel_attribution(classifier, image, layers, label, ablation, keep=wide)
-    return {layer: _top(refined[layer], counts[layer], wide[layer]) for layer in layers}
+    return {layer: top_channels(refined[layer].masked_fill(~wide[layer], -float("inf")), counts[layer]) for layer in layers}

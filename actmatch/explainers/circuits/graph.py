@@ -177,12 +177,7 @@ class CircuitReader:
         self, acts: Activations, k: KSpec | None = None, image: torch.Tensor | None = None, label: int | None = None
     ) -> dict[str, torch.Tensor]:
         """Tap layer -> (C,) bool mask of the circuit's channels (see :meth:`select`)."""
-        masks = {}
-        for name, chosen in self.select(acts, k, image, label).items():
-            mask = torch.zeros(acts.channels(name), dtype=torch.bool)
-            mask[chosen] = True
-            masks[name] = mask
-        return masks
+        return _as_masks(acts, self.select(acts, k, image, label))
 
     def random_control(
         self, image: torch.Tensor, k: KSpec | None = None, label: int | None = None, draws: int = 8, seed: int = 0
@@ -197,25 +192,29 @@ class CircuitReader:
         label = int(acts.logits.argmax()) if label is None else int(label)
         counts = self.counts(acts, k)
         generator = torch.Generator().manual_seed(seed)
-        keeps = []
-        for _ in range(draws):
-            keep = {}
-            for name in self.layers:
-                mask = torch.zeros(acts.channels(name), dtype=torch.bool)
-                mask[torch.randperm(acts.channels(name), generator=generator)[: counts[name]]] = True
-                keep[name] = mask
-            keeps.append(keep)
+        def draw() -> dict[str, torch.Tensor]:
+            return {name: torch.randperm(acts.channels(name), generator=generator)[: counts[name]] for name in self.layers}
+
+        keeps = [_as_masks(acts, draw()) for _ in range(draws)]
         logits = ablated_logits(self.classifier, image, keeps, self.ablation, self.chunk)
         return float((logits.argmax(-1) == label).float().mean())
 
     # ------------------------------------------------------------------ faithfulness
     def faithfulness(
-        self, image: torch.Tensor, k: KSpec | None = None, label: int | None = None, acts: Activations | None = None
+        self,
+        image: torch.Tensor,
+        k: KSpec | None = None,
+        label: int | None = None,
+        acts: Activations | None = None,
+        keep: dict[str, torch.Tensor] | None = None,
     ) -> Faithfulness:
-        """Classify ``image`` with every tapped channel outside the circuit ablated."""
+        """Classify ``image`` with every tapped channel outside the circuit ablated.
+
+        ``keep``: the circuit's channel masks, if already chosen (else chosen here at ``k``).
+        """
         acts = acts or self.activations(image)
-        return faithfulness(self.classifier, image.to(self.device), self.keep(acts, k, image, label), label, self.ablation,
-                            acts.logits.to(self.device))
+        keep = self.keep(acts, k, image, label) if keep is None else keep
+        return faithfulness(self.classifier, image.to(self.device), keep, label, self.ablation, acts.logits.to(self.device))
 
     def search(
         self,
@@ -250,7 +249,8 @@ class CircuitReader:
                 raise ValueError(f"fractions must be a non-empty list of values in (0, 1], got {list(fractions)}")
             for start in range(0, len(grid), self.chunk):  # a few fractions per batched forward pass
                 part = grid[start : start + self.chunk]
-                logits = ablated_logits(self.classifier, image, [self.keep(acts, f, image, label) for f in part], self.ablation, self.chunk)
+                keeps = [self.keep(acts, f, image, label) for f in part]
+                logits = ablated_logits(self.classifier, image, keeps, self.ablation, self.chunk)
                 probs = logits.softmax(-1)
                 for fraction, row in zip(part, probs):
                     trials.append((fraction, int(row.argmax()) == label, float(row[label])))
@@ -329,7 +329,8 @@ class CircuitReader:
             )
         self._class_links(graph, acts, kept[PRE_LOGITS], label, names)
         if test:
-            result = self.faithfulness(image, k, label, acts)
+            keep = _as_masks(acts, {name: kept[name] for name in self.layers})
+            result = self.faithfulness(image, k, label, acts, keep=keep)
             graph.graph.update(label_kept=result.label_kept, confidence=result.confidence,
                                label_ablated=result.label_ablated, confidence_full=result.confidence_full)
         return graph
@@ -351,6 +352,16 @@ class CircuitReader:
                 score = float(weight[c, i] * energy[i])
                 if score > 0:
                     graph.add_edge(node_id(PRE_LOGITS, i), node_id("class", c), kind="class_link", score=score, scoring="fc")
+
+
+def _as_masks(acts: Activations, chosen: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Layer -> (C,) bool mask from layer -> indices of the chosen channels."""
+    masks = {}
+    for name, indices in chosen.items():
+        mask = torch.zeros(acts.channels(name), dtype=torch.bool)
+        mask[indices] = True
+        masks[name] = mask
+    return masks
 
 
 def read_circuit(classifier: nn.Module, image: torch.Tensor, **kwargs) -> nx.DiGraph:

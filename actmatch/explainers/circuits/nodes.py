@@ -254,11 +254,12 @@ def circuit_taps(
     """The circuit's layers: explicit names, a preset name from :data:`TAP_PRESETS`, or by default
     :func:`block_taps` where the model has such blocks, else its stages, else ``fallback`` (e.g. the
     explainer's taps)."""
-    if isinstance(layers, str) or (isinstance(layers, (list, tuple)) and len(layers) == 1 and layers[0] in TAP_PRESETS):
-        preset = layers if isinstance(layers, str) else layers[0]
-        if preset not in TAP_PRESETS:
-            raise ValueError(f"unknown tap preset {preset!r}; choose one of {sorted(TAP_PRESETS)} or give layer names")
-        return TAP_PRESETS[preset](classifier)
+    if isinstance(layers, (list, tuple)) and len(layers) == 1 and layers[0] in TAP_PRESETS:
+        layers = layers[0]  # a preset given on the command line (--taps blocks)
+    if isinstance(layers, str):
+        if layers not in TAP_PRESETS:
+            raise ValueError(f"unknown tap preset {layers!r}; choose one of {sorted(TAP_PRESETS)} or give layer names")
+        return TAP_PRESETS[layers](classifier)
     if layers is not None:
         return validate_layers(classifier, list(layers))
     for preset in (block_taps, default_taps):
