@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from actmatch.datamodules.images import load_image
 from actmatch.explainers import losses as terms
 from actmatch.explainers.classifier import load_classifier, state_fingerprint
-from actmatch.explainers.module import ActMatchExplainer
+from actmatch.explainers.module import ActMatchExplainer, StepOutput
 from actmatch.explainers.taps import hook_count
 from actmatch.explainers.unet import MaskUNet
 
@@ -93,6 +93,41 @@ def test_one_batched_forward_per_step(tiny_classifier, rng_images):
 
 
 @pytest.mark.parametrize(
+    "select, expected_area",
+    [("smallest_robust", 0.5), ("smallest_kept", 0.25), ("last", 0.125)],
+)
+def test_selection_among_the_steps_masks(tiny_classifier, rng_images, monkeypatch, select, expected_area):
+    """Scripted steps: area 1 (kept, robust), 0.5 (kept, robust), 0.25 (kept only), 0.125 (lost)."""
+    explainer = tiny_explainer(tiny_classifier, steps=4, select=select)
+    script = iter([(1.0, True, True), (0.5, True, True), (0.25, True, False), (0.125, False, False)])
+    target = explainer.reference(rng_images)[0].argmax(-1)
+
+    def scripted_step(images, unet, reference, progress=None):
+        area, kept, robust = next(script)
+        b, _, h, w = images.shape
+        mask = torch.zeros(b, 1, h, w)
+        mask[..., : int(area * h), :] = 1
+        hit, miss = torch.nn.functional.one_hot(target, 5) * 9.0, torch.nn.functional.one_hot((target + 1) % 5, 5) * 9.0
+        evidence = terms.Evidence(images, mask, mask, images, images, target, hit, hit if kept else miss)
+        loss = sum(p.sum() for p in unet.parameters()) * 0 + torch.zeros(b)
+        return StepOutput(loss, {}, evidence, {"robustness": torch.cat([hit, hit if robust else miss])})
+
+    monkeypatch.setattr(explainer, "step", scripted_step)
+    result = explainer.fit_images(rng_images)
+    assert result.area.tolist() == [expected_area] * 2
+    assert torch.equal(result.soft_masks, result.masks)
+
+
+def test_kept_on_backgrounds_needs_every_background():
+    """Robustness logits are (n·B, K), background-major: image 0 keeps on both, image 1 on one."""
+    target = torch.tensor([0, 1])
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [5.0, 0.0]])  # bg0: img0, img1; bg1: img0, img1
+    out = StepOutput(loss=torch.zeros(2), terms={}, evidence=None, perturbed={"robustness": logits})
+    assert ActMatchExplainer._kept_on_backgrounds(out, target).tolist() == [True, False]
+    assert ActMatchExplainer._kept_on_backgrounds(StepOutput(torch.zeros(2), {}, None), target).tolist() == [True, True]
+
+
+@pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"losses": [terms.Area(weight=0.0)]}, "no loss term has a positive weight"),
@@ -101,6 +136,7 @@ def test_one_batched_forward_per_step(tiny_classifier, rng_images):
         ({"taps": ["nope"]}, "unknown layer"),
         ({"fill": "purple"}, "unknown fill"),
         ({"mode": "sometimes"}, "unknown mode"),
+        ({"select": "biggest"}, "unknown select"),
         ({"steps": 0}, "steps must be >= 1"),
         ({"losses": [terms.Area(), terms.Area()]}, "once"),
     ],

@@ -4,7 +4,8 @@ Two ways to produce masks, sharing one loss computation (:meth:`ActMatchExplaine
 
 * per image (the papers' setting): :meth:`ActMatchExplainer.fit_images` fits a fresh (or
   warm-started) U-Net on the given images for ``steps`` steps and keeps, per image, the
-  smallest mask whose explanation still gets the original top-1 label;
+  smallest mask whose explanation still gets the original top-1 label, with the fill and on
+  the robustness term's random backgrounds;
 * amortized: ``trainer.fit(module, datamodule)`` trains the U-Net over a dataset, and
   :meth:`ActMatchExplainer.explain` then masks new images in one forward pass.
 
@@ -38,6 +39,7 @@ class StepOutput:
     loss: torch.Tensor  # (B,) weighted sum
     terms: dict[str, torch.Tensor]  # name -> (B,) unweighted
     evidence: Evidence
+    perturbed: dict[str, torch.Tensor] = field(default_factory=dict)  # term name -> (n·B, K) logits of its extra images
 
 
 @dataclass
@@ -66,6 +68,24 @@ class Explanation:
         return self.masks.flatten(1).mean(1)
 
 
+class _Best:
+    """Per image, the smallest mask offered so far under a condition (or the latest one)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        b = images.shape[0]
+        self.masks = torch.ones_like(images[:, :1])  # (B, 1, H, W)
+        self.soft = torch.ones_like(images[:, :1])
+        self.area = torch.full((b,), float("inf"), device=images.device)
+        self.found = torch.zeros(b, dtype=torch.bool, device=images.device)
+
+    def offer(self, mask: torch.Tensor, soft: torch.Tensor, ok: torch.Tensor, smaller_only: bool = True) -> None:
+        area = mask.flatten(1).mean(1)
+        take = ok & (area < self.area) if smaller_only else ok
+        self.masks[take], self.soft[take] = mask[take], soft[take]
+        self.area = torch.where(take, area, self.area)
+        self.found |= ok
+
+
 class ActMatchExplainer(L.LightningModule):
     """Frozen classifier, trainable mask U-Net and pluggable loss terms in one module.
 
@@ -81,13 +101,16 @@ class ActMatchExplainer(L.LightningModule):
         lr: Adam learning rate of the U-Net.
         steps: per-image optimisation steps.
         mode: what :meth:`explain` does: ``per_image`` fits, ``amortized`` runs one forward pass.
-        select: per image, return the smallest label-keeping mask seen (``smallest_kept``) or
-            the last one (``last``).
+        select: per image, which of the masks seen during the fit to return:
+            ``smallest_robust``: the smallest whose explanation keeps the label with the fill
+            and on every random background of the robustness term at that step (falls back to
+            ``smallest_kept``); ``smallest_kept``: the smallest that keeps the label with the
+            fill; ``last``: the last one. Images never kept return their last mask.
         classifier: an already loaded classifier (overrides ``backbone``/``weights``).
     """
 
     MODES = ("per_image", "amortized")
-    SELECTIONS = ("smallest_kept", "last")
+    SELECTIONS = ("smallest_robust", "smallest_kept", "last")
 
     def __init__(
         self,
@@ -99,10 +122,10 @@ class ActMatchExplainer(L.LightningModule):
         unet: MaskUNet | None = None,
         losses: list[LossTerm] | None = None,
         fill: str = "mean",
-        lr: float = 0.01,
-        steps: int = 60,
+        lr: float = 0.002,
+        steps: int = 100,
         mode: str = "per_image",
-        select: str = "smallest_kept",
+        select: str = "smallest_robust",
         classifier: FrozenClassifier | None = None,
     ) -> None:
         super().__init__()
@@ -170,16 +193,15 @@ class ActMatchExplainer(L.LightningModule):
         else:
             all_logits = self.classifier(batch)
         evidence.logits_e = all_logits[:b]
-        offset, terms, total = b, {}, all_logits.new_zeros(b)
+        offset, terms, perturbed, total = b, {}, {}, all_logits.new_zeros(b)
         for term, extra in zip(active, extras):
-            perturbed = None
             if extra is not None:
-                perturbed = all_logits[offset : offset + extra.shape[0]]
+                perturbed[term.name] = all_logits[offset : offset + extra.shape[0]]
                 offset += extra.shape[0]
-            value = term(evidence, perturbed)  # (B,)
+            value = term(evidence, perturbed.get(term.name))  # (B,)
             terms[term.name] = value
             total = total + term.weight_at(progress) * value
-        return StepOutput(total, terms, evidence)
+        return StepOutput(total, terms, evidence, perturbed)
 
     # ------------------------------------------------------------------ per image
     def fresh_unet(self, seed: int | None = None, init_state: dict | None = None) -> nn.Module:
@@ -203,8 +225,9 @@ class ActMatchExplainer(L.LightningModule):
     ) -> Explanation:
         """Fit one U-Net on ``images`` (B, 3, H, W) in [0, 1] and return their masks.
 
-        Per image, the kept mask is the smallest one (``select='smallest_kept'``) whose
-        explanation gets the original label at some step, else the last one.
+        Per image, the returned mask is chosen among the masks of every step by ``select``
+        (default: the smallest whose explanation keeps the original label with the fill and on
+        the robustness term's random backgrounds), else the last one.
 
         Args:
             images: the batch to explain.
@@ -222,23 +245,18 @@ class ActMatchExplainer(L.LightningModule):
         optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
         reference = self.reference(images)
         target = reference[0].argmax(-1)
-        b = images.shape[0]
-        best_masks = torch.ones_like(images[:, :1])
-        best_soft = torch.ones_like(images[:, :1])
-        best_area = torch.full((b,), float("inf"), device=self.device)
-        found = torch.zeros(b, dtype=torch.bool, device=self.device)
+        robust_best, kept_best, last = _Best(images), _Best(images), _Best(images)
         history = []
         with torch.enable_grad():
             for i in range(steps):
                 out = self.step(images, unet, reference, progress=i / steps)
-                mask = out.evidence.mask.detach()
-                area = mask.flatten(1).mean(1)
+                mask, soft = out.evidence.mask.detach(), out.evidence.soft_mask.detach()
                 kept = out.evidence.logits_e.detach().argmax(-1) == target
-                better = kept & (area < best_area) if self.select == "smallest_kept" else torch.ones_like(kept)
-                best_masks[better] = mask[better]
-                best_soft[better] = out.evidence.soft_mask.detach()[better]
-                best_area = torch.where(better, area, best_area)
-                found |= kept
+                robust = kept & self._kept_on_backgrounds(out, target)
+                kept_best.offer(mask, soft, kept)
+                robust_best.offer(mask, soft, robust)
+                last.offer(mask, soft, torch.ones_like(kept), smaller_only=False)
+                area = mask.flatten(1).mean(1)
                 history.append({"loss": out.loss.mean().item(), "area": area.mean().item(), "kept": kept.float().mean().item()})
                 if i < steps - 1:  # the last update would never be evaluated
                     optimizer.zero_grad(set_to_none=True)
@@ -246,13 +264,25 @@ class ActMatchExplainer(L.LightningModule):
                     optimizer.step()
                 if progress is not None:
                     progress(i + 1, steps)
-        # images whose label was never kept return their last mask
-        best_masks[~found] = out.evidence.mask.detach()[~found]
-        best_soft[~found] = out.evidence.soft_mask.detach()[~found]
+        # fall back: robust -> smallest kept -> last (images whose label was never kept)
+        order = {"smallest_robust": [robust_best, kept_best], "smallest_kept": [kept_best], "last": []}[self.select]
+        best_masks, best_soft = last.masks.clone(), last.soft.clone()
+        for choice in reversed(order):
+            best_masks[choice.found], best_soft[choice.found] = choice.masks[choice.found], choice.soft[choice.found]
         result = self.evaluate(images, best_masks)
         result.steps, result.seconds, result.history = steps, time.perf_counter() - start, history
         result.soft_masks = best_soft.cpu()
         return result
+
+    @staticmethod
+    def _kept_on_backgrounds(out: StepOutput, target: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the label survives on every random background of the robustness term this
+        step (all True when no robustness term runs)."""
+        logits = out.perturbed.get("robustness")
+        if logits is None:
+            return torch.ones_like(target, dtype=torch.bool)
+        labels = logits.detach().argmax(-1).view(-1, target.shape[0])  # (n, B)
+        return (labels == target).all(0)
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, masks: torch.Tensor) -> Explanation:
