@@ -52,7 +52,7 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     summary = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [r["method"] for r in summary] == methods.split(",")
     out = capsys.readouterr().out
-    assert "kept@area" in out and "rise" in out
+    assert "kept@area" in out and "rise" in out and "median equal-area cut" in out
 
 
 def test_unknown_method_is_named(setup, tmp_path, capsys):

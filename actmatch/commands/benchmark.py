@@ -415,5 +415,7 @@ def main(command: str, argv: list[str]) -> int:
     print(f"label kept at equal area ({area_note}); {args.curve_steps}-step insertion/deletion AUC; "
           f"robustness over {args.backgrounds} backgrounds")  # fmt: skip
     print(format_table(summary))
+    areas = [float(r["area"]) for r in rows if not r["error"] and r["method"] == next(iter(methods))]
+    print(f"median equal-area cut: {_median(areas):.3f} of the image")
     print(f"wrote {out}/results.csv, summary.csv, summary.png, comparison.png in {time.perf_counter() - start:.0f} s")
     return 1 if any(r["error"] for r in rows) else 0
