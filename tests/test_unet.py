@@ -57,3 +57,17 @@ def test_saturated_pixels_keep_a_gradient():
     assert mask.sum() == 0
     mask.sum().backward()
     assert (logits.grad > 1e-3).all()
+
+
+def test_replicate_padding_has_no_border_effect():
+    """On a flat image, zero padding makes the border pixels' logits differ (the frame seen in
+    per-image fits); replicate padding keeps every pixel alike."""
+    flat = torch.full((1, 3, 32, 32), 0.7)
+    torch.manual_seed(0)
+    zeros = MaskUNet(width=4, depth=2, working_size=None)(flat)
+    torch.manual_seed(0)
+    replicate = MaskUNet(width=4, depth=2, working_size=None, padding_mode="replicate")(flat)
+    assert zeros.std() > 1e-4
+    assert replicate.std() < 1e-6
+    with pytest.raises(ValueError, match="unknown padding_mode 'circles'"):
+        MaskUNet(padding_mode="circles")

@@ -45,13 +45,13 @@ def binarize(
     return _StraightThrough.apply(logits, threshold, floor), torch.sigmoid(logits)
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
+def _block(c_in: int, c_out: int, padding_mode: str = "zeros") -> nn.Sequential:
     groups = max(1, min(8, c_out // 4))
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode=padding_mode),
         nn.GroupNorm(groups, c_out),
         nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.Conv2d(c_out, c_out, 3, padding=1, padding_mode=padding_mode),
         nn.GroupNorm(groups, c_out),
         nn.ReLU(inplace=True),
     )
@@ -68,7 +68,12 @@ class MaskUNet(nn.Module):
         init_keep: initial bias of the output so that a fresh U-Net keeps (almost) every pixel
             (σ(init_keep) > 0.5 for a positive value).
         in_channels: image channels.
+        padding_mode: padding of the 3×3 convolutions (``zeros``, ``replicate`` or ``reflect``).
+            With ``zeros`` per-image fits on Lite0 often keep a thin frame along the image
+            border; ``replicate`` removed it on the two photos tried (docs/benchmark.md).
     """
+
+    PADDING_MODES = ("zeros", "replicate", "reflect")
 
     def __init__(
         self,
@@ -77,18 +82,22 @@ class MaskUNet(nn.Module):
         working_size: int | None = 112,
         init_keep: float = 0.5,
         in_channels: int = 3,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding_mode not in self.PADDING_MODES:
+            raise ValueError(f"MaskUNet: unknown padding_mode {padding_mode!r}; choose one of {self.PADDING_MODES}")
         if width < 1 or depth < 1:
             raise ValueError(f"MaskUNet needs width >= 1 and depth >= 1, got width={width}, depth={depth}")
         if working_size is not None and working_size < 2**depth:
             raise ValueError(f"working_size={working_size} is smaller than 2**depth={2**depth}")
         self.width, self.depth, self.working_size, self.init_keep = width, depth, working_size, init_keep
+        self.padding_mode = padding_mode
         chans = [width * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList(
-            [_block(in_channels, chans[0])] + [_block(chans[i], chans[i + 1]) for i in range(depth)]
+            [_block(in_channels, chans[0], padding_mode)] + [_block(chans[i], chans[i + 1], padding_mode) for i in range(depth)]
         )
-        self.decoders = nn.ModuleList([_block(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth))])
+        self.decoders = nn.ModuleList([_block(chans[i + 1] + chans[i], chans[i], padding_mode) for i in reversed(range(depth))])
         self.head = nn.Conv2d(chans[0], 1, 1)
         self.reset_parameters()
 
