@@ -80,3 +80,18 @@ def test_registry_names_classes():
 
 def test_am_runs_first_so_that_its_area_sets_the_cut():
     assert benchmark.parse_methods("saliency,am,rise,saliency", None) == ["am", "saliency", "rise"]
+
+
+def test_am_takes_an_explainer_config(tmp_path):
+    """--config sets am's recipe (U-Net, lr, loss terms) while the benchmark's classifier is kept."""
+    config = tmp_path / "am.yaml"
+    config.write_text(
+        "lr: 0.005\n"
+        "unet: {class_path: actmatch.explainers.unet.MaskUNet, init_args: {width: 4, depth: 2, padding_mode: replicate}}\n"
+    )
+    classifier = load_classifier("test_efficientnet", pretrained=False)
+    method = benchmark.METHODS["am"](classifier, steps=2, config=str(config))
+    assert method.explainer.classifier is classifier
+    assert method.explainer.lr == 0.005 and method.explainer.unet.padding_mode == "replicate"
+    maps = method.attribute(torch.rand(1, 3, 40, 48))
+    assert maps.shape == (1, 1, 40, 48)

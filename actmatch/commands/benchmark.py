@@ -68,16 +68,24 @@ class ActMatchMethod(AttributionMethod):
         steps: per-image optimisation steps (None: the explainer's default).
         seed: U-Net initialisation seed.
         checkpoint: unused here (see :class:`AmortizedActMatchMethod`).
+        config: explainer YAML (as ``actmatch explain --config``: loss terms, U-Net, lr, ...);
+            None uses the explainer's defaults. The benchmark's classifier is used either way.
     """
 
     mode = "per_image"
 
-    def __init__(self, classifier: FrozenClassifier, steps: int | None = None, seed: int = 0, checkpoint: str | None = None) -> None:
-        from actmatch.explainers.module import ActMatchExplainer
+    def __init__(
+        self,
+        classifier: FrozenClassifier,
+        steps: int | None = None,
+        seed: int = 0,
+        checkpoint: str | None = None,
+        config: str | None = None,
+    ) -> None:
+        from actmatch.commands.explain import build_explainer
 
         super().__init__(classifier)
-        kwargs = {"steps": steps} if steps is not None else {}
-        self.explainer = ActMatchExplainer(classifier=classifier, mode=self.mode, **kwargs)
+        self.explainer = build_explainer(config, steps=steps, classifier=classifier, mode=self.mode)
         self.steps, self.seed = steps, seed
 
     @property
@@ -95,14 +103,21 @@ class AmortizedActMatchMethod(ActMatchMethod):
 
     mode = "amortized"
 
-    def __init__(self, classifier: FrozenClassifier, steps: int | None = None, seed: int = 0, checkpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        classifier: FrozenClassifier,
+        steps: int | None = None,
+        seed: int = 0,
+        checkpoint: str | None = None,
+        config: str | None = None,
+    ) -> None:
         from actmatch.commands.explain import load_unet_state
 
         if checkpoint is None:
             raise ValueError("am-amortized needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-        super().__init__(classifier, steps, seed)
+        super().__init__(classifier, steps, seed, config=config)
         try:
             self.explainer.unet.load_state_dict(load_unet_state(checkpoint))
         except RuntimeError as err:
@@ -159,6 +174,7 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--weights", default=None, help="local classifier checkpoint (.pth/.safetensors)")
     parser.add_argument("--steps", type=int, default=None, help="per-image steps of `am` (default: the explainer's)")
     parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint for `am-amortized`")
+    parser.add_argument("--config", default=None, help="explainer YAML for `am` / `am-amortized` (as `actmatch explain --config`)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted within folders)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
     parser.add_argument("--area", type=float, default=0.2, help="cut area when `am` is not run (default: %(default)s)")
@@ -197,7 +213,7 @@ def parse_methods(text: str, checkpoint: str | None) -> list[str]:
 def method_settings(args: argparse.Namespace) -> dict[str, dict]:
     """Constructor settings of each method, from the command line."""
     window = {"window": args.window, "stride": args.stride}
-    am = {"steps": args.steps, "seed": args.seed, "checkpoint": args.checkpoint}
+    am = {"steps": args.steps, "seed": args.seed, "checkpoint": args.checkpoint, "config": args.config}
     return {
         "am": am,
         "am-amortized": am,

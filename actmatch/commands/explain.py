@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_rgb, resize_for_model, to_tensor
 from actmatch.explainers.backgrounds import make_fill
-from actmatch.explainers.classifier import ClassifierLoadError
+from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.module import ActMatchExplainer, Explanation
 
 __all__ = ["main", "build_explainer", "explain_files", "load_unet_state", "SUMMARY_FIELDS"]
@@ -99,10 +99,12 @@ def build_explainer(
     backbone: str | None = None,
     weights: str | None = None,
     steps: int | None = None,
+    classifier: FrozenClassifier | None = None,
     **overrides,
 ) -> ActMatchExplainer:
     """An :class:`ActMatchExplainer` from a YAML config (its ``model:`` section or plain init
-    args, with ``class_path``/``init_args`` for losses and U-Net) and command-line overrides."""
+    args, with ``class_path``/``init_args`` for losses and U-Net) and command-line overrides.
+    An already loaded ``classifier`` is used as is (the config's backbone is then ignored)."""
     from jsonargparse import ArgumentParser
 
     init = _config_init_args(config) if config else {}
@@ -112,7 +114,7 @@ def build_explainer(
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(ActMatchExplainer, skip={"classifier"}, fail_untyped=False)
     cfg = parser.parse_object(init)
-    return ActMatchExplainer(**parser.instantiate_classes(cfg).as_dict())
+    return ActMatchExplainer(**parser.instantiate_classes(cfg).as_dict(), classifier=classifier)
 
 
 def load_unet_state(path: str) -> dict:
