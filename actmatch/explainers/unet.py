@@ -70,7 +70,8 @@ class MaskUNet(nn.Module):
         in_channels: image channels.
         padding_mode: padding of the 3×3 convolutions (``zeros``, ``replicate`` or ``reflect``).
             With ``zeros`` per-image fits on Lite0 often keep a thin frame along the image
-            border; ``replicate`` removed it on the two photos tried (docs/benchmark.md).
+            border; ``replicate`` removes it but scored worse on 12 benchmark images
+            (docs/benchmark.md), so ``zeros`` stays the default.
     """
 
     PADDING_MODES = ("zeros", "replicate", "reflect")
