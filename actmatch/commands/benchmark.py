@@ -103,21 +103,14 @@ class AmortizedActMatchMethod(ActMatchMethod):
 
     mode = "amortized"
 
-    def __init__(
-        self,
-        classifier: FrozenClassifier,
-        steps: int | None = None,
-        seed: int = 0,
-        checkpoint: str | None = None,
-        config: str | None = None,
-    ) -> None:
+    def __init__(self, classifier: FrozenClassifier, checkpoint: str | None = None, **settings) -> None:
         from actmatch.commands.explain import load_unet_state
 
         if checkpoint is None:
             raise ValueError("am-amortized needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-        super().__init__(classifier, steps, seed, config=config)
+        super().__init__(classifier, **settings)
         try:
             self.explainer.unet.load_state_dict(load_unet_state(checkpoint))
         except RuntimeError as err:

@@ -69,7 +69,7 @@ class Explanation:
 
 
 class _Best:
-    """Per image, the smallest mask offered so far under a condition (or the latest one)."""
+    """Per image, the smallest mask offered so far under a condition."""
 
     def __init__(self, images: torch.Tensor) -> None:
         b = images.shape[0]
@@ -78,9 +78,9 @@ class _Best:
         self.area = torch.full((b,), float("inf"), device=images.device)
         self.found = torch.zeros(b, dtype=torch.bool, device=images.device)
 
-    def offer(self, mask: torch.Tensor, soft: torch.Tensor, ok: torch.Tensor, smaller_only: bool = True) -> None:
+    def offer(self, mask: torch.Tensor, soft: torch.Tensor, ok: torch.Tensor) -> None:
         area = mask.flatten(1).mean(1)
-        take = ok & (area < self.area) if smaller_only else ok
+        take = ok & (area < self.area)
         self.masks[take], self.soft[take] = mask[take], soft[take]
         self.area = torch.where(take, area, self.area)
         self.found |= ok
@@ -245,7 +245,7 @@ class ActMatchExplainer(L.LightningModule):
         optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
         reference = self.reference(images)
         target = reference[0].argmax(-1)
-        robust_best, kept_best, last = _Best(images), _Best(images), _Best(images)
+        robust_best, kept_best = _Best(images), _Best(images)
         history = []
         with torch.enable_grad():
             for i in range(steps):
@@ -255,7 +255,6 @@ class ActMatchExplainer(L.LightningModule):
                 robust = kept & self._kept_on_backgrounds(out, target)
                 kept_best.offer(mask, soft, kept)
                 robust_best.offer(mask, soft, robust)
-                last.offer(mask, soft, torch.ones_like(kept), smaller_only=False)
                 area = mask.flatten(1).mean(1)
                 history.append({"loss": out.loss.mean().item(), "area": area.mean().item(), "kept": kept.float().mean().item()})
                 if i < steps - 1:  # the last update would never be evaluated
@@ -264,11 +263,11 @@ class ActMatchExplainer(L.LightningModule):
                     optimizer.step()
                 if progress is not None:
                     progress(i + 1, steps)
-        # fall back: robust -> smallest kept -> last (images whose label was never kept)
-        order = {"smallest_robust": [robust_best, kept_best], "smallest_kept": [kept_best], "last": []}[self.select]
-        best_masks, best_soft = last.masks.clone(), last.soft.clone()
-        for choice in reversed(order):
-            best_masks[choice.found], best_soft[choice.found] = choice.masks[choice.found], choice.soft[choice.found]
+        # start from the last mask, then let each rule override it where it found one (later wins)
+        best_masks, best_soft = mask.clone(), soft.clone()
+        rules = {"smallest_robust": [kept_best, robust_best], "smallest_kept": [kept_best], "last": []}[self.select]
+        for rule in rules:
+            best_masks[rule.found], best_soft[rule.found] = rule.masks[rule.found], rule.soft[rule.found]
         result = self.evaluate(images, best_masks)
         result.steps, result.seconds, result.history = steps, time.perf_counter() - start, history
         result.soft_masks = best_soft.cpu()
