@@ -3,6 +3,7 @@
 * ``explain``, ``demo``: per-image explanations of image files (actmatch.commands.explain)
 * ``circuit``: channel circuits behind decisions (actmatch.commands.circuit)
 * ``benchmark``: actmatch against the baselines (actmatch.commands.benchmark)
+* ``study``: per-image fit configs side by side on a fixed image list (actmatch.commands.study)
 * ``fit``, ``validate``, ``test``, ``predict``: LightningCLI over experiments/ configs
   (actmatch.commands.lightning)
 """
@@ -19,6 +20,7 @@ SUBCOMMANDS = {
     "demo": ("actmatch.commands.explain", "explain a bundled real photo (scikit-image's coffee)"),
     "circuit": ("actmatch.commands.circuit", "read out the channel circuit behind decisions"),
     "benchmark": ("actmatch.commands.benchmark", "compare actmatch with baseline explainers"),
+    "study": ("actmatch.commands.study", "one row per explainer config on a fixed image list (the fit study)"),
     "fit": ("actmatch.commands.lightning", "train the amortized explainer (LightningCLI)"),
     "validate": ("actmatch.commands.lightning", "validate an explainer (LightningCLI)"),
     "test": ("actmatch.commands.lightning", "test an explainer (LightningCLI)"),

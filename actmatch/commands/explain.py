@@ -179,8 +179,9 @@ def write_result(
     seed: int,
     circuit: bool = False,
     folder: str | None = None,
+    extra: dict | None = None,
 ) -> dict:
-    """Write one image's folder atomically and return its summary row."""
+    """Write one image's folder atomically and return its summary row (plus ``extra`` fields)."""
     width, height = original.size
     mask_small = result.masks[:1]  # (1, 1, h, w)
     mask = F.interpolate(mask_small, size=(height, width), mode="nearest")[0, 0]  # (H, W)
@@ -207,6 +208,7 @@ def write_result(
         "seed": seed,
         "status": "ok",
         "error": "",
+        **(extra or {}),
     }
     titles = [
         f"original: {row['label_name']} ({row['confidence_original']:.2f})",
@@ -309,8 +311,12 @@ def explain_files(
     amortized: bool = False,
     circuit: bool = False,
     show_progress: bool = True,
+    measure=None,
 ) -> list[dict]:
-    """Explain each file, write its folder, and return one summary row per file (errors too)."""
+    """Explain each file, write its folder, and return one summary row per file (errors too).
+
+    ``measure(images, result) -> dict`` optionally adds fields to each image's row and summary.
+    """
     classifier = explainer.classifier
     rows, used = [], set()
     bar = tqdm(paths, desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
@@ -337,7 +343,8 @@ def explain_files(
                     init_state=init_state,
                     progress=lambda i, n: bar.set_postfix_str(f"{path.name[:24]} step {i}/{n}", refresh=False),
                 )
-            rows.append(write_result(explainer, path, original, model_image, result, out_dir, seed, circuit, folder))
+            extra = measure(images, result) if measure else None
+            rows.append(write_result(explainer, path, original, model_image, result, out_dir, seed, circuit, folder, extra))
         except (ImageReadError, OSError, ValueError, RuntimeError) as err:
             message = str(err) if str(path) in str(err) else f"{path}: {err}"
             tqdm.write(f"error: {message}", file=sys.stderr)

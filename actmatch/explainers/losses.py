@@ -34,8 +34,17 @@ __all__ = [
     "TotalVariation",
     "Robustness",
     "Necessity",
+    "LabelMargin",
+    "logit_margin",
     "default_loss_terms",
 ]
+
+
+def logit_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N,) z_y − max_{k≠y} z_k: positive exactly when y is the top-1 class."""
+    z_y = logits.gather(1, target[:, None]).squeeze(1)
+    others = logits.scatter(1, target[:, None], float("-inf"))
+    return z_y - others.amax(1)
 
 
 @dataclass
@@ -253,6 +262,52 @@ class Necessity(LossTerm):
     def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
         p = perturbed_logits.softmax(-1).gather(1, evidence.target[:, None]).squeeze(1)
         return (p - self.margin).clamp_min(0)
+
+
+class LabelMargin(LossTerm):
+    """L_margin = mean_{c ∈ {e, ẽ_1..ẽ_n}} max(0, τ − (z_y(c) − max_{k≠y} z_k(c))).
+
+    A hinge on the logit margin of the label: zero exactly when the explanation with the fill
+    and its copies on n random backgrounds ẽ_k = m ⊙ x + (1 − m) ⊙ r_k all rank y first by at
+    least τ. Meant as the constraint of :class:`~actmatch.explainers.fitting.ConstrainedFit`
+    (the label must be kept, robustly: the abductive condition), not as a fixed-weight penalty.
+
+    Args:
+        weight: weight when used as a penalty (ignored by a constrained fit).
+        margin: τ, the logit margin required.
+        backgrounds: background kinds (see :class:`BackgroundSampler`).
+        num_backgrounds: n random backgrounds per image and step (0: the fill only).
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        margin: float = 1.0,
+        backgrounds: list[str] | None = None,
+        num_backgrounds: int = 2,
+        warmup: float = 0.0,
+    ) -> None:
+        super().__init__(weight, warmup)
+        if num_backgrounds < 0 or not margin >= 0:
+            raise ValueError(f"LabelMargin: need num_backgrounds >= 0 and margin >= 0, got {num_backgrounds}, {margin}")
+        self.sampler = BackgroundSampler(backgrounds or ["solid", "uniform", "gaussian"])
+        self.num_backgrounds, self.margin = num_backgrounds, float(margin)
+
+    def perturb(self, evidence: Evidence) -> torch.Tensor | None:
+        if self.num_backgrounds == 0:
+            return None
+        x, m = evidence.images, evidence.mask
+        return torch.cat([m * x + (1 - m) * self.sampler(x) for _ in range(self.num_backgrounds)])  # (n·B, 3, H, W)
+
+    def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
+        logits = evidence.logits_e if perturbed_logits is None else torch.cat([evidence.logits_e, perturbed_logits])
+        copies = 1 + (0 if perturbed_logits is None else self.num_backgrounds)
+        margins = logit_margin(logits, evidence.target.repeat(copies))  # (copies·B,)
+        return (self.margin - margins).clamp_min(0).view(copies, -1).mean(0)
+
+    def extra_repr(self) -> str:
+        return (f"weight={self.weight}, margin={self.margin}, backgrounds={self.sampler.kinds}, "
+                f"num_backgrounds={self.num_backgrounds}")
 
 
 def default_loss_terms() -> list[LossTerm]:

@@ -25,7 +25,8 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
-from actmatch.explainers.losses import ActivationMatching, Evidence, LossTerm, default_loss_terms
+from actmatch.explainers.fitting import FitStrategy, PenaltyFit
+from actmatch.explainers.losses import ActivationMatching, Evidence, LabelMargin, LossTerm, Robustness, default_loss_terms
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
 from actmatch.explainers.unet import MaskUNet, binarize
 
@@ -68,24 +69,6 @@ class Explanation:
         return self.masks.flatten(1).mean(1)
 
 
-class _Best:
-    """Per image, the smallest mask offered so far under a condition."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        b = images.shape[0]
-        self.masks = torch.ones_like(images[:, :1])  # (B, 1, H, W)
-        self.soft = torch.ones_like(images[:, :1])
-        self.area = torch.full((b,), float("inf"), device=images.device)
-        self.found = torch.zeros(b, dtype=torch.bool, device=images.device)
-
-    def offer(self, mask: torch.Tensor, soft: torch.Tensor, ok: torch.Tensor) -> None:
-        area = mask.flatten(1).mean(1)
-        take = ok & (area < self.area)
-        self.masks[take], self.soft[take] = mask[take], soft[take]
-        self.area = torch.where(take, area, self.area)
-        self.found |= ok
-
-
 class ActMatchExplainer(L.LightningModule):
     """Frozen classifier, trainable mask U-Net and pluggable loss terms in one module.
 
@@ -98,19 +81,16 @@ class ActMatchExplainer(L.LightningModule):
         unet: the mask network; None builds a default :class:`MaskUNet`.
         losses: loss terms; None uses :func:`default_loss_terms`.
         fill: value of removed pixels: ``mean`` (dataset mean colour), ``black`` or ``blur``.
-        lr: Adam learning rate of the U-Net.
+        lr: Adam learning rate of the U-Net in amortized training (per-image fits take theirs
+            from ``fitting``).
         steps: per-image optimisation steps.
         mode: what :meth:`explain` does: ``per_image`` fits, ``amortized`` runs one forward pass.
-        select: per image, which of the masks seen during the fit to return:
-            ``smallest_robust``: the smallest whose explanation keeps the label with the fill
-            and on every random background of the robustness term at that step (falls back to
-            ``smallest_kept``); ``smallest_kept``: the smallest that keeps the label with the
-            fill; ``last``: the last one. Images never kept return their last mask.
+        fitting: how per-image masks are fitted and selected (a
+            :class:`~actmatch.explainers.fitting.FitStrategy`); None: :class:`PenaltyFit`.
         classifier: an already loaded classifier (overrides ``backbone``/``weights``).
     """
 
     MODES = ("per_image", "amortized")
-    SELECTIONS = ("smallest_robust", "smallest_kept", "last")
 
     def __init__(
         self,
@@ -125,17 +105,15 @@ class ActMatchExplainer(L.LightningModule):
         lr: float = 0.002,
         steps: int = 100,
         mode: str = "per_image",
-        select: str = "smallest_robust",
+        fitting: FitStrategy | None = None,
         classifier: FrozenClassifier | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["unet", "losses", "classifier"])
+        self.save_hyperparameters(ignore=["unet", "losses", "classifier", "fitting"])
         if fill not in FILLS:
             raise ValueError(f"unknown fill {fill!r}; choose one of {FILLS}")
         if mode not in self.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {self.MODES}")
-        if select not in self.SELECTIONS:
-            raise ValueError(f"unknown select {select!r}; choose one of {self.SELECTIONS}")
         if steps < 1 or not lr > 0:
             raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
         losses = default_loss_terms() if losses is None else list(losses)
@@ -148,7 +126,8 @@ class ActMatchExplainer(L.LightningModule):
         self.taps = validate_layers(self.classifier, taps) if taps is not None else default_taps(self.classifier)
         self.unet = unet or MaskUNet()
         self.losses = nn.ModuleList(losses)
-        self.fill, self.lr, self.steps, self.mode, self.select = fill, lr, steps, mode, select
+        self.fitting = fitting or PenaltyFit()
+        self.fill, self.lr, self.steps, self.mode = fill, lr, steps, mode
 
     # ------------------------------------------------------------------ core computation
     @property
@@ -225,9 +204,9 @@ class ActMatchExplainer(L.LightningModule):
     ) -> Explanation:
         """Fit one U-Net on ``images`` (B, 3, H, W) in [0, 1] and return their masks.
 
-        Per image, the returned mask is chosen among the masks of every step by ``select``
-        (default: the smallest whose explanation keeps the original label with the fill and on
-        the robustness term's random backgrounds), else the last one.
+        How the U-Net is updated and which of the masks seen during the fit is returned per
+        image is decided by ``self.fitting`` (default: the smallest whose explanation keeps the
+        original label with the fill and on the fit's own random backgrounds).
 
         Args:
             images: the batch to explain.
@@ -242,46 +221,22 @@ class ActMatchExplainer(L.LightningModule):
         if seed is not None:
             torch.manual_seed(seed)
         unet = self.fresh_unet(seed, init_state).to(self.device)
-        optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
-        reference = self.reference(images)
-        target = reference[0].argmax(-1)
-        robust_best, kept_best = _Best(images), _Best(images)
-        history = []
-        with torch.enable_grad():
-            for i in range(steps):
-                out = self.step(images, unet, reference, progress=i / steps)
-                mask, soft = out.evidence.mask.detach(), out.evidence.soft_mask.detach()
-                kept = out.evidence.logits_e.detach().argmax(-1) == target
-                robust = kept & self._kept_on_backgrounds(out, target)
-                kept_best.offer(mask, soft, kept)
-                robust_best.offer(mask, soft, robust)
-                area = mask.flatten(1).mean(1)
-                history.append({"loss": out.loss.mean().item(), "area": area.mean().item(), "kept": kept.float().mean().item()})
-                if i < steps - 1:  # the last update would never be evaluated
-                    optimizer.zero_grad(set_to_none=True)
-                    out.loss.mean().backward()
-                    optimizer.step()
-                if progress is not None:
-                    progress(i + 1, steps)
-        # start from the last mask, then let each rule override it where it found one (later wins)
-        best_masks, best_soft = mask.clone(), soft.clone()
-        rules = {"smallest_robust": [kept_best, robust_best], "smallest_kept": [kept_best], "last": []}[self.select]
-        for rule in rules:
-            best_masks[rule.found], best_soft[rule.found] = rule.masks[rule.found], rule.soft[rule.found]
-        result = self.evaluate(images, best_masks)
-        result.steps, result.seconds, result.history = steps, time.perf_counter() - start, history
-        result.soft_masks = best_soft.cpu()
+        fit = self.fitting.fit(self, images, unet, self.reference(images), steps, progress)
+        result = self.evaluate(images, fit.masks)
+        result.steps, result.seconds, result.history = steps, time.perf_counter() - start, fit.history
+        result.soft_masks = fit.soft.cpu()
         return result
 
-    @staticmethod
-    def _kept_on_backgrounds(out: StepOutput, target: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: the label survives on every random background of the robustness term this
-        step (all True when no robustness term runs)."""
-        logits = out.perturbed.get("robustness")
-        if logits is None:
-            return torch.ones_like(target, dtype=torch.bool)
-        labels = logits.detach().argmax(-1).view(-1, target.shape[0])  # (n, B)
-        return (labels == target).all(0)
+    def kept_on_backgrounds(self, out: StepOutput, target: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the label survives on every random background any term (robustness,
+        label margin) drew this step (all True when none did)."""
+        kept = torch.ones_like(target, dtype=torch.bool)
+        for term in self.losses:
+            logits = out.perturbed.get(term.name)
+            if isinstance(term, (Robustness, LabelMargin)) and logits is not None:
+                labels = logits.detach().argmax(-1).view(-1, target.shape[0])  # (n, B)
+                kept &= (labels == target).all(0)
+        return kept
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, masks: torch.Tensor) -> Explanation:

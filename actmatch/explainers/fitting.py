@@ -1,0 +1,295 @@
+"""Per-image fitting strategies: how a mask U-Net is fitted to the images it explains.
+
+The explainer owns the computation of one step (mask, explanation, every loss term, one batched
+classifier pass, :meth:`ActMatchExplainer.step`). A strategy owns everything around it: what
+is minimised with the step's terms, how the U-Net is updated, and which of the masks seen
+during the fit is returned. Each is chosen by ``class_path`` in a config, so every row of a
+study is a file under ``experiments/explain/``.
+
+* :class:`PenaltyFit`: a fixed weighted sum of the terms (with their warm-ups), Adam.
+* :class:`ConstrainedFit`: minimise the other terms (area first) subject to the constraint
+  term (:class:`~actmatch.explainers.losses.LabelMargin`: the label kept with a logit margin on
+  the fill and on random backgrounds), with one Lagrange multiplier per image updated by dual
+  ascent (GECO-style, multiplicative) instead of a fixed weight and a warm-up.
+
+Override points: :meth:`FitStrategy.objective` (the per-image loss of a step) and
+:meth:`FitStrategy.after_step` (state updates such as the multipliers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS"]
+
+#: which of the masks seen during a fit is returned, per image
+SELECTIONS = ("smallest_robust", "smallest_kept", "last")
+
+
+@dataclass
+class FitResult:
+    """The selected masks of a fit and its per-step record."""
+
+    masks: torch.Tensor  # (B, 1, H, W) hard
+    soft: torch.Tensor  # (B, 1, H, W) the U-Net's probabilities at the selected step
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class _Best:
+    """Per image, the smallest mask offered so far under a condition."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        b = images.shape[0]
+        self.masks = torch.ones_like(images[:, :1])  # (B, 1, H, W)
+        self.soft = torch.ones_like(images[:, :1])
+        self.area = torch.full((b,), float("inf"), device=images.device)
+        self.found = torch.zeros(b, dtype=torch.bool, device=images.device)
+
+    def offer(self, mask: torch.Tensor, soft: torch.Tensor, ok: torch.Tensor) -> None:
+        area = mask.flatten(1).mean(1)
+        take = ok & (area < self.area)
+        self.masks[take], self.soft[take] = mask[take], soft[take]
+        self.area = torch.where(take, area, self.area)
+        self.found |= ok
+
+
+class FitStrategy:
+    """Base class: Adam on the U-Net for ``steps`` steps, then a selection among the step masks.
+
+    Args:
+        lr: Adam learning rate of the U-Net.
+        select: which mask to return per image: ``smallest_robust`` (the smallest whose
+            explanation keeps the label with the fill and on every random background the fit's
+            terms drew at that step; falls back to ``smallest_kept``), ``smallest_kept`` (with
+            the fill only) or ``last``. Images never kept return their last mask.
+        min_confidence: a mask counts as kept only when its explanation (with the fill) has the
+            original top-1 label y and p_f(e)(y) ≥ min_confidence · p_f(x)(y) (0: top-1 is enough).
+    """
+
+    def __init__(self, lr: float = 0.002, select: str = "smallest_robust", min_confidence: float = 0.0) -> None:
+        if select not in SELECTIONS:
+            raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
+        if not 0 <= min_confidence <= 1:
+            raise ValueError(f"{type(self).__name__}: min_confidence must be in [0, 1], got {min_confidence}")
+        self.lr, self.select, self.min_confidence = lr, select, min_confidence
+
+    # ---------------------------------------------------------------- override points
+    def start(self, images: torch.Tensor) -> None:
+        """Reset per-fit state (called once before the first step)."""
+
+    def objective(self, explainer, out, progress: float) -> torch.Tensor:
+        """(B,) loss of one step; default: the explainer's weighted sum with warm-ups."""
+        return out.loss
+
+    def mask_model(self, unet: nn.Module) -> nn.Module:
+        """The module whose logits the step binarises; default: the U-Net itself."""
+        return unet
+
+    def after_step(self, explainer, out, satisfied: torch.Tensor) -> dict[str, float]:
+        """Update state after a step (``satisfied``: (B,) the step's mask was kept and robust);
+        return extra values for the history."""
+        return {}
+
+    def kept(self, out, target: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: e has the label y and p_f(e)(y) ≥ min_confidence · p_f(x)(y)."""
+        logits_e = out.evidence.logits_e.detach()
+        kept = logits_e.argmax(-1) == target
+        if self.min_confidence > 0:
+            p_e = logits_e.softmax(-1).gather(1, target[:, None]).squeeze(1)
+            p_x = out.evidence.logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+            kept &= p_e >= self.min_confidence * p_x
+        return kept
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, explainer, images: torch.Tensor, unet: nn.Module, reference, steps: int, progress=None) -> FitResult:
+        """Fit ``unet`` on ``images`` (B, 3, H, W) and return the selected masks."""
+        optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
+        target = reference[0].argmax(-1)
+        robust_best, kept_best = _Best(images), _Best(images)
+        history = []
+        self.start(images)
+        with torch.enable_grad():
+            for i in range(steps):
+                out = explainer.step(images, self.mask_model(unet), reference, progress=i / steps)
+                mask, soft = out.evidence.mask.detach(), out.evidence.soft_mask.detach()
+                kept = self.kept(out, target)
+                robust = kept & explainer.kept_on_backgrounds(out, target)
+                kept_best.offer(mask, soft, kept)
+                robust_best.offer(mask, soft, robust)
+                loss = self.objective(explainer, out, i / steps)
+                record = {"loss": loss.mean().item(), "area": mask.flatten(1).mean(1).mean().item(),
+                          "kept": kept.float().mean().item(), "robust": robust.float().mean().item()}
+                if i < steps - 1:  # the last update would never be evaluated
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.mean().backward()
+                    optimizer.step()
+                record.update(self.after_step(explainer, out, robust))
+                history.append(record)
+                if progress is not None:
+                    progress(i + 1, steps)
+        # start from the last mask, then let each rule override it where it found one (later wins)
+        masks, soft_masks = mask.clone(), soft.clone()
+        rules = {"smallest_robust": [kept_best, robust_best], "smallest_kept": [kept_best], "last": []}[self.select]
+        for rule in rules:
+            masks[rule.found], soft_masks[rule.found] = rule.masks[rule.found], rule.soft[rule.found]
+        return FitResult(masks, soft_masks, history)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class PenaltyFit(FitStrategy):
+    """Minimise the fixed weighted sum Σ_t w_t(progress) · L_t of the explainer's loss terms.
+
+    w_t ramps from 0 over the term's ``warmup`` fraction of the steps (the area warm-up keeps
+    the mask from collapsing before the label terms have shaped it).
+    """
+
+
+class ConstrainedFit(FitStrategy):
+    """min_θ Σ_{t ≠ c} w_t · L_t(m_θ)  subject to  L_c(m_θ) = 0, by a per-image Lagrangian.
+
+    L_c is the constraint term (default ``label_margin``: a hinge on the logit margin of the
+    explanation with the fill and on random backgrounds). The loss of image i is
+    Σ_{t≠c} w_t L_t + λ_i L_c; after each step the multiplier follows dual ascent in log space
+    (Rezende & Viola 2018, "Taming VAEs" / GECO, with a sign step):
+
+        λ_i ← clip(λ_i · exp(+η_up)) if L_c,i > 0   else  clip(λ_i · exp(−η_down)),
+
+    so the pressure to keep the label grows while it is violated and relaxes while it holds,
+    letting the area term shrink the mask right to the constraint's boundary (no warm-up).
+
+    Args:
+        lr: Adam learning rate of the U-Net.
+        constraint: name of the loss term treated as the constraint (its weight is ignored).
+        lambda_init: initial multiplier.
+        dual_up: η_up, log-step of λ while the constraint is violated.
+        dual_down: η_down, log-step of λ while it holds.
+        lambda_min: lower clip of λ.
+        lambda_max: upper clip of λ.
+        select, min_confidence: as in :class:`FitStrategy`.
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        constraint: str = "label_margin",
+        lambda_init: float = 1.0,
+        dual_up: float = 0.3,
+        dual_down: float = 0.1,
+        lambda_min: float = 1e-3,
+        lambda_max: float = 1e3,
+        select: str = "smallest_robust",
+        min_confidence: float = 0.0,
+    ) -> None:
+        super().__init__(lr, select, min_confidence)
+        if not (lambda_init > 0 and 0 < lambda_min <= lambda_max):
+            raise ValueError(f"ConstrainedFit: need lambda_init > 0 and 0 < lambda_min <= lambda_max, got "
+                             f"{lambda_init}, {lambda_min}, {lambda_max}")
+        if dual_up < 0 or dual_down < 0:
+            raise ValueError(f"ConstrainedFit: dual steps must be >= 0, got {dual_up}, {dual_down}")
+        self.constraint = constraint
+        self.lambda_init, self.dual_up, self.dual_down = lambda_init, dual_up, dual_down
+        self.lambda_min, self.lambda_max = lambda_min, lambda_max
+        self._log_lambda: torch.Tensor | None = None
+
+    def start(self, images: torch.Tensor) -> None:
+        self._log_lambda = torch.full((images.shape[0],), math.log(self.lambda_init), device=images.device)
+
+    def objective(self, explainer, out, progress: float) -> torch.Tensor:
+        if self.constraint not in out.terms:
+            names = sorted(out.terms)
+            raise ValueError(f"ConstrainedFit: the constraint term {self.constraint!r} is not among the explainer's "
+                             f"active loss terms {names}; add it (e.g. actmatch.explainers.losses.LabelMargin)")
+        total = self._log_lambda.exp() * out.terms[self.constraint]
+        for term in explainer.losses:
+            if term.weight > 0 and term.name != self.constraint:
+                total = total + term.weight_at(progress) * out.terms[term.name]
+        return total
+
+    @torch.no_grad()
+    def after_step(self, explainer, out, satisfied: torch.Tensor) -> dict[str, float]:
+        violated = out.terms[self.constraint].detach() > 0
+        step = torch.where(violated, self.dual_up, -self.dual_down)
+        lo, hi = math.log(self.lambda_min), math.log(self.lambda_max)
+        self._log_lambda = (self._log_lambda + step).clamp(lo, hi)
+        return {"lambda": self._log_lambda.exp().mean().item(), "violated": violated.float().mean().item()}
+
+
+class TopArea(nn.Module):
+    """Wraps a mask network so that exactly a fraction ``area[i]`` of image i's pixels is kept.
+
+    The logits z are shifted per image by the midpoint t between the k-th and (k+1)-th largest
+    value (k = round(a·H·W)): z' = z − t, so 1[z' > 0] keeps the k highest-ranked pixels. t is
+    treated as a constant, so the straight-through gradient teaches the network the *ranking*.
+    """
+
+    def __init__(self, net: nn.Module, area: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.area = net, area
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.net(images)  # (B, 1, H, W)
+        flat = logits.detach().flatten(1)
+        n = flat.shape[1]
+        ranked = flat.sort(1, descending=True).values  # (B, N)
+        k = (self.area.to(flat) * n).round().long().clamp(1, n - 1)  # (B,)
+        t = (ranked.gather(1, k[:, None] - 1) + ranked.gather(1, k[:, None])) / 2  # (B, 1)
+        return logits - t.view(-1, 1, 1, 1)
+
+
+class AreaContinuation(FitStrategy):
+    """Continuation on the mask area: the U-Net ranks pixels, the strategy sets how many are kept.
+
+    Each step keeps exactly a_i of image i's pixels (:class:`TopArea`) and minimises the
+    explainer's terms (cross-entropy, robustness, activation matching, ...) at that area. The
+    target shrinks geometrically while the step's mask is kept and robust, and backtracks when
+    the label is lost (as extremal perturbation's area constraint, with the area chosen by the
+    fit instead of given):
+
+        a_i ← max(a_min, a_i · shrink) if satisfied   else  min(1, a_i · grow).
+
+    Args:
+        lr: Adam learning rate of the U-Net.
+        start_area: a_0.
+        shrink: factor applied while the constraint holds (< 1).
+        grow: factor applied when it is violated (>= 1; 1 gives a fixed geometric schedule).
+        min_area: a_min.
+        select, min_confidence: as in :class:`FitStrategy`.
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.003,
+        start_area: float = 0.5,
+        shrink: float = 0.9,
+        grow: float = 1.2,
+        min_area: float = 0.002,
+        select: str = "smallest_robust",
+        min_confidence: float = 0.0,
+    ) -> None:
+        super().__init__(lr, select, min_confidence)
+        if not (0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow):
+            raise ValueError(f"AreaContinuation: need 0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow, got "
+                             f"min_area={min_area}, start_area={start_area}, shrink={shrink}, grow={grow}")
+        self.start_area, self.shrink, self.grow, self.min_area = start_area, shrink, grow, min_area
+        self._area: torch.Tensor | None = None
+
+    def start(self, images: torch.Tensor) -> None:
+        self._area = torch.full((images.shape[0],), self.start_area, device=images.device)
+
+    def mask_model(self, unet: nn.Module) -> nn.Module:
+        return TopArea(unet, self._area)
+
+    @torch.no_grad()
+    def after_step(self, explainer, out, satisfied: torch.Tensor) -> dict[str, float]:
+        factor = torch.where(satisfied, self.shrink, self.grow)
+        self._area = (self._area * factor).clamp(self.min_area, 1.0)
+        return {"target_area": self._area.mean().item()}

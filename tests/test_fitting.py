@@ -1,0 +1,125 @@
+"""Fitting strategies: the constrained and continuation fits, their components and errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from actmatch.explainers import losses as terms
+from actmatch.explainers.classifier import load_classifier, state_fingerprint
+from actmatch.explainers.fitting import AreaContinuation, ConstrainedFit, PenaltyFit, TopArea
+from actmatch.explainers.module import ActMatchExplainer
+from actmatch.explainers.taps import hook_count
+from actmatch.explainers.unet import MaskUNet
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier():
+    return load_classifier("resnet10t", pretrained=False, num_classes=5)
+
+
+def test_logit_margin_and_label_margin_by_hand():
+    logits = torch.tensor([[3.0, 1.0, 0.5], [0.0, 2.0, 1.0]])
+    target = torch.tensor([0, 0])
+    assert terms.logit_margin(logits, target).tolist() == [2.0, -2.0]
+    evidence = terms.Evidence(None, None, None, None, None, target, logits, logits)
+    hinge = terms.LabelMargin(margin=1.0, num_backgrounds=0)(evidence)
+    assert hinge.tolist() == [0.0, 3.0]  # max(0, 1 − 2), max(0, 1 + 2)
+    # with one background copy per image the hinge is averaged over {fill, background}
+    background = torch.tensor([[0.0, 1.0, 0.0], [5.0, 0.0, 0.0]])
+    hinge = terms.LabelMargin(margin=1.0, num_backgrounds=1)(evidence, background)
+    assert hinge.tolist() == [pytest.approx((0.0 + 2.0) / 2), pytest.approx((3.0 + 0.0) / 2)]
+
+
+@pytest.mark.parametrize("area", [0.05, 0.3, 0.77])
+def test_top_area_keeps_exactly_the_requested_fraction(area):
+    unet = MaskUNet(width=4, depth=2, working_size=32)
+    images = torch.rand(2, 3, 48, 40)
+    logits = TopArea(unet, torch.tensor([area, area / 2]))(images)
+    kept = (logits > 0).flatten(1).sum(1)
+    n = 48 * 40
+    assert kept.tolist() == [round(area * n), round(area / 2 * n)]
+
+
+@pytest.mark.parametrize(
+    "strategy, losses",
+    [
+        (PenaltyFit(), None),
+        (ConstrainedFit(lr=0.01), [terms.Area(), terms.LabelMargin(num_backgrounds=1)]),
+        (AreaContinuation(lr=0.01), [terms.CrossEntropy(), terms.Robustness(num_backgrounds=1)]),
+    ],
+    ids=["penalty", "constrained", "continuation"],
+)
+def test_every_strategy_gives_binary_input_sized_masks_and_leaves_the_classifier(tiny_classifier, rng_images, strategy, losses):
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  losses=losses, steps=5, fitting=strategy)
+    before = state_fingerprint(tiny_classifier)
+    result = explainer.fit_images(rng_images, seed=1)
+    assert result.masks.shape == (2, 1, 64, 64)
+    assert set(result.masks.unique().tolist()) <= {0.0, 1.0}
+    assert len(result.history) == 5
+    assert state_fingerprint(tiny_classifier) == before
+    assert hook_count(tiny_classifier) == 0
+
+
+def test_constrained_multiplier_rises_while_violated_and_falls_while_held():
+    fit = ConstrainedFit(lambda_init=1.0, dual_up=0.5, dual_down=0.25)
+    fit.start(torch.zeros(2, 3, 4, 4))
+
+    class Out:
+        terms = {"label_margin": torch.tensor([2.0, 0.0])}  # image 0 violates, image 1 holds
+
+    fit.after_step(None, Out(), torch.tensor([False, True]))
+    assert fit._log_lambda.tolist() == pytest.approx([0.5, -0.25])
+    assert math.exp(fit._log_lambda[0]) > 1 > math.exp(fit._log_lambda[1])
+
+
+def test_continuation_shrinks_while_satisfied_and_grows_on_failure():
+    fit = AreaContinuation(start_area=0.5, shrink=0.5, grow=1.5, min_area=0.1)
+    fit.start(torch.zeros(2, 3, 4, 4))
+    fit.after_step(None, None, torch.tensor([True, False]))
+    assert fit._area.tolist() == pytest.approx([0.25, 0.75])
+    for _ in range(5):
+        fit.after_step(None, None, torch.tensor([True, False]))
+    assert fit._area.tolist() == pytest.approx([0.1, 1.0])  # clipped to [min_area, 1]
+
+
+def test_min_confidence_demands_a_confident_explanation():
+    class Evidence:
+        logits = torch.tensor([[2.0, 0.0]])  # p_x(y=0) = 0.88
+        logits_e = torch.tensor([[0.5, 0.0]])  # top-1 kept, p_e(y) = 0.62
+
+    class Out:
+        evidence = Evidence()
+
+    target = torch.tensor([0])
+    assert PenaltyFit(min_confidence=0.5).kept(Out(), target).item()
+    assert not PenaltyFit(min_confidence=0.8).kept(Out(), target).item()
+
+
+def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  losses=[terms.Area()], steps=2, fitting=ConstrainedFit())
+    with pytest.raises(ValueError, match="constraint term 'label_margin' is not among"):
+        explainer.fit_images(rng_images)
+    assert hook_count(tiny_classifier) == 0
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: PenaltyFit(select="biggest"), "unknown select"),
+        (lambda: PenaltyFit(lr=0), "lr must be > 0"),
+        (lambda: PenaltyFit(min_confidence=2), "min_confidence"),
+        (lambda: ConstrainedFit(lambda_init=0), "lambda_init > 0"),
+        (lambda: ConstrainedFit(dual_up=-1), "dual steps"),
+        (lambda: AreaContinuation(shrink=1.5), "shrink < 1"),
+        (lambda: AreaContinuation(min_area=0.9, start_area=0.5), "min_area <= start_area"),
+        (lambda: terms.LabelMargin(num_backgrounds=-1), "num_backgrounds >= 0"),
+    ],
+)
+def test_bad_strategy_settings_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

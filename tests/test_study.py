@@ -1,0 +1,77 @@
+"""`actmatch study`: one complete row per config, errors named, helpers by hand."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from actmatch.commands import study
+from actmatch.commands.study import STUDY_FIELDS, border_kept
+
+
+@pytest.fixture()
+def two_images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+@pytest.fixture()
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "model:\n  init_args:\n    steps: 3\n"
+        "    unet: {class_path: actmatch.explainers.unet.MaskUNet, init_args: {width: 4, depth: 2, working_size: 32}}\n"
+        "    fitting: {class_path: actmatch.explainers.fitting.AreaContinuation, init_args: {lr: 0.01}}\n"
+        "    losses:\n      - {class_path: actmatch.explainers.losses.CrossEntropy}\n"
+    )
+    return path
+
+
+def test_row_on_two_tiny_images_has_every_column(two_images, tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    md = tmp_path / "table.md"
+    png = tmp_path / "plot.png"
+    code = study.main("study", [str(two_images), "--config", str(tiny_config), "--out", str(out),
+                                "--robustness", "4", "--markdown", str(md), "--plot", str(png)])
+    assert code == 0
+    with (out / "study.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and list(rows[0]) == STUDY_FIELDS
+    row = rows[0]
+    assert row["config"] == "tiny" and row["images"] == "2"
+    assert all(row[key] != "" for key in STUDY_FIELDS)
+    assert 0 <= float(row["kept"]) <= 1 and 0 <= float(row["robust_median"]) <= 1
+    assert float(row["area_p25"]) <= float(row["area_median"]) <= float(row["area_p75"])
+    assert float(row["fwd_bwd_ms"]) > 0 and float(row["x_fwd_bwd_median"]) > 0
+    assert md.read_text().count("| tiny |") == 1 and png.stat().st_size > 0
+    assert "tiny" in capsys.readouterr().out
+    assert (out / "tiny" / "a" / "summary.json").is_file()  # the same files as `actmatch explain`
+
+
+def test_bad_config_is_named(two_images, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    fitting: {class_path: actmatch.explainers.fitting.NoSuchFit}\n")
+    assert study.main("study", [str(two_images), "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+    assert study.main("study", [str(two_images), "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_eval_seed_must_differ_from_the_fit_seed(two_images):
+    with pytest.raises(SystemExit):
+        study.main("study", [str(two_images), "--seed", "3", "--eval-seed", "3"])
+
+
+def test_border_kept_by_hand():
+    mask = torch.zeros(100, 100)
+    assert border_kept(mask) == 0.0
+    mask[:3, :] = 1  # the top band (3 px = 3 % of 100)
+    assert border_kept(mask) == pytest.approx(300 / (100 * 100 - 94 * 94))
