@@ -8,7 +8,7 @@ TORCH   ?= torch torchvision
 IMAGES  ?= ../shared/data/imagenet-sample
 OUT     ?= outputs
 
-.PHONY: help install demo test test-slow bench bench-explain lint clean
+.PHONY: help install demo test test-slow bench bench-explain study lint clean
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,11 @@ test-slow: $(STAMP)  ## run only the slow tests
 
 bench-explain: $(STAMP)  ## explain every image under IMAGES and print the area / label-kept table
 	$(BIN)/actmatch explain $(IMAGES) --out $(OUT)/bench-explain
+
+STUDY_CONFIGS ?= experiments/explain/minimal.yaml experiments/explain/robust.yaml
+study: $(STAMP)  ## one fit-study row per config in STUDY_CONFIGS on IMAGES (LIMIT=N for the first N)
+	$(BIN)/actmatch study $(IMAGES) $(foreach c,$(STUDY_CONFIGS),--config $(c)) --out $(OUT)/study \
+		$(if $(LIMIT),--limit $(LIMIT)) --plot $(OUT)/study/study.png
 
 bench: $(STAMP)  ## compare actmatch with the baselines on IMAGES (actmatch benchmark)
 	$(BIN)/actmatch benchmark --images $(IMAGES) --limit 20 --out $(OUT)/benchmark

@@ -163,8 +163,10 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {list(METHODS)} (default: %(default)s)")
     parser.add_argument("--out", default="outputs/benchmark", help="output folder (default: %(default)s)")
-    parser.add_argument("--backbone", default="efficientnet_lite0", help="timm model name (default: %(default)s, offline)")
-    parser.add_argument("--weights", default=None, help="local classifier checkpoint (.pth/.safetensors)")
+    parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
+    parser.add_argument("--weights", default=None,
+                        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
+                             "or a folder written by timm's save_for_hf (then --backbone is not needed)")
     parser.add_argument("--steps", type=int, default=None, help="per-image steps of `am` (default: the explainer's)")
     parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint for `am-amortized`")
     parser.add_argument("--config", default=None, help="explainer YAML for `am` / `am-amortized` (as `actmatch explain --config`)")
@@ -413,7 +415,7 @@ def main(command: str, argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"benchmark: {len(images)} image(s) x {len(methods)} method(s) on {args.backbone}")
+    log(f"benchmark: {len(images)} image(s) x {len(methods)} method(s) on {classifier.name}")
     rows, maps = run_benchmark(classifier, images, methods, args, log, partial=out / "results.csv")
     summary = summarize(rows)
     write_csv(out / "results.csv", rows, RESULT_FIELDS)

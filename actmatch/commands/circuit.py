@@ -78,7 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--out", default="outputs/circuit", help="output folder (default: %(default)s)")
     parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
-    parser.add_argument("--weights", default=None, help="local classifier checkpoint (.pth/.safetensors)")
+    parser.add_argument("--weights", default=None,
+                        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
+                             "or a folder written by timm's save_for_hf (then --backbone is not needed)")
     parser.add_argument("--taps", nargs="+", default=None,
                         help="circuit layers: names, or 'blocks' (hidden channels inside every block, the default where "
                              "the model has them) or 'stages' (the backbone's stage outputs)")

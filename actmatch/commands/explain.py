@@ -1,7 +1,8 @@
 """``actmatch explain`` and ``actmatch demo``: per-image masks for image files.
 
 For each image, ``OUT/<image stem>/`` receives ``mask.png`` (0/255, the file's size),
-``explanation.png``, ``figure.png`` and ``summary.json``; ``OUT/summary.csv`` gets one row per
+``explanation.png``, ``figure.png`` and ``summary.json`` (which also records the classifier's
+``num_classes``, ``mean``, ``std`` and ``input_size``); ``OUT/summary.csv`` gets one row per
 image plus an ``__aggregate__`` row, and ``OUT/aggregate.json`` the aggregate. Each image's
 folder is written to a temporary folder and moved into place only when complete, so a failure
 never leaves a half-written or corrupted result behind.
@@ -32,7 +33,8 @@ from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.module import ActMatchExplainer, Explanation
 
-__all__ = ["main", "build_explainer", "explain_files", "load_unet_state", "SUMMARY_FIELDS"]
+__all__ = ["main", "build_explainer", "explainer_init_args", "explain_files", "load_unet_state", "preset_path",
+           "PRESETS", "SUMMARY_FIELDS"]
 
 SUMMARY_FIELDS = [
     "image",
@@ -67,9 +69,14 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         parser.add_argument("--photo", default="coffee", help="scikit-image photo name (default: %(default)s)")
         parser.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
     parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
-    parser.add_argument("--weights", default=None, help="local classifier checkpoint (.pth/.safetensors)")
+    parser.add_argument("--weights", default=None,
+                        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
+                             "or a folder written by timm's save_for_hf (then --backbone is not needed)")
+    add_classifier_arguments(parser)
     parser.add_argument("--steps", type=int, default=None, help="per-image optimisation steps")
     parser.add_argument("--config", default=None, help="YAML with the explainer's init args (a `model:` section works)")
+    parser.add_argument("--preset", default=None,
+                        help=f"a named recipe from experiments/explain/ ({', '.join(PRESETS)}; default: the built-in defaults)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the U-Net and backgrounds (default: 0)")
     parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint: warm-start the U-Net")
     parser.add_argument("--amortized", action="store_true", help="with --checkpoint: one forward pass, no fitting")
@@ -78,9 +85,59 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    check_classifier_arguments(parser, args)
+    if args.preset and args.config:
+        parser.error("--preset and --config both give the recipe; pass one of them")
+    if args.preset and args.preset not in PRESETS:
+        parser.error(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if args.amortized and not args.checkpoint:
         parser.error("--amortized needs --checkpoint CKPT (a U-Net trained with `actmatch fit`)")
     return args
+
+
+def add_classifier_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--labels``, ``--num-classes``, ``--mean``, ``--std``, ``--input-size``: what the
+    classifier is, when its checkpoint does not say (defaults: the checkpoint and timm's data config)."""
+    parser.add_argument("--labels", default=None, metavar="FILE",
+                        help="class names: one per line, a JSON list, or a JSON dict index -> name")
+    parser.add_argument("--num-classes", type=int, default=None, metavar="N",
+                        help="classes of the classifier's head (default: read from the checkpoint)")
+    parser.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                        help="per-channel mean the classifier normalises with (default: its timm data config)")
+    parser.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                        help="per-channel std the classifier normalises with (default: its timm data config)")
+    parser.add_argument("--input-size", type=int, default=None, metavar="N",
+                        help="short side images are resized to for the classifier (default: its timm data config)")
+
+
+def check_classifier_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse impossible values of :func:`add_classifier_arguments`'s flags (argparse exit 2)."""
+    for flag, value in (("--num-classes", args.num_classes), ("--input-size", args.input_size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if args.std is not None and min(args.std) <= 0:
+        parser.error(f"--std values must be > 0, got {args.std}")
+
+
+def classifier_overrides(args: argparse.Namespace) -> dict:
+    """The explainer init args set by :func:`add_classifier_arguments`'s flags (unset ones left out)."""
+    values = {"labels": args.labels, "num_classes": args.num_classes, "mean": args.mean, "std": args.std,
+              "input_size": args.input_size}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+#: named recipes: experiments/explain/<name>.yaml (the study's rows, docs/explainer-study.md)
+PRESETS = ("minimal", "robust")
+PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments" / "explain"
+
+
+def preset_path(name: str) -> str:
+    """The config file of preset ``name`` (experiments/explain/<name>.yaml in the repository)."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"preset {name!r} needs {path}; run actmatch from a checkout of the repository "
+                                f"or pass --config with the file")
+    return str(path)
 
 
 def _config_init_args(path: str) -> dict:
@@ -94,6 +151,20 @@ def _config_init_args(path: str) -> dict:
     return dict(config.get("init_args", {})) if "class_path" in config or "init_args" in config else dict(config)
 
 
+def explainer_init_args(config: str | None = None, **overrides) -> dict:
+    """:class:`ActMatchExplainer`'s init args, instantiated, from a YAML config (its ``model:``
+    section or plain init args, with ``class_path``/``init_args`` for losses and U-Net) and
+    overrides (None values are ignored); unset args take the class's defaults."""
+    from jsonargparse import ArgumentParser
+
+    init = _config_init_args(config) if config else {}
+    init.update({key: value for key, value in overrides.items() if value is not None})
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ActMatchExplainer, skip={"classifier"}, fail_untyped=False)
+    cfg = parser.parse_object(init)
+    return parser.instantiate_classes(cfg).as_dict()
+
+
 def build_explainer(
     config: str | None = None,
     backbone: str | None = None,
@@ -102,19 +173,11 @@ def build_explainer(
     classifier: FrozenClassifier | None = None,
     **overrides,
 ) -> ActMatchExplainer:
-    """An :class:`ActMatchExplainer` from a YAML config (its ``model:`` section or plain init
-    args, with ``class_path``/``init_args`` for losses and U-Net) and command-line overrides.
-    An already loaded ``classifier`` is used as is (the config's backbone is then ignored)."""
-    from jsonargparse import ArgumentParser
-
-    init = _config_init_args(config) if config else {}
-    for key, value in {"backbone": backbone, "weights": weights, "steps": steps, **overrides}.items():
-        if value is not None:
-            init[key] = value
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(ActMatchExplainer, skip={"classifier"}, fail_untyped=False)
-    cfg = parser.parse_object(init)
-    return ActMatchExplainer(**parser.instantiate_classes(cfg).as_dict(), classifier=classifier)
+    """An :class:`ActMatchExplainer` from a YAML config and command-line overrides (see
+    :func:`explainer_init_args`). An already loaded ``classifier`` is used as is (the config's
+    backbone is then ignored)."""
+    init = explainer_init_args(config, backbone=backbone, weights=weights, steps=steps, **overrides)
+    return ActMatchExplainer(**init, classifier=classifier)
 
 
 def load_unet_state(path: str) -> dict:
@@ -229,7 +292,8 @@ def write_result(
             from actmatch.explainers.circuits import write_circuit_outputs
 
             row.update(write_circuit_outputs(explainer, model_image[None], mask_small, staging))
-        (staging / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
+        summary = {**row, **getattr(classifier, "settings", {})}  # + num_classes, mean, std, input_size
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _install_dir(staging, out_dir / (folder or path.stem))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -369,7 +433,8 @@ def main(command: str, argv: list[str]) -> int:
     out_dir = Path(args.out)
     torch.manual_seed(args.seed)
     try:
-        explainer = build_explainer(args.config, args.backbone, args.weights, args.steps)
+        config = preset_path(args.preset) if args.preset else args.config
+        explainer = build_explainer(config, args.backbone, args.weights, args.steps, **classifier_overrides(args))
         init_state = load_unet_state(args.checkpoint) if args.checkpoint else None
     except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
         print(f"actmatch {command}: {err}", file=sys.stderr)

@@ -21,6 +21,7 @@ with ``wandb sync outputs/<experiment>/wandb/offline-run-*``. TensorBoard or CSV
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import actmatch.callbacks  # noqa: F401
 import actmatch.classifier_training  # noqa: F401
 import actmatch.datamodules  # noqa: F401
 from actmatch.explainers import losses as loss_terms
+from actmatch.explainers.classifier import ClassifierLoadError
 from actmatch.explainers.module import ActMatchExplainer
 
 __all__ = ["ActMatchCLI", "RunConfigSaver", "main", "DEFAULT_LOGGER"]
@@ -140,4 +142,7 @@ def main(command: str, argv: list[str]) -> int:
     except SystemExit as exit_:  # --help, --print_config and argument errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except ClassifierLoadError as err:  # the classifier's checkpoint: one line, no traceback
+        print(f"actmatch {command}: {err}", file=sys.stderr)
+        return 2
     return 0

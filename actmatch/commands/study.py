@@ -190,6 +190,7 @@ def main(command: str, argv: list[str]) -> int:
 
         sizes = []
 
+        @torch.no_grad()
         def measure(images: torch.Tensor, result) -> dict:
             sizes.append(tuple(images.shape[-2:]))
             masks = result.masks.to(images.device)

