@@ -19,7 +19,10 @@ from lightning_helpers import ROOT, cli_in_process, fake_imagenet, save_random_w
 from actmatch.explainers.classifier import OFFLINE_DEFAULTS, load_classifier
 
 EXPERIMENTS = ROOT / "experiments"
-ALL_FILES = sorted(p.relative_to(ROOT).as_posix() for p in EXPERIMENTS.rglob("*.yaml") if p.name != "sweep.yaml")
+# experiments/explain/ holds per-image fit recipes (actmatch explain|study --config), tested below
+EXPLAIN_FILES = sorted(p.relative_to(ROOT).as_posix() for p in (EXPERIMENTS / "explain").rglob("*.yaml"))
+ALL_FILES = sorted(p.relative_to(ROOT).as_posix() for p in EXPERIMENTS.rglob("*.yaml")
+                   if p.name != "sweep.yaml" and p.relative_to(ROOT).as_posix() not in EXPLAIN_FILES)
 # one step of each file costs 10-60 s on the shared 2-core machine: by default only these run
 # (smoke, and the paper setting with its ResNet-18 stand-in and bf16-mixed on CPU); `make test-slow` runs all
 FAST = {"experiments/smoke.yaml", "experiments/paper_resnet18.yaml"}
@@ -153,3 +156,21 @@ def test_sweep_drives_the_cli(tmp_path):
     argv = command[2:] + stand_in_args(chain, tmp_path)
     with contextlib.chdir(ROOT):
         assert cli_in_process("fit", argv) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier():
+    return load_classifier("resnet10t", pretrained=False, num_classes=5)
+
+
+@pytest.mark.parametrize("path", EXPLAIN_FILES, ids=lambda p: p.removeprefix("experiments/explain/"))
+def test_every_explain_recipe_fits(path, tiny_classifier):
+    """Each study row's config builds its explainer and fits 2 steps (tiny classifier stand-in)."""
+    import torch
+
+    from actmatch.commands.explain import build_explainer
+
+    explainer = build_explainer(str(ROOT / path), steps=2, classifier=tiny_classifier)
+    result = explainer.fit_images(torch.rand(1, 3, 48, 56), seed=0)
+    assert result.masks.shape == (1, 1, 48, 56)
+    assert set(result.masks.unique().tolist()) <= {0.0, 1.0}

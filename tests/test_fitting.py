@@ -64,6 +64,29 @@ def test_every_strategy_gives_binary_input_sized_masks_and_leaves_the_classifier
     assert hook_count(tiny_classifier) == 0
 
 
+def test_verification_returns_the_smallest_candidate_that_survives_more_backgrounds(rng_images):
+    """Candidates of area 0.25 (fails the check) and 0.5 (passes): the 0.5 mask is returned."""
+    from actmatch.explainers.fitting import _Candidates
+
+    class Stub(torch.nn.Module):  # keeps label 0 only when the top half of the image is intact
+        def forward(self, x):
+            intact = (x[:, :, :32] == rng_images[:1, :, :32]).flatten(1).all(1).float()
+            return torch.stack([intact, 1 - intact], 1)
+
+    class Explainer:
+        classifier = Stub()
+
+    small, large = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
+    small[:, :16] = 1
+    large[:, :32] = 1
+    candidates = _Candidates(1, k=4)
+    candidates.offer(small[None], small[None], torch.tensor([True]))
+    candidates.offer(large[None], large[None], torch.tensor([True]))
+    masks, soft = small[None].clone(), small[None].clone()
+    PenaltyFit(verify=4)._verified(Explainer(), rng_images[:1], torch.tensor([0]), candidates, masks, soft)
+    assert torch.equal(masks[0], large)
+
+
 def test_constrained_multiplier_rises_while_violated_and_falls_while_held():
     fit = ConstrainedFit(lambda_init=1.0, dual_up=0.5, dual_down=0.25)
     fit.start(torch.zeros(2, 3, 4, 4))
@@ -118,6 +141,8 @@ def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
         (lambda: AreaContinuation(shrink=1.5), "shrink < 1"),
         (lambda: AreaContinuation(min_area=0.9, start_area=0.5), "min_area <= start_area"),
         (lambda: terms.LabelMargin(num_backgrounds=-1), "num_backgrounds >= 0"),
+        (lambda: PenaltyFit(verify=8, select="smallest_kept"), "needs select='smallest_robust'"),
+        (lambda: PenaltyFit(verify=-1), "verify >= 0"),
     ],
 )
 def test_bad_strategy_settings_are_named(make, message):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from actmatch.explainers.backgrounds import BackgroundSampler
+
 __all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS", "default_fitting"]
 
 #: which of the masks seen during a fit is returned, per image
@@ -110,6 +112,9 @@ class FitStrategy:
         if verify < 0 or candidates < 1 or not 0 < verify_keep <= 1:
             raise ValueError(f"{type(self).__name__}: need verify >= 0, candidates >= 1 and 0 < verify_keep <= 1, got "
                              f"verify={verify}, candidates={candidates}, verify_keep={verify_keep}")
+        if verify and select != "smallest_robust":
+            raise ValueError(f"{type(self).__name__}: verify checks robust masks; it needs select='smallest_robust', "
+                             f"got {select!r}")
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
         self.verify, self.verify_keep, self.candidates = verify, verify_keep, candidates
 
@@ -175,7 +180,7 @@ class FitStrategy:
         rules = {"smallest_robust": [kept_best, robust_best], "smallest_kept": [kept_best], "last": []}[self.select]
         for rule in rules:
             masks[rule.found], soft_masks[rule.found] = rule.masks[rule.found], rule.soft[rule.found]
-        if self.verify and self.select == "smallest_robust":
+        if self.verify:
             self._verified(explainer, images, target, candidates, masks, soft_masks)
         return FitResult(masks, soft_masks, history)
 
@@ -183,8 +188,6 @@ class FitStrategy:
     def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
         """Replace each image's mask by its smallest candidate that survives ``verify`` more of the
         fit's own backgrounds (in place; images without such a candidate keep their mask)."""
-        from actmatch.explainers.backgrounds import BackgroundSampler
-
         sampler = BackgroundSampler(["solid", "uniform", "gaussian"])
         for i, items in enumerate(candidates.items):
             x = images[i : i + 1].expand(self.verify, -1, -1, -1)  # (n, 3, H, W)
