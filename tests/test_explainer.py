@@ -99,7 +99,8 @@ def test_one_batched_forward_per_step(tiny_classifier, rng_images):
 )
 def test_selection_among_the_steps_masks(tiny_classifier, rng_images, monkeypatch, select, expected_area):
     """Scripted steps: area 1 (kept, robust), 0.5 (kept, robust), 0.25 (kept only), 0.125 (lost)."""
-    explainer = tiny_explainer(tiny_classifier, steps=4, fitting=PenaltyFit(select=select))
+    explainer = tiny_explainer(tiny_classifier, steps=4, fitting=PenaltyFit(select=select),
+                               losses=[terms.CrossEntropy(), terms.Robustness()])
     script = iter([(1.0, True, True), (0.5, True, True), (0.25, True, False), (0.125, False, False)])
     target = explainer.reference(rng_images)[0].argmax(-1)
 

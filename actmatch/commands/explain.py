@@ -161,7 +161,10 @@ def explainer_init_args(config: str | None = None, **overrides) -> dict:
     init.update({key: value for key, value in overrides.items() if value is not None})
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(ActMatchExplainer, skip={"classifier"}, fail_untyped=False)
-    cfg = parser.parse_object(init)
+    try:
+        cfg = parser.parse_object(init)
+    except argparse.ArgumentError as err:  # jsonargparse: unknown key, class_path or type
+        raise ValueError(f"{config or 'explainer settings'}: {err}") from err
     return parser.instantiate_classes(cfg).as_dict()
 
 

@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["SHAPES", "PATCH_COLOURS", "SyntheticEvidence", "SyntheticDataModule", "render_shape"]
+__all__ = ["SHAPES", "PATCH_COLOURS", "SyntheticEvidence", "SyntheticDataModule", "render_shape", "write_images"]
 
 SHAPES = ("disk", "square", "triangle", "cross", "diamond", "ring_square")
 DISTRACTORS = ("ring", "bar", "dot")
@@ -304,3 +304,24 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)
+
+
+def write_images(dataset: SyntheticEvidence, folder, count: int | None = None) -> list:
+    """Write the first ``count`` items as ``folder/NNNN_label<y>.png`` plus their evidence masks as
+    ``folder/masks/NNNN_label<y>.png`` (0/255), for ``actmatch explain``; returns the image paths."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(min(count or len(dataset), len(dataset))):
+        item = dataset[i]
+        name = f"{i:04d}_label{int(item['label'])}.png"
+        image = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (S, S, 3)
+        Image.fromarray(image).save(folder / name)
+        Image.fromarray((item["evidence_mask"][0].numpy() > 0).astype(np.uint8) * 255).save(folder / "masks" / name)
+        paths.append(folder / name)
+    return paths
