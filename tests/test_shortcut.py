@@ -43,14 +43,17 @@ def test_the_per_image_mask_finds_the_planted_shortcut(tmp_path):
     held_out = SyntheticEvidence(20, num_classes=4, image_size=64, variant="shortcut", background="clutter", seed=99)
     images = tmp_path / "held_out"
     write_images(held_out, images)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red patch\ngreen patch\nblue patch\nyellow patch\n")  # PATCH_COLOURS, in class order
     out = tmp_path / "explained"
     code = explain_cmd.main("explain", [str(images), "--out", str(out), "--backbone", "test_resnet",
-                                        "--weights", str(weights), "--input-size", "64"])
+                                        "--weights", str(weights), "--input-size", "64", "--labels", str(labels)])
     assert code == 0
     found = []
     for path in sorted(images.glob("*.png")):
         summary = json.loads((out / path.stem / "summary.json").read_text())
         coverage = patch_coverage(out / path.stem / "mask.png", images / "masks" / path.name)
+        assert summary["label_name"].endswith(" patch")
         found.append(summary["label_kept"] and coverage >= 0.5)
         print(f"{path.name}: kept {summary['label_kept']}, area {summary['mask_area']:.3f}, patch covered {coverage:.2f}")
     assert sum(found) >= 19, f"the mask covered half the patch and kept the label on {sum(found)}/20 images"
