@@ -317,6 +317,9 @@ class AreaContinuation(FitStrategy):
 
         a_i ← max(a_min, a_i · shrink) if satisfied   else  min(1, a_i · grow).
 
+    The defaults are the study's ``minimal`` recipe (docs/explainer-study.md): 3.2 % smaller per
+    kept step, hold (no backtracking) when the label is lost, the smallest kept mask returned.
+
     Args:
         lr: Adam learning rate of the U-Net.
         start_area: a_0.
@@ -330,10 +333,10 @@ class AreaContinuation(FitStrategy):
         self,
         lr: float = 0.003,
         start_area: float = 0.5,
-        shrink: float = 0.9,
-        grow: float = 1.2,
+        shrink: float = 0.968,
+        grow: float = 1.0,
         min_area: float = 0.002,
-        select: str = "smallest_robust",
+        select: str = "smallest_kept",
         min_confidence: float = 0.0,
         verify: int = 0,
         verify_keep: float = 0.875,
@@ -361,4 +364,4 @@ class AreaContinuation(FitStrategy):
 
 def default_fitting() -> FitStrategy:
     """The default per-image fit (the ``minimal`` preset, docs/explainer-study.md)."""
-    return AreaContinuation(lr=0.003, start_area=0.5, shrink=0.968, grow=1.0, select="smallest_kept")
+    return AreaContinuation()
