@@ -48,6 +48,12 @@ def logit_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return z_y - others.amax(1)
 
 
+def planted_on_backgrounds(evidence: "Evidence", sampler: BackgroundSampler, n: int) -> torch.Tensor:
+    """(n·B, 3, H, W) background-major copies m ⊙ x + (1 − m) ⊙ r_k, k = 1..n, r_k from ``sampler``."""
+    x, m = evidence.images, evidence.mask
+    return torch.cat([m * x + (1 - m) * sampler(x) for _ in range(n)])
+
+
 @dataclass
 class Evidence:
     """What a loss term may look at (all tensors; x is in [0, 1] pixel space)."""
@@ -227,9 +233,7 @@ class Robustness(LossTerm):
         self.num_backgrounds = num_backgrounds
 
     def perturb(self, evidence: Evidence) -> torch.Tensor:
-        x, m = evidence.images, evidence.mask
-        planted = [m * x + (1 - m) * self.sampler(x) for _ in range(self.num_backgrounds)]
-        return torch.cat(planted)  # (n·B, 3, H, W)
+        return planted_on_backgrounds(evidence, self.sampler, self.num_backgrounds)
 
     def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
         target = evidence.target.repeat(self.num_backgrounds)
@@ -297,8 +301,7 @@ class LabelMargin(LossTerm):
     def perturb(self, evidence: Evidence) -> torch.Tensor | None:
         if self.num_backgrounds == 0:
             return None
-        x, m = evidence.images, evidence.mask
-        return torch.cat([m * x + (1 - m) * self.sampler(x) for _ in range(self.num_backgrounds)])  # (n·B, 3, H, W)
+        return planted_on_backgrounds(evidence, self.sampler, self.num_backgrounds)
 
     def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
         logits = evidence.logits_e if perturbed_logits is None else torch.cat([evidence.logits_e, perturbed_logits])
