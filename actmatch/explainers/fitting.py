@@ -169,7 +169,7 @@ class FitStrategy:
                           "kept": kept.float().mean().item(), "robust": robust.float().mean().item()}
                 if i < steps - 1:  # the last update would never be evaluated
                     optimizer.zero_grad(set_to_none=True)
-                    loss.mean().backward()
+                    loss.sum().backward()  # Σ_i L_i: each image's U-Net gets exactly its own gradient
                     optimizer.step()
                 record.update(self.after_step(explainer, out, robust))
                 history.append(record)

@@ -26,6 +26,7 @@ from torch import nn
 from actmatch.explainers.backgrounds import FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
 from actmatch.explainers.fitting import FitStrategy, default_fitting
+from actmatch.explainers.independent import IndependentNets
 from actmatch.explainers.losses import (ActivationMatching, Evidence, LabelMargin, LossTerm, Robustness,
                                         amortized_loss_terms, default_loss_terms)
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
@@ -223,11 +224,14 @@ class ActMatchExplainer(L.LightningModule):
         init_state: dict | None = None,
         progress=None,
     ) -> Explanation:
-        """Fit one U-Net on ``images`` (B, 3, H, W) in [0, 1] and return their masks.
+        """Fit each of ``images`` (B, 3, H, W) in [0, 1] with its own U-Net and return the masks.
 
-        How the U-Net is updated and which of the masks seen during the fit is returned per
-        image is decided by ``self.fitting`` (default: the smallest whose explanation keeps the
-        original label with the fill and on the fit's own random backgrounds).
+        The B U-Nets are independent (:class:`~actmatch.explainers.independent.IndependentNets`,
+        all initialised from ``seed`` as a one-image fit would be) and share one batched
+        classifier pass per step, so image i gets the mask a fit of image i alone would give
+        (exactly, for loss terms that draw no random backgrounds; with such terms the draws
+        differ but follow the same distribution). How the U-Nets are updated and which of the
+        masks seen during the fit is returned per image is decided by ``self.fitting``.
 
         Args:
             images: the batch to explain.
@@ -241,7 +245,8 @@ class ActMatchExplainer(L.LightningModule):
         images = images.to(self.device)
         if seed is not None:
             torch.manual_seed(seed)
-        unet = self.fresh_unet(seed, init_state).to(self.device)
+        nets = [self.fresh_unet(seed, init_state) for _ in range(images.shape[0])]  # one per image
+        unet = IndependentNets(nets).to(self.device)
         fit = self.fitting.fit(self, images, unet, self.reference(images), steps, progress)
         result = self.evaluate(images, fit.masks)
         result.steps, result.seconds, result.history = steps, time.perf_counter() - start, fit.history
