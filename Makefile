@@ -8,7 +8,7 @@ TORCH   ?= torch torchvision
 IMAGES  ?= ../shared/data/imagenet-sample
 OUT     ?= outputs
 
-.PHONY: help install demo test test-slow bench bench-explain study lint clean
+.PHONY: help install demo test test-slow check-report bench bench-explain study lint clean
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: $(STAMP)  ## run the fast test suite
 
 test-slow: $(STAMP)  ## run only the slow tests
 	$(BIN)/python -m pytest -q -m slow
+
+check-report:  ## render report.html in headless Chromium (Debian's chromium + playwright; installs nothing, fails if missing)
+	ACTMATCH_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests/test_report.py -k browser -m "slow or not slow"
 
 bench-explain: $(STAMP)  ## explain every image under IMAGES and print the area / label-kept table
 	$(BIN)/actmatch explain $(IMAGES) --out $(OUT)/bench-explain

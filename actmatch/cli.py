@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "circuit": ("actmatch.commands.circuit", "read out the channel circuit behind decisions"),
     "benchmark": ("actmatch.commands.benchmark", "compare actmatch with baseline explainers"),
     "study": ("actmatch.commands.study", "one row per explainer config on a fixed image list (the fit study)"),
+    "report": ("actmatch.commands.report", "rebuild OUT/report.html from an explain or benchmark output folder"),
     "fit": ("actmatch.commands.lightning", "train the amortized explainer (LightningCLI)"),
     "validate": ("actmatch.commands.lightning", "validate an explainer (LightningCLI)"),
     "test": ("actmatch.commands.lightning", "test an explainer (LightningCLI)"),
