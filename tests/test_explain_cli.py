@@ -100,9 +100,9 @@ def test_a_failure_halfway_keeps_the_previous_result(small_coffee_path, tmp_path
         raise OSError("disk full while drawing")
 
     monkeypatch.setattr(explain_cmd, "_figure_png", broken_figure)
-    assert run([str(small_coffee_path), "--out", str(out), *FAST, "--seed", "5"]) == 1
+    assert run([str(small_coffee_path), "--out", str(out), *FAST, "--seed", "5", "--overwrite"]) == 1
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert sorted(p.name for p in out.iterdir()) == ["aggregate.json", "small_coffee", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["aggregate.json", "report.html", "small_coffee", "summary.csv"]
 
 
 def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
@@ -161,3 +161,86 @@ def test_circuit_flag_adds_circuit_outputs(small_coffee_path, tmp_path):
     assert summary["circuit_nodes"] > 0
     assert 0 < summary["circuit_fraction"] <= 1
     assert isinstance(summary["circuit_label_kept"], bool)
+
+
+TINY = """\
+model:
+  init_args:
+    backbone: test_resnet
+    pretrained: false
+    num_classes: 4
+    unet: {class_path: actmatch.explainers.unet.MaskUNet, init_args: {width: 8, depth: 2, working_size: null}}
+"""
+
+
+def dataset_folder(root: Path) -> dict[str, Path]:
+    """Class sub-folders with clashing file names, a same-stem pair and an unreadable file."""
+    rng = np.random.default_rng(1)
+    files = {"a/img_001": root / "a" / "img_001.jpg", "b/img_001": root / "b" / "img_001.jpg",
+             "b/deep/img_002": root / "b" / "deep" / "img_002.png", "a/twin.jpg": root / "a" / "twin.jpg",
+             "a/twin.png": root / "a" / "twin.png"}
+    for i, path in enumerate(files.values()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(path)
+    (root / "b" / "broken.jpg").write_text("not an image")
+    (root / ".hidden").mkdir()
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / ".hidden" / "skip.png")
+    return files
+
+
+def test_expand_image_items_keeps_relative_folders(tmp_path):
+    from actmatch.datamodules.images import expand_image_items
+
+    files = dataset_folder(tmp_path / "data")
+    items = expand_image_items([str(tmp_path / "data"), str(files["a/img_001"])])  # the file twice: kept once
+    folders = {item.path: item.folder for item in items}
+    assert len(items) == 6 and folders[files["a/img_001"]] == "a/img_001" and folders[files["b/img_001"]] == "b/img_001"
+    assert folders[files["b/deep/img_002"]] == "b/deep/img_002"
+    twins = [folders[files["a/twin.jpg"]], folders[files["a/twin.png"]]]
+    assert twins[0] != twins[1] and all(t.startswith("a/twin-") for t in twins)
+    again = [i.folder for i in expand_image_items([files["a/twin.png"].parent]) if "twin" in i.folder]
+    assert [t.removeprefix("a/") for t in twins] == again  # the hash depends on the file, not on the order
+    globbed = expand_image_items([str(tmp_path / "data" / "*" / "img_001.jpg")])
+    assert [i.folder for i in globbed] == ["a/img_001", "b/img_001"]
+    named = expand_image_items([files["a/img_001"], files["b/img_001"]])  # same stem from two inputs
+    assert len({i.folder for i in named}) == 2 and all(i.folder.startswith("img_001-") for i in named)
+
+
+def test_batched_folder_layout_and_folder_column(tmp_path, capsys):
+    files = dataset_folder(tmp_path / "data")
+    out, config = tmp_path / "out", tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    code = run([str(tmp_path / "data"), "--out", str(out), "--config", str(config), "--input-size", "48",
+                "--batch-size", "2", *FAST])
+    assert code == 1 and "broken.jpg" in capsys.readouterr().err  # the bad file fails alone
+    import csv
+
+    with (out / "summary.csv").open() as handle:
+        rows = {r["image"]: r for r in csv.DictReader(handle)}
+    assert rows[str(tmp_path / "data" / "b" / "broken.jpg")]["status"] == "error"
+    for path in files.values():
+        row = rows[str(path)]
+        assert row["status"] == "ok"
+        folder = out / row["folder"]
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["folder"] == row["folder"] and summary["steps"] == 3
+        width, height = Image.open(path).size
+        assert np.asarray(Image.open(folder / "mask.png")).shape == (height, width)  # back to the file's size
+    assert (out / "a" / "img_001").is_dir() and (out / "b" / "img_001").is_dir() and (out / "b" / "deep" / "img_002").is_dir()
+    assert not list(out.rglob(".*"))
+
+
+def test_rerun_skips_complete_folders_and_overwrite_redoes_them(small_coffee_path, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run([str(small_coffee_path), "--out", str(out), *FAST]) == 0
+    first = (out / "summary.csv").read_text()
+
+    def no_fit(*args, **kwargs):
+        raise RuntimeError("a complete image was fitted again")
+
+    monkeypatch.setattr(explain_cmd.ActMatchExplainer, "fit_images", no_fit)
+    assert run([str(small_coffee_path), "--out", str(out), *FAST]) == 0
+    assert "1 image(s) already explained" in capsys.readouterr().err
+    assert (out / "summary.csv").read_text() == first  # the row comes back from summary.json
+    assert run([str(small_coffee_path), "--out", str(out), *FAST, "--overwrite"]) == 1  # redone: fit_images called
+    assert "a complete image was fitted again" in capsys.readouterr().err

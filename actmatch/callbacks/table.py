@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from actmatch.callbacks.base import WandbCallback
+from actmatch.callbacks.gather import gather_objects
 from actmatch.callbacks.masks import mask_panel
 from actmatch.callbacks.metrics import mask_precision, pointing_hits
 
@@ -19,10 +20,11 @@ class ResultsTable(WandbCallback):
     Columns: index, label, class, confidence_original, confidence_explanation,
     confidence_delta, label_kept, mask_area, and ``mask_precision`` / ``pointing`` when the
     batch has an ``evidence_mask``; with ``panels`` an original | mask | explanation image.
-    Rows come from rank zero's share of the data under DDP.
+    Under DDP every rank collects the rows of its share of the data and rank zero logs them
+    all (rank 0's first, then rank 1's, ...; ``index`` numbers the merged rows).
 
     Args:
-        max_rows: rows kept per stage.
+        max_rows: rows kept per stage (per rank while collecting, in all after merging).
         panels: add the image panel column.
         stages: ``val`` and/or ``test``.
     """
@@ -34,7 +36,7 @@ class ResultsTable(WandbCallback):
         self.rows: dict[str, list[list]] = {}
 
     def add_rows(self, trainer, pl_module, outputs, batch, stage: str) -> None:
-        if stage not in self.stages or not trainer.is_global_zero or not isinstance(outputs, dict) or "masks" not in outputs:
+        if stage not in self.stages or not isinstance(outputs, dict) or "masks" not in outputs:
             return
         rows = self.rows.setdefault(stage, [])
         names = getattr(getattr(pl_module, "classifier", None), "class_name", str)
@@ -67,9 +69,17 @@ class ResultsTable(WandbCallback):
         self.add_rows(trainer, pl_module, outputs, batch, "test")
 
     def flush(self, trainer: L.Trainer, stage: str) -> None:
-        rows = self.rows.pop(stage, None)
+        """Merge the stage's rows of every rank (a collective: all ranks call it) and log them."""
+        local = self.rows.pop(stage, [])
+        rows = [row for rank_rows in gather_objects(local) for row in rank_rows][: self.max_rows]
         if not rows or not trainer.is_global_zero:
             return
+        for index, row in enumerate(rows):
+            row[0] = index
+        self.log_table(trainer, stage, rows)
+
+    def log_table(self, trainer: L.Trainer, stage: str, rows: list[list]) -> None:
+        """Log the merged rows as ``<stage>/results`` (rank zero; override to send them elsewhere)."""
         logger = self.wandb_logger(trainer)
         if logger is None:
             return

@@ -1,17 +1,25 @@
 """``actmatch explain`` and ``actmatch demo``: per-image masks for image files.
 
-For each image, ``OUT/<image stem>/`` receives ``mask.png`` (0/255, the file's size),
+For each image, ``OUT/<folder>/`` receives ``mask.png`` (0/255, the file's size),
 ``explanation.png``, ``figure.png`` and ``summary.json`` (which also records the classifier's
-``num_classes``, ``mean``, ``std`` and ``input_size``); ``OUT/summary.csv`` gets one row per
-image plus an ``__aggregate__`` row, and ``OUT/aggregate.json`` the aggregate. Each image's
-folder is written to a temporary folder and moved into place only when complete, so a failure
-never leaves a half-written or corrupted result behind.
+``num_classes``, ``mean``, ``std`` and ``input_size``); ``<folder>`` is the image's path under
+the input folder it was found in, without suffix (``n01440764/img_001``), or its stem for a
+file named on its own (:func:`~actmatch.datamodules.images.expand_image_items`).
+``OUT/summary.csv`` gets one row per image (with its ``folder``) plus an ``__aggregate__`` row,
+and ``OUT/aggregate.json`` the aggregate.
+
+Each image's folder is written to a hidden staging folder next to it and moved into place only
+when complete, so a failure never leaves a half-written or corrupted result behind, and a
+re-run skips the images whose folder is complete (``--overwrite`` redoes them): a killed run
+loses only the images in flight. Staging folders of killed runs are removed at the start.
+``--batch-size B`` fits B images at once (each resized to the model's square input).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -28,16 +36,27 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_rgb, resize_for_model, to_tensor
+from actmatch.datamodules.images import (
+    ImageItem,
+    ImageReadError,
+    expand_image_items,
+    file_items,
+    read_rgb,
+    resize_for_model,
+    to_tensor,
+)
 from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.module import ActMatchExplainer, Explanation
+from actmatch.report import write_report
 
 __all__ = ["main", "build_explainer", "explainer_init_args", "explain_files", "load_unet_state", "preset_path",
-           "PRESETS", "SUMMARY_FIELDS"]
+           "write_result", "write_summary", "finished_row", "finished_rows", "clean_staging", "explanation_at",
+           "as_items", "PRESETS", "SUMMARY_FIELDS", "RESULT_FILES", "CIRCUIT_FILES"]
 
 SUMMARY_FIELDS = [
     "image",
+    "folder",
     "backbone",
     "label",
     "label_name",
@@ -53,6 +72,12 @@ SUMMARY_FIELDS = [
     "status",
     "error",
 ]
+
+#: the files of a complete image folder (and CIRCUIT_FILES with --circuit)
+RESULT_FILES = ("mask.png", "explanation.png", "figure.png", "summary.json")
+CIRCUIT_FILES = ("circuit.json", "circuit.png")
+STAGING_MARK = ".staging-"  # staging folders: OUT/<parent>/.<name>.staging-XXXX
+BACKUP_MARK = ".old-"  # a replaced result while its successor moves in: .<name>.old-<pid>
 
 
 def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
@@ -82,9 +107,16 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--amortized", action="store_true", help="with --checkpoint: one forward pass, no fitting")
     parser.add_argument("--circuit", action="store_true", help="also read out the channel circuit (circuit.json/png)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B",
+                        help="images fitted at once, each resized to the model's square input (default: 1, "
+                             "aspect ratio kept)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="explain again the images whose folder in --out is complete (default: skip them)")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     check_classifier_arguments(parser, args)
     if args.preset and args.config:
         parser.error("--preset and --config both give the recipe; pass one of them")
@@ -228,7 +260,7 @@ def _install_dir(staging: Path, target: Path) -> None:
     """Move a complete staging folder to ``target``, replacing an older result only now."""
     backup = None
     if target.exists():
-        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+        backup = target.with_name(f".{target.name}{BACKUP_MARK}{os.getpid()}")
         os.replace(target, backup)
     os.replace(staging, target)
     if backup is not None:
@@ -247,7 +279,9 @@ def write_result(
     folder: str | None = None,
     extra: dict | None = None,
 ) -> dict:
-    """Write one image's folder atomically and return its summary row (plus ``extra`` fields)."""
+    """Write one image's folder ``out_dir/folder`` (default: the file's stem) atomically and
+    return its summary row (plus ``extra`` fields); ``result`` holds this image only."""
+    folder = folder or path.stem
     width, height = original.size
     mask_small = result.masks[:1]  # (1, 1, h, w)
     mask = F.interpolate(mask_small, size=(height, width), mode="nearest")[0, 0]  # (H, W)
@@ -260,6 +294,7 @@ def write_result(
     label, label_e = int(result.label[0]), int(result.label_explanation[0])
     row = {
         "image": str(path),
+        "folder": folder,
         "backbone": classifier.name,
         "label": label,
         "label_name": classifier.class_name(label),
@@ -282,8 +317,9 @@ def write_result(
         f"explanation: {row['label_explanation_name']} ({row['confidence_explanation']:.2f})"
         + ("" if row["label_kept"] else " — label lost"),
     ]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=out_dir))
+    target = out_dir / folder
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=target.parent))
     staging.chmod(0o755)
     try:
         (staging / "mask.png").write_bytes(_png_bytes(mask_u8))
@@ -297,11 +333,81 @@ def write_result(
             row.update(write_circuit_outputs(explainer, model_image[None], mask_small, staging))
         summary = {**row, **getattr(classifier, "settings", {})}  # + num_classes, mean, std, input_size
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _install_dir(staging, out_dir / (folder or path.stem))
+        _install_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return row
+
+
+def clean_staging(out_dir: Path) -> int:
+    """Remove the staging folders, replaced results and temporary files that killed runs left
+    anywhere under ``out_dir``; returns how many. Call it before any writer starts."""
+    removed = 0
+    if not out_dir.is_dir():
+        return 0
+    for folder, dirs, files in os.walk(out_dir):
+        for name in list(dirs):
+            if name.startswith(".") and (STAGING_MARK in name or BACKUP_MARK in name):
+                shutil.rmtree(Path(folder) / name, ignore_errors=True)
+                dirs.remove(name)
+                removed += 1
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                (Path(folder) / name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def finished_row(folder: Path, drop: tuple[str, ...] = (), circuit: bool = False) -> dict | None:
+    """The summary row of a complete image folder (all its files there, ``summary.json``
+    readable and ``ok``), without the keys in ``drop``; None if the folder is not complete."""
+    names = RESULT_FILES + (CIRCUIT_FILES if circuit else ())
+    if not all((folder / name).is_file() for name in names):
+        return None
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "ok":
+        return None
+    return {key: value for key, value in summary.items() if key not in drop}
+
+
+def finished_rows(items: list[ImageItem], out_dir: Path, classifier: FrozenClassifier,
+                  circuit: bool = False) -> dict[int, dict]:
+    """Position in ``items`` -> summary row, for the images whose folder under ``out_dir`` is
+    complete (rows as written, less the classifier's settings that summary.json adds)."""
+    drop = tuple(getattr(classifier, "settings", {}))
+    rows = {}
+    for index, item in enumerate(items):
+        row = finished_row(out_dir / item.folder, drop, circuit)
+        if row is not None:
+            rows[index] = {**row, "folder": item.folder}
+    return rows
+
+
+def explanation_at(result: Explanation, index: int, images: int = 1) -> Explanation:
+    """Image ``index`` of a batched ``result`` as a batch of one (float tensors in float32);
+    ``seconds`` is the batch's time shared by its ``images``."""
+    def pick(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value[index : index + 1]
+        return value.float() if value.is_floating_point() else value
+
+    fields = {f.name: pick(getattr(result, f.name)) for f in dataclasses.fields(result)}
+    fields["seconds"] = result.seconds / max(1, images)
+    return Explanation(**fields)
+
+
+def as_items(paths: list[Path | ImageItem]) -> list[ImageItem]:
+    """Items as they are; bare paths get their stem as folder (``-<hash>`` for repeated stems)."""
+    if all(isinstance(p, ImageItem) for p in paths):
+        return list(paths)
+    if any(isinstance(p, ImageItem) for p in paths):
+        raise TypeError("pass either image paths or ImageItem entries, not both")
+    return file_items(paths)
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -347,7 +453,7 @@ def print_table(rows: list[dict], agg: dict, stream=None) -> None:
     print(header, file=stream)
     print("-" * len(header), file=stream)
     for r in rows:
-        name = Path(r["image"]).name[:32]
+        name = (r.get("folder") or Path(r["image"]).name)[-32:]
         if r["status"] != "ok":
             print(f"{name:<32} ERROR: {r['error']}", file=stream)
             continue
@@ -368,9 +474,43 @@ def print_table(rows: list[dict], agg: dict, stream=None) -> None:
         print(f"{agg['failed']} image(s) failed (see above)", file=stream)
 
 
+def _error_row(path: Path, err: Exception) -> dict:
+    message = str(err) if str(path) in str(err) else f"{path}: {err}"
+    tqdm.write(f"error: {message}", file=sys.stderr)
+    return {"image": str(path), "folder": "", "status": "error", "error": message}
+
+
+def _read(path: Path, classifier: FrozenClassifier, square: bool) -> tuple[Image.Image, torch.Tensor]:
+    """The file as RGB and its model input (3, h, w): short side (or, if ``square``, both
+    sides) at the classifier's input size."""
+    original = read_rgb(path)
+    try:
+        model_image = resize_for_model(to_tensor(original), classifier.input_size, square or classifier.fixed_input_size)
+    except ImageReadError as err:
+        raise ImageReadError(f"{path}: {err}") from err
+    return original, model_image
+
+
+def _batches(items: list[tuple[int, ImageItem]], classifier: FrozenClassifier, batch_size: int, on_error):
+    """Yield lists of (position, item, original, model_image) of up to ``batch_size`` readable
+    images; an unreadable file goes to ``on_error(position, item, error)`` and does not count."""
+    batch = []
+    for index, item in items:
+        try:
+            batch.append((index, item, *_read(item.path, classifier, square=batch_size > 1)))
+        except (ImageReadError, OSError, ValueError) as err:
+            on_error(index, item, err)
+            continue
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def explain_files(
     explainer: ActMatchExplainer,
-    paths: list[Path],
+    paths: list[Path | ImageItem],
     out_dir: Path,
     seed: int = 0,
     steps: int | None = None,
@@ -379,44 +519,72 @@ def explain_files(
     circuit: bool = False,
     show_progress: bool = True,
     measure=None,
+    batch_size: int = 1,
+    resume: bool = False,
 ) -> list[dict]:
-    """Explain each file, write its folder, and return one summary row per file (errors too).
+    """Explain each file, write its folder, and return one summary row per file (errors too),
+    in the order given.
 
-    ``measure(images, result) -> dict`` optionally adds fields to each image's row and summary.
+    Args:
+        explainer: the explainer (its classifier sets the input size).
+        paths: files, or :class:`ImageItem` with their output folders (bare paths: the stem).
+        out_dir: output root.
+        seed, steps, init_state: passed to ``fit_images``.
+        amortized: one forward pass of the explainer's U-Net instead of a fit.
+        circuit: also write the channel circuit.
+        show_progress: a progress bar on stderr.
+        measure: ``measure(images, result) -> dict`` adds fields to each image's row and summary
+            (called per image, with a batch of one).
+        batch_size: images fitted together; > 1 resizes each to the model's square input (a
+            failed fit, e.g. out of memory, fails its whole batch; an unreadable file only itself).
+        resume: keep the images whose folder is already complete (their row is read from
+            their summary.json) and explain the rest.
     """
     classifier = explainer.classifier
-    rows, used = [], set()
-    bar = tqdm(paths, desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
-    for path in bar:
-        bar.set_postfix_str(path.name[:30])
-        folder = path.stem  # a second file with the same stem gets `stem-2`, ...
-        while folder in used:
-            folder = f"{path.stem}-{sum(f.startswith(path.stem) for f in used) + 1}"
-        used.add(folder)
+    items = as_items(paths)
+    clean_staging(out_dir)
+    rows = finished_rows(items, out_dir, classifier, circuit) if resume else {}
+    if rows and show_progress:
+        print(f"{len(rows)} image(s) already explained in {out_dir}, skipped (--overwrite redoes them)", file=sys.stderr)
+    todo = [(index, item) for index, item in enumerate(items) if index not in rows]
+    bar = tqdm(total=len(todo), desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
+
+    def unreadable(index: int, item: ImageItem, err: Exception) -> None:
+        rows[index] = _error_row(item.path, err)
+        bar.update(1)
+
+    for batch in _batches(todo, classifier, batch_size, unreadable):
+        name = batch[0][1].path.name[:24] + (f" +{len(batch) - 1}" if len(batch) > 1 else "")
+        bar.set_postfix_str(name)
+        images = torch.stack([model_image for *_, model_image in batch]).to(explainer.device)  # (B, 3, h, w)
         try:
-            original = read_rgb(path)
-            try:
-                model_image = resize_for_model(to_tensor(original), classifier.input_size, classifier.fixed_input_size)
-            except ImageReadError as err:
-                raise ImageReadError(f"{path}: {err}") from err
-            images = model_image[None].to(explainer.device)
             if amortized:
                 result = explainer.explain(images)
             else:
                 result = explainer.fit_images(
-                    images,
-                    steps=steps,
-                    seed=seed,
-                    init_state=init_state,
-                    progress=lambda i, n: bar.set_postfix_str(f"{path.name[:24]} step {i}/{n}", refresh=False),
+                    images, steps=steps, seed=seed, init_state=init_state,
+                    progress=lambda i, n: bar.set_postfix_str(f"{name} step {i}/{n}", refresh=False),
                 )
-            extra = measure(images, result) if measure else None
-            rows.append(write_result(explainer, path, original, model_image, result, out_dir, seed, circuit, folder, extra))
-        except (ImageReadError, OSError, ValueError, RuntimeError) as err:
-            message = str(err) if str(path) in str(err) else f"{path}: {err}"
-            tqdm.write(f"error: {message}", file=sys.stderr)
-            rows.append({"image": str(path), "status": "error", "error": message})
-    return rows
+        except (OSError, ValueError, RuntimeError) as err:
+            rows.update({index: _error_row(item.path, err) for index, item, *_ in batch})
+            bar.update(len(batch))
+            continue
+        for i, (index, item, original, model_image) in enumerate(batch):
+            rows[index] = _write_one(explainer, item, original, model_image, explanation_at(result, i, len(batch)),
+                                     images[i : i + 1], out_dir, seed, circuit, measure)
+            bar.update(1)
+    bar.close()
+    return [rows[index] for index in range(len(items))]
+
+
+def _write_one(explainer, item: ImageItem, original, model_image, result: Explanation, images: torch.Tensor,
+               out_dir: Path, seed: int, circuit: bool, measure) -> dict:
+    """Write one image's folder; its row, or an error row if measuring or writing fails."""
+    try:
+        extra = measure(images, result) if measure else None
+        return write_result(explainer, item.path, original, model_image, result, out_dir, seed, circuit, item.folder, extra)
+    except (ImageReadError, OSError, ValueError, RuntimeError) as err:
+        return _error_row(item.path, err)
 
 
 def _demo_photo(name: str, folder: Path) -> Path:
@@ -429,6 +597,12 @@ def _demo_photo(name: str, folder: Path) -> Path:
     path = folder / f"{name}.png"
     Image.fromarray(array).save(path)
     return path
+
+
+def _outside(items: list[ImageItem], out_dir: Path) -> list[ImageItem]:
+    """The items not inside ``out_dir`` (an output folder within an input folder is not input)."""
+    out = out_dir.resolve()
+    return [item for item in items if not item.path.resolve().is_relative_to(out)]
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -454,13 +628,15 @@ def main(command: str, argv: list[str]) -> int:
             print(f"actmatch demo: {err}", file=sys.stderr)
             return 2
     else:
-        paths = expand_image_paths(args.images)
+        paths = _outside(expand_image_items(args.images), out_dir)
         if not paths:
             print(f"actmatch explain: no images found in {args.images}", file=sys.stderr)
             return 2
     start = time.perf_counter()
-    rows = explain_files(explainer, paths, out_dir, args.seed, args.steps, init_state, args.amortized, args.circuit)
+    rows = explain_files(explainer, paths, out_dir, args.seed, args.steps, init_state, args.amortized, args.circuit,
+                         batch_size=args.batch_size, resume=not args.overwrite)
     agg = write_summary(rows, out_dir)
+    report = write_report(out_dir)
     print_table(rows, agg)
-    print(f"wrote {out_dir}/ in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {out_dir}/ in {time.perf_counter() - start:.1f} s; open {report} in a browser")
     return 1 if agg["failed"] else 0

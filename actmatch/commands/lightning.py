@@ -11,11 +11,14 @@ the synthetic experiments explain. Examples::
     actmatch fit --config experiments/smoke.yaml --trainer.devices 2 --trainer.strategy ddp
     actmatch fit --config experiments/smoke.yaml --trainer.precision bf16-mixed
     actmatch fit --config experiments/smoke.yaml --ckpt_path outputs/.../checkpoints/last.ckpt
+    actmatch predict --config experiments/explain_folder.yaml --data.init_args.root DIR \
+        --trainer.callbacks.init_args.out_dir OUT --trainer.devices 2 --trainer.strategy ddp
 
 Logging defaults to W&B **offline** under ``outputs/`` (no account needed); sync a run later
 with ``wandb sync outputs/<experiment>/wandb/offline-run-*``. TensorBoard or CSV by config
 (``trainer.logger``). Each run writes its resolved config next to its logs (the W&B run's
-``files/config.yaml``, or the TensorBoard/CSV version folder), so it re-runs exactly.
+``files/config.yaml``, or the TensorBoard/CSV version folder; without a logger, the
+:class:`~actmatch.callbacks.ExplanationWriter`'s output folder), so it re-runs exactly.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info
 import actmatch.callbacks  # noqa: F401
 import actmatch.classifier_training  # noqa: F401
 import actmatch.datamodules  # noqa: F401
+from actmatch.callbacks.writer import ExplanationWriter
 from actmatch.explainers import losses as loss_terms
 from actmatch.explainers.classifier import ClassifierLoadError
 from actmatch.explainers.module import ActMatchExplainer
@@ -48,13 +52,17 @@ DEFAULT_LOGGER = {
 
 def config_dir(trainer: L.Trainer) -> Path:
     """Where a run's resolved config goes: the W&B run's files folder, else the logger's
-    versioned log dir, else the trainer's root dir. Rank zero only (no collectives)."""
+    versioned log dir, else a prediction writer's output folder, else the trainer's root dir.
+    Rank zero only (no collectives)."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             return Path(logger.experiment.dir)
     for logger in trainer.loggers:
         if getattr(logger, "log_dir", None):
             return Path(logger.log_dir)
+    for callback in trainer.callbacks:
+        if isinstance(callback, ExplanationWriter):
+            return callback.out_dir
     return Path(trainer.default_root_dir)
 
 

@@ -10,6 +10,8 @@ upsampling so little evidence says nothing about the image.
 from __future__ import annotations
 
 import glob
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,9 @@ __all__ = [
     "to_tensor",
     "resize_for_model",
     "load_image",
+    "ImageItem",
+    "expand_image_items",
+    "file_items",
     "expand_image_paths",
 ]
 
@@ -113,18 +118,90 @@ def load_image(path: str | Path, size: int, fixed: bool = False) -> tuple[torch.
     return tensor, (height, width)
 
 
-def expand_image_paths(items: list[str | Path]) -> list[Path]:
-    """Files, folders (their image files, sorted) and glob patterns, in the order given.
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to explain and the folder its results go to.
 
-    Paths that do not exist are kept, so that the caller reports them by name.
+    Attributes:
+        path: the file (may not exist: the caller reports it by name).
+        folder: output folder relative to the output root, posix, without the file's suffix:
+            the path under the input folder it was found in (``n01440764/img_001``), the stem
+            for a file named on its own, and ``<that>-<8 hex digits of the resolved path>``
+            when two different files would share it.
     """
-    paths: list[Path] = []
+
+    path: Path
+    folder: str
+
+
+def _glob_root(pattern: str) -> Path:
+    """The leading part of a glob pattern without wildcards (``data/*/x.jpg`` -> ``data``)."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _relative_folder(path: Path, root: Path | None) -> str:
+    relative = path.relative_to(root) if root is not None else Path(path.name)
+    return relative.with_suffix("").as_posix()
+
+
+def _path_digest(path: Path) -> str:
+    return hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+
+
+def _found(item: str | Path) -> list[tuple[Path, Path | None]]:
+    """(file, root it was found under or None) for one command-line item."""
+    item_path = Path(item)
+    if item_path.is_dir():
+        files = (p for p in item_path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        return [(p, item_path) for p in sorted(files) if not _is_hidden(p, item_path)]
+    if any(ch in str(item) for ch in "*?[") and not item_path.exists():
+        root = _glob_root(str(item))
+        matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
+        return [(p, root) for p in matches if p.is_file() or not p.exists()]
+    return [(item_path, None)]
+
+
+def expand_image_items(items: list[str | Path]) -> list[ImageItem]:
+    """Files, folders (their image files, recursively, sorted; hidden ones skipped) and glob
+    patterns, in the order given, each with its output folder (see :class:`ImageItem`).
+
+    A file reached twice (named and inside a named folder) is kept once. Paths that do not
+    exist are kept, so that the caller reports them by name.
+    """
+    found, seen = [], set()
     for item in items:
-        item_path = Path(item)
-        if item_path.is_dir():
-            paths.extend(sorted(p for p in item_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif any(ch in str(item) for ch in "*?[") and not item_path.exists():
-            paths.extend(sorted(Path(p) for p in glob.glob(str(item), recursive=True)))
-        else:
-            paths.append(item_path)
-    return paths
+        for path, root in _found(item):
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append((path, _relative_folder(path, root)))
+    return _unique_folders(found)
+
+
+def _unique_folders(found: list[tuple[Path, str]]) -> list[ImageItem]:
+    """Items; a folder shared by different files becomes ``<folder>-<hash of the path>`` for each."""
+    counts: dict[str, int] = {}
+    for _, folder in found:
+        counts[folder] = counts.get(folder, 0) + 1
+    return [ImageItem(path, folder if counts[folder] == 1 else f"{folder}-{_path_digest(path)}")
+            for path, folder in found]
+
+
+def file_items(paths: list[str | Path]) -> list[ImageItem]:
+    """Items for files named on their own: the folder is the stem (see :class:`ImageItem`)."""
+    return _unique_folders([(Path(p), Path(p).stem) for p in paths])
+
+
+def expand_image_paths(items: list[str | Path]) -> list[Path]:
+    """The files of :func:`expand_image_items`, in order."""
+    return [item.path for item in expand_image_items(items)]
