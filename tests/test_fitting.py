@@ -143,8 +143,50 @@ def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
         (lambda: terms.LabelMargin(num_backgrounds=-1), "num_backgrounds >= 0"),
         (lambda: PenaltyFit(verify=8, select="smallest_kept"), "needs select='smallest_robust'"),
         (lambda: PenaltyFit(verify=-1), "verify >= 0"),
+        (lambda: PenaltyFit(scan=8), "scan checks cuts with the fill only"),
+        (lambda: AreaContinuation(scan=-1), "scan >= 0"),
+        (lambda: AreaContinuation(lookahead_every=0), "lookahead_every >= 1"),
     ],
 )
 def test_bad_strategy_settings_are_named(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_scan_returns_a_smaller_kept_cut_of_the_same_ranking(tiny_classifier, rng_images):
+    """The scan may only shrink the selected mask, along its own ranking, and keeps the label."""
+    def fit(scan):
+        explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                      steps=6, fitting=AreaContinuation(select="smallest_kept", scan=scan))
+        return explainer.fit_images(rng_images, seed=2)
+
+    plain, scanned = fit(0), fit(16)
+    assert (scanned.area <= plain.area + 1e-6).all()
+    assert (scanned.masks <= plain.masks).all()  # a cut of the selected step's ranking: a subset
+    assert (scanned.label_kept >= plain.label_kept).all()
+    assert ((scanned.masks == 0) | (scanned.masks == 1)).all()
+
+
+def test_lookahead_jumps_the_target_area_below_the_schedule(rng_images):
+    torch.manual_seed(0)  # this classifier keeps its label on small cuts of these images
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+
+    def history(lookahead):
+        strategy = AreaContinuation(shrink=0.99, lookahead=lookahead, lookahead_every=2)
+        explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                      steps=6, fitting=strategy)
+        return explainer.fit_images(rng_images, seed=2).history
+
+    schedule, jumped = history(0), history(8)
+    assert min(h["target_area"] for h in jumped) < min(h["target_area"] for h in schedule)
+
+
+def test_default_fit_on_the_espresso_keeps_the_label_in_a_tenth_of_the_image(lite0, coffee_path):
+    """Behaviour of the shipped defaults on a real photo (with a margin; docs/explainer-study.md has the figures)."""
+    from actmatch.datamodules.images import load_image
+
+    explainer = ActMatchExplainer(classifier=lite0)
+    image = load_image(coffee_path, lite0.input_size, lite0.fixed_input_size)[0][None]
+    result = explainer.fit_images(image, seed=0)
+    assert result.label_kept.item()
+    assert result.area.item() <= 0.10

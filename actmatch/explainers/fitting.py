@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from actmatch.explainers.backgrounds import BackgroundSampler
+from actmatch.explainers.backgrounds import BackgroundSampler, make_fill
+from actmatch.explainers.metrics import top_fraction_mask
 
 __all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS", "default_fitting"]
 
@@ -52,9 +53,9 @@ class _Best:
         self.found = torch.zeros(b, dtype=torch.bool, device=images.device)
 
     def offer(self, mask: torch.Tensor, soft: torch.Tensor, ok: torch.Tensor) -> None:
-        area = mask.flatten(1).mean(1)
+        area = mask.flatten(1).float().mean(1)
         take = ok & (area < self.area)
-        self.masks[take], self.soft[take] = mask[take], soft[take]
+        self.masks[take], self.soft[take] = mask[take].to(self.masks.dtype), soft[take].to(self.soft.dtype)
         self.area = torch.where(take, area, self.area)
         self.found |= ok
 
@@ -92,6 +93,12 @@ class FitStrategy:
             few backgrounds by luck.
         verify_keep: the fraction of the verification backgrounds that must keep the label.
         candidates: how many of the smallest robust masks are kept for the check.
+        scan: after the fit, cut the selected step's ranking (the U-Net's probabilities) at this
+            many areas between ``scan_min_area`` and the selected mask's area (geometric grid,
+            one batched forward pass per image, no gradient) and return the smallest cut that
+            is kept (label and ``min_confidence``, with the fill). 0: no scan. Not with
+            ``smallest_robust``: a cut is only checked with the fill.
+        scan_min_area: the smallest area the scan tries.
     """
 
     def __init__(
@@ -102,6 +109,8 @@ class FitStrategy:
         verify: int = 0,
         verify_keep: float = 0.875,
         candidates: int = 6,
+        scan: int = 0,
+        scan_min_area: float = 0.005,
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -115,6 +124,13 @@ class FitStrategy:
         if verify and select != "smallest_robust":
             raise ValueError(f"{type(self).__name__}: verify checks robust masks; it needs select='smallest_robust', "
                              f"got {select!r}")
+        if scan < 0 or not 0 < scan_min_area < 1:
+            raise ValueError(f"{type(self).__name__}: need scan >= 0 and 0 < scan_min_area < 1, got scan={scan}, "
+                             f"scan_min_area={scan_min_area}")
+        if scan and select == "smallest_robust":
+            raise ValueError(f"{type(self).__name__}: scan checks cuts with the fill only; use select='smallest_kept' "
+                             f"(or 'last') with scan, or scan=0 with 'smallest_robust'")
+        self.scan, self.scan_min_area = scan, scan_min_area
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
         self.verify, self.verify_keep, self.candidates = verify, verify_keep, candidates
 
@@ -137,13 +153,44 @@ class FitStrategy:
 
     def kept(self, out, target: torch.Tensor) -> torch.Tensor:
         """(B,) bool: e has the label y and p_f(e)(y) ≥ min_confidence · p_f(x)(y)."""
-        logits_e = out.evidence.logits_e.detach()
+        return self._kept(out.evidence.logits_e.detach(), out.evidence.logits, target)
+
+    def _kept(self, logits_e: torch.Tensor, logits_x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         kept = logits_e.argmax(-1) == target
         if self.min_confidence > 0:
             p_e = logits_e.softmax(-1).gather(1, target[:, None]).squeeze(1)
-            p_x = out.evidence.logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+            p_x = logits_x.softmax(-1).gather(1, target[:, None]).squeeze(1)
             kept &= p_e >= self.min_confidence * p_x
         return kept
+
+    @torch.no_grad()
+    def smallest_kept_cut(self, explainer, image, fill, scores, logits_x, target, fractions) -> torch.Tensor | None:
+        """The smallest of the cuts top_a(scores), a in ``fractions`` (increasing), whose explanation
+        a ⊙ x + (1 − a) ⊙ fill is kept; None if none is. One batched forward pass, no gradient.
+
+        Shapes: image, fill (1, 3, H, W); scores (1, 1, H, W); logits_x (1, K); target (1,).
+        """
+        n = fractions.shape[0]
+        cuts = top_fraction_mask(scores.expand(n, -1, -1, -1), fractions)  # (n, 1, H, W)
+        explanations = cuts * image + (1 - cuts) * fill
+        kept = self._kept(explainer.classifier(explanations), logits_x.expand(n, -1), target.expand(n))
+        return cuts[int(kept.float().argmax())] if kept.any() else None
+
+    def _scan_grid(self, top: float, device) -> torch.Tensor:
+        return torch.logspace(math.log10(self.scan_min_area), math.log10(top), self.scan + 1, device=device)[:-1]
+
+    @torch.no_grad()
+    def _scanned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
+        """Replace each mask by the smallest kept cut of its own ranking below its area (in place)."""
+        fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
+        for i in range(images.shape[0]):
+            area = masks[i].mean().item()
+            if area <= self.scan_min_area:
+                continue
+            cut = self.smallest_kept_cut(explainer, images[i : i + 1], fill[i : i + 1], soft_masks[i : i + 1],
+                                         logits_x[i : i + 1], target[i : i + 1], self._scan_grid(area, images.device))
+            if cut is not None:
+                masks[i] = cut
 
     # ---------------------------------------------------------------- the loop
     def fit(self, explainer, images: torch.Tensor, unet: nn.Module, reference, steps: int, progress=None) -> FitResult:
@@ -182,6 +229,8 @@ class FitStrategy:
             masks[rule.found], soft_masks[rule.found] = rule.masks[rule.found], rule.soft[rule.found]
         if self.verify:
             self._verified(explainer, images, target, candidates, masks, soft_masks)
+        if self.scan:
+            self._scanned(explainer, images, target, reference[0], masks, soft_masks)
         return FitResult(masks, soft_masks, history)
 
     @torch.no_grad()
@@ -232,7 +281,8 @@ class ConstrainedFit(FitStrategy):
         dual_down: η_down, log-step of λ while it holds.
         lambda_min: lower clip of λ.
         lambda_max: upper clip of λ.
-        select, min_confidence, verify, verify_keep, candidates: as in :class:`FitStrategy`.
+        select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area: as in
+            :class:`FitStrategy`.
     """
 
     def __init__(
@@ -249,8 +299,10 @@ class ConstrainedFit(FitStrategy):
         verify: int = 0,
         verify_keep: float = 0.875,
         candidates: int = 6,
+        scan: int = 0,
+        scan_min_area: float = 0.005,
     ) -> None:
-        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates)
+        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area)
         if not (lambda_init > 0 and 0 < lambda_min <= lambda_max):
             raise ValueError(f"ConstrainedFit: need lambda_init > 0 and 0 < lambda_min <= lambda_max, got "
                              f"{lambda_init}, {lambda_min}, {lambda_max}")
@@ -326,7 +378,12 @@ class AreaContinuation(FitStrategy):
         shrink: factor applied while the constraint holds (< 1).
         grow: factor applied when it is violated (>= 1; 1 gives a fixed geometric schedule).
         min_area: a_min.
-        select, min_confidence, verify, verify_keep, candidates: as in :class:`FitStrategy`.
+        lookahead: every ``lookahead_every`` steps, cut the step's ranking at this many areas
+            between a_min and a_i (one batched forward pass per image, no gradient) and jump a_i
+            to the smallest cut that is kept (a line search along the U-Net's own ranking; 0: off).
+        lookahead_every: steps between two lookaheads.
+        select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area: as in
+            :class:`FitStrategy`.
     """
 
     def __init__(
@@ -341,8 +398,16 @@ class AreaContinuation(FitStrategy):
         verify: int = 0,
         verify_keep: float = 0.875,
         candidates: int = 6,
+        scan: int = 0,
+        scan_min_area: float = 0.005,
+        lookahead: int = 0,
+        lookahead_every: int = 10,
     ) -> None:
-        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates)
+        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area)
+        if lookahead < 0 or lookahead_every < 1:
+            raise ValueError(f"AreaContinuation: need lookahead >= 0 and lookahead_every >= 1, got {lookahead}, "
+                             f"{lookahead_every}")
+        self.lookahead, self.lookahead_every = lookahead, lookahead_every
         if not (0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow):
             raise ValueError(f"AreaContinuation: need 0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow, got "
                              f"min_area={min_area}, start_area={start_area}, shrink={shrink}, grow={grow}")
@@ -351,6 +416,7 @@ class AreaContinuation(FitStrategy):
 
     def start(self, images: torch.Tensor) -> None:
         self._area = torch.full((images.shape[0],), self.start_area, device=images.device)
+        self._step = 0
 
     def mask_model(self, unet: nn.Module) -> nn.Module:
         return TopArea(unet, self._area)
@@ -359,7 +425,23 @@ class AreaContinuation(FitStrategy):
     def after_step(self, explainer, out, satisfied: torch.Tensor) -> dict[str, float]:
         factor = torch.where(satisfied, self.shrink, self.grow)
         self._area = (self._area * factor).clamp(self.min_area, 1.0)
+        self._step += 1
+        if self.lookahead and self._step % self.lookahead_every == 0:
+            self._look_ahead(explainer, out.evidence)
         return {"target_area": self._area.mean().item()}
+
+    def _look_ahead(self, explainer, ev) -> None:
+        """Jump each a_i to the smallest kept cut of the step's ranking below it."""
+        for i in range(ev.images.shape[0]):
+            top = self._area[i].item()
+            if top <= self.min_area * 1.01:
+                continue
+            grid = torch.logspace(math.log10(self.min_area), math.log10(top), self.lookahead + 1, device=ev.images.device)[:-1]
+            one = slice(i, i + 1)
+            cut = self.smallest_kept_cut(explainer, ev.images[one], ev.fill[one].detach(), ev.soft_mask[one].detach(),
+                                         ev.logits[one], ev.target[one], grid)
+            if cut is not None:
+                self._area[i] = cut.mean()
 
 
 def default_fitting() -> FitStrategy:
