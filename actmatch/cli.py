@@ -3,6 +3,8 @@
 * ``explain``, ``demo``: per-image explanations of image files (actmatch.commands.explain)
 * ``circuit``: channel circuits behind decisions (actmatch.commands.circuit)
 * ``benchmark``: actmatch against the baselines (actmatch.commands.benchmark)
+* ``throughput``: images per minute of ``explain`` by batch size (actmatch.commands.throughput)
+* ``report``: rebuild report.html of an explain or benchmark folder (actmatch.commands.report)
 * ``study``: per-image fit configs side by side on a fixed image list (actmatch.commands.study)
 * ``fit``, ``validate``, ``test``, ``predict``: LightningCLI over experiments/ configs
   (actmatch.commands.lightning)
@@ -20,6 +22,7 @@ SUBCOMMANDS = {
     "demo": ("actmatch.commands.explain", "explain a bundled real photo (scikit-image's coffee)"),
     "circuit": ("actmatch.commands.circuit", "read out the channel circuit behind decisions"),
     "benchmark": ("actmatch.commands.benchmark", "compare actmatch with baseline explainers"),
+    "throughput": ("actmatch.commands.throughput", "images per minute of `explain` for several batch sizes"),
     "study": ("actmatch.commands.study", "one row per explainer config on a fixed image list (the fit study)"),
     "report": ("actmatch.commands.report", "rebuild OUT/report.html from an explain or benchmark output folder"),
     "fit": ("actmatch.commands.lightning", "train the amortized explainer (LightningCLI)"),

@@ -244,3 +244,26 @@ def test_rerun_skips_complete_folders_and_overwrite_redoes_them(small_coffee_pat
     assert (out / "summary.csv").read_text() == first  # the row comes back from summary.json
     assert run([str(small_coffee_path), "--out", str(out), *FAST, "--overwrite"]) == 1  # redone: fit_images called
     assert "a complete image was fitted again" in capsys.readouterr().err
+
+
+def test_throughput_command_prints_one_row_per_batch_size(tmp_path, capsys):
+    from actmatch.cli import main
+
+    files = dataset_folder(tmp_path / "data")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "tp"
+    code = main(["throughput", str(tmp_path / "data" / "a"), "--config", str(config), "--input-size", "48",
+                 "--batch-sizes", "1", "3", "--limit", "3", "--steps", "2", "--out", str(out)])
+    assert code == 0
+    import csv
+
+    with (out / "throughput.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["batch_size"]) for r in rows] == [1, 3] and all(int(r["images"]) == 3 for r in rows)
+    assert float(rows[0]["speedup"]) == 1.0 and all(float(r["images_per_minute"]) > 0 for r in rows)
+    assert "img/min" in capsys.readouterr().out
+    assert len(list((out / "b3").rglob("mask.png"))) == 3
+    capsys.readouterr()
+    assert main(["throughput", str(tmp_path / "nothing"), "--config", str(config)]) != 0
+    assert "nothing: no such file" in capsys.readouterr().err
