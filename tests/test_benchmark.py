@@ -39,20 +39,37 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     argv = ["--images", str(photos), "--methods", methods, "--out", str(tmp_path), "--backbone", "test_efficientnet",
             "--weights", str(weights), "--checkpoint", str(ckpt), "--gallery", "2", *CHEAP]  # fmt: skip
     assert benchmark.main("benchmark", argv) == 0
-    for name in ("results.csv", "summary.csv", "summary.png", "comparison.png"):
+    for name in ("results.csv", "summary.csv", "paired.csv", "summary.png", "comparison.png", "report.html"):
         assert (tmp_path / name).stat().st_size > 0, name
+    for photo in photos.iterdir():  # every method's map of every image, for the report's gallery
+        assert {p.name for p in (tmp_path / "maps" / photo.stem).glob("*.png")} >= {f"{m}.png" for m in methods.split(",")}
+    assert "maps/" in (tmp_path / "report.html").read_text()
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 2 * 8
     assert not any(r["error"] for r in rows)
-    assert set(rows[0]) >= {"kept_equal_area", "smallest_sufficient_area", "insertion_auc", "deletion_auc", "robustness", "seconds"}
+    assert set(rows[0]) >= {"kept_equal_area", "smallest_sufficient_area", "insertion_auc", "deletion_auc", "robustness", "seconds",
+                            "kept_at_5", "kept_at_10", "kept_at_20"}  # fmt: skip
     for r in rows:
         assert 0 <= float(r["insertion_auc"]) <= 1 and 0 < float(r["smallest_sufficient_area"]) <= 1
+        assert {r["kept_at_5"], r["kept_at_10"], r["kept_at_20"], r["kept_equal_area"]} <= {"0", "1"}
     am_area = {r["image"]: r["area"] for r in rows if r["method"] == "am"}
     assert all(r["area"] == am_area[r["image"]] for r in rows)  # every map cut to actmatch's area
     summary = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [r["method"] for r in summary] == methods.split(",")
+    for r in summary:  # every metric has its interval, and the interval holds the estimate
+        for key, *_ in benchmark.SUMMARY_METRICS:
+            assert float(r[f"{key}_ci_low"]) <= float(r[key]) + 1e-9 <= float(r[f"{key}_ci_high"]) + 2e-9, key
+    paired = list(csv.DictReader((tmp_path / "paired.csv").open()))
+    assert len(paired) == 7 * len(benchmark.PAIRED_METRICS)  # am against the 7 others, per metric
+    for r in paired:
+        assert r["reference"] == "am" and int(r["wins"]) + int(r["ties"]) + int(r["losses"]) == int(r["n"]) == 2
+        assert 0 <= float(r["p_value"]) <= 1 and r["test"] in ("sign", "wilcoxon", "none")
+        assert r["significant"] == "False"  # two images can never reach p < 0.05
     out = capsys.readouterr().out
-    assert "kept@area" in out and "rise" in out and "median equal-area cut" in out
+    assert "kept@area" in out and "kept@10%" in out and "rise" in out and "median equal-area cut" in out
+    assert "am vs" in out and "p<0.05" in out and " [" in out
+    assert max(len(line) for line in out.splitlines() if not line.startswith(("wrote", "label kept", "am against", "metrics"))) <= 120
+    assert "images classified = floor" in out
 
 
 def test_unknown_method_is_named(setup, tmp_path, capsys):
@@ -95,3 +112,46 @@ def test_am_takes_an_explainer_config(tmp_path):
     assert method.explainer.lr == 0.005 and method.explainer.unet.padding_mode == "replicate"
     maps = method.attribute(torch.rand(1, 3, 40, 48))
     assert maps.shape == (1, 1, 40, 48)
+
+
+def test_benchmark_logs_its_tables_to_an_offline_wandb_run(setup, tmp_path, monkeypatch, capsys):
+    """--wandb without WANDB_MODE: an offline run in OUT/wandb with the summary, paired and gallery tables."""
+    import json
+
+    photos, weights, _ = setup
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # artifact staging, off the home folder
+    monkeypatch.chdir(tmp_path)
+    argv = ["--images", str(photos), "--methods", "am,saliency,gradcam", "--out", "out", "--backbone", "test_efficientnet",
+            "--weights", str(weights), "--wandb", *CHEAP]  # fmt: skip
+    assert benchmark.main("benchmark", argv) == 0
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    tables = {p.name.split("_")[0]: p for p in (runs[0] / "files" / "media" / "table" / "benchmark").glob("*.table.json")}
+    assert set(tables) == {"summary", "paired", "gallery"}
+    summary = json.loads(tables["summary"].read_text())
+    assert summary["columns"] == benchmark.SUMMARY_FIELDS and [r[0] for r in summary["data"]] == ["am", "saliency", "gradcam"]
+    assert "kept_equal_area_ci_low" in summary["columns"]
+    paired = json.loads(tables["paired"].read_text())
+    assert paired["columns"] == benchmark.PAIRED_FIELDS and len(paired["data"]) == 2 * len(benchmark.PAIRED_METRICS)
+    gallery = json.loads(tables["gallery"].read_text())
+    assert gallery["columns"][:4] == ["image", "method", "label_name", "map"] and len(gallery["data"]) == 2 * 3
+    assert (runs[0] / f"run-{runs[0].name.rsplit('-', 1)[-1]}.wandb").read_bytes().count(b"media/images/") >= 6  # the maps
+    assert "W&B run" in capsys.readouterr().out
+
+
+def test_a_map_that_cannot_be_scored_fails_alone():
+    """All maps of an image are scored together; a bad one is found and only its row gets the error."""
+    import argparse
+
+    classifier = load_classifier("test_resnet", pretrained=False)
+    image = torch.rand(1, 3, 40, 40)
+    logits = classifier(image)
+    args = argparse.Namespace(curve_steps=2, backgrounds=2, tau=0.5, seed=0, chunk=8)
+    maps = {"good": torch.rand(1, 1, 40, 40), "bad": torch.rand(1, 1, 20, 20), "also_good": torch.rand(1, 1, 40, 40)}
+    counter = benchmark.M.PassCounter()
+    scores = benchmark._score(classifier, image, maps, logits, 0.2, None, args, counter)
+    assert isinstance(scores["bad"], ValueError) and "maps must be" in str(scores["bad"])
+    assert set(scores["good"]) == set(scores["also_good"]) == set(benchmark.M.SCORE_KEYS)
+    assert counter.images > 0

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from actmatch.explainers import metrics as M
+from actmatch.explainers.backgrounds import BackgroundSampler, gaussian_blur, make_fill
 
 
 class Brightness(nn.Module):
@@ -101,7 +102,7 @@ def test_pointing_game_and_mask_precision():
     saliency = torch.zeros(2, 1, 8, 8)
     saliency[0, 0, 1, 1] = 1  # inside
     saliency[1, 0, 7, 7] = 1  # outside
-    assert M.pointing_game(saliency, gt).tolist() == [True, False]
+    assert M.pointing_game(saliency, gt, tolerance=0).tolist() == [True, False]
     masks = torch.zeros(2, 1, 8, 8)
     masks[0, 0, :4, :2] = 1  # all inside
     masks[1, 0, :4, 2:6] = 1  # half inside
@@ -123,3 +124,253 @@ def test_torchmetrics_accumulate_means_and_hold_no_model_weights(half_bright):
     assert deletion.compute().item() == pytest.approx(0.125, abs=1e-5)
     assert set(deletion.state_dict()) <= {"total", "count"}
     assert math.isclose(M.ConfidenceDelta()(logits, logits).item(), 0.0, abs_tol=1e-7)
+
+
+def test_pointing_game_uses_torchray_disk_tolerance():
+    """A hit when a ground-truth pixel is at distance² < 15² from the maximum (TorchRay's rule)."""
+    gt = torch.zeros(3, 1, 64, 64)
+    gt[..., :10, :10] = 1  # nearest ground-truth pixel to (y, x) is (9, 9)
+    saliency = torch.zeros(3, 1, 64, 64)
+    saliency[0, 0, 9 + 14, 9] = 1  # 14 px straight below: inside the disk
+    saliency[1, 0, 9 + 10, 9 + 11] = 1  # 10² + 11² = 221 < 225: inside
+    saliency[2, 0, 9 + 11, 9 + 11] = 1  # 11² + 11² = 242 >= 225: inside the square, outside the disk
+    assert M.pointing_game(saliency, gt).tolist() == [True, True, False]
+    assert M.pointing_game(saliency, gt, tolerance=0).tolist() == [False, False, False]
+    with pytest.raises(ValueError, match="tolerance"):
+        M.pointing_game(saliency, gt, tolerance=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The per-image implementations before issue 13, verbatim: the batched functions must give their numbers.
+def _reference_batched(fn, n: int, batch: int):
+    return torch.cat([fn(s, min(n, s + batch)) for s in range(0, n, batch)])
+
+
+@torch.no_grad()
+def reference_perturbation_curve(classifier, images, saliency, target=None, mode="deletion", steps=50, batch=32, seed=0):
+    target = M._target(classifier, images, target)
+    b, _, h, w = images.shape
+    ranks = torch.empty(b, h * w, dtype=torch.long, device=images.device)
+    ranks.scatter_(1, M.rank_pixels(saliency, seed), torch.arange(h * w, device=images.device).expand(b, -1))
+    counts = torch.ceil(torch.linspace(0, 1, steps + 1, device=images.device) * h * w).long()  # (S,)
+    if mode == "insertion":
+        start, finish = gaussian_blur(images), images
+    else:
+        start, finish = images, make_fill(images, "mean", classifier.data_config["mean"])
+    curves = []
+    for i in range(b):
+        def probs(lo, hi, i=i):
+            changed = (ranks[i][None] < counts[lo:hi, None]).float().view(-1, 1, h, w)  # (n, 1, H, W)
+            x = changed * finish[i : i + 1] + (1 - changed) * start[i : i + 1]
+            return classifier(x).softmax(-1)[:, target[i]]
+
+        curves.append(_reference_batched(probs, steps + 1, batch))
+    return torch.stack(curves)
+
+
+@torch.no_grad()
+def reference_robustness(classifier, images, masks, target=None, backgrounds=16, kinds=("solid", "uniform", "gaussian"), pool=None, batch=32, seed=0):
+    target = M._target(classifier, images, target)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        b, _, h, w = images.shape
+        sources = list(kinds) + (["pool"] if pool is not None and len(pool) else [])
+        samplers = {k: BackgroundSampler([k]) for k in kinds}
+        if pool is not None and len(pool):
+            pool = torch.nn.functional.interpolate(pool.to(images), size=(h, w), mode="bilinear", align_corners=False)
+        out = []
+        for i in range(b):
+            reps = images[i : i + 1].expand(backgrounds, -1, -1, -1)
+            bg = torch.empty_like(reps)
+            for j in range(backgrounds):
+                kind = sources[j % len(sources)]
+                bg[j] = pool[(j // len(sources)) % len(pool)] if kind == "pool" else samplers[kind](reps[j : j + 1])[0]
+            planted = masks[i : i + 1] * reps + (1 - masks[i : i + 1]) * bg
+            labels = _reference_batched(lambda lo, hi: classifier(planted[lo:hi]).argmax(-1), backgrounds, batch)
+            out.append((labels == target[i]).float().mean())
+        return torch.stack(out)
+
+
+@torch.no_grad()
+def reference_smallest_sufficient_area(masker, images, saliency, target=None, grid=M.SUFFICIENCY_GRID, refine=4, seed=0):
+    target = M._target(masker.classifier, images, target)
+    grid_t = torch.tensor(sorted(set(grid) | {1.0}), device=images.device)
+    out = []
+    for i in range(images.shape[0]):
+        x, s, y = images[i : i + 1], saliency[i : i + 1], target[i]
+        n = len(grid_t)
+        masks = M.top_fraction_mask(s.expand(n, -1, -1, -1), grid_t, seed)
+        kept = masker(x.expand(n, -1, -1, -1), masks).argmax(-1) == y
+        first = int(kept.float().argmax()) if kept.any() else n - 1
+        hi = float(grid_t[first])
+        lo = float(grid_t[first - 1]) if first > 0 else 0.0
+        for _ in range(refine if kept.any() else 0):
+            mid = (lo + hi) / 2
+            if bool(masker(x, M.top_fraction_mask(s, mid, seed)).argmax(-1) == y):
+                hi = mid
+            else:
+                lo = mid
+        out.append(hi)
+    return torch.tensor(out, device=images.device)
+
+
+def reference_score(classifier, image, saliency, target, area, pool, steps=50, backgrounds=16, tau=0.5, seed=0):
+    """The benchmark's per-map ``_score`` before issue 13 (plus kept at the fixed areas)."""
+    fill, ad = M.PixelFill(classifier), M.DeactivationMasker(classifier, tau)
+    cut = M.top_fraction_mask(saliency, area, seed)
+    curve = {"steps": steps, "seed": seed}
+    return {
+        "area": M.mask_area(cut).item(),
+        "kept_equal_area": int(M.label_kept(fill, image, cut, target).item()),
+        "confidence_delta_equal_area": M.confidence_delta(fill, image, cut, target).item(),
+        "kept_equal_area_convad": int(M.label_kept(ad, image, cut, target).item()),
+        **{f"kept_at_{round(100 * f)}": int(M.label_kept(fill, image, M.top_fraction_mask(saliency, f, seed), target).item())
+           for f in M.FIXED_AREAS},
+        "robustness": reference_robustness(classifier, image, cut, target, backgrounds, pool=pool, seed=seed).item(),
+        "smallest_sufficient_area": reference_smallest_sufficient_area(fill, image, saliency, target, seed=seed).item(),
+        "insertion_auc": M._auc(reference_perturbation_curve(classifier, image, saliency, target, "insertion", **curve)).item(),
+        "deletion_auc": M._auc(reference_perturbation_curve(classifier, image, saliency, target, "deletion", **curve)).item(),
+    }  # fmt: skip
+
+
+class Counting(nn.Module):
+    """Wraps a classifier and counts the images it classifies."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier, self.data_config, self.images = classifier, classifier.data_config, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += x.shape[0]
+        return self.classifier(x)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A seeded random timm ``test_resnet`` with a sharpened head (clear top-1), images and maps."""
+    from actmatch.explainers.classifier import load_classifier
+
+    torch.manual_seed(0)
+    clf = load_classifier("test_resnet", pretrained=False)
+    with torch.no_grad():
+        clf.model.get_classifier().weight.mul_(40)  # spread the logits: no near-ties in argmax
+    images = torch.rand(2, 3, 40, 40)
+    images[1, :, 10:30, 10:30] = 1.0  # a bright square: some maps find it
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(3, 1, 40, 40), 9, stride=1, padding=4)
+    binary = (torch.rand(1, 1, 40, 40) > 0.7).float()  # ties: the seeded tie-break matters
+    maps = torch.cat([smooth, binary])  # (4, 1, 40, 40)
+    pool = torch.rand(3, 3, 32, 32)
+    return clf, images, maps, pool
+
+
+@pytest.mark.parametrize("mode", ["insertion", "deletion"])
+def test_batched_curve_equals_the_per_image_reference(tiny, mode):
+    clf, images, maps, _ = tiny
+    saliency = maps[:2]
+    new = M.perturbation_curve(clf, images, saliency, mode=mode, steps=7, batch=5)
+    old = reference_perturbation_curve(clf, images, saliency, mode=mode, steps=7, batch=32)
+    torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_robustness_equals_the_per_image_reference(tiny):
+    clf, images, maps, pool = tiny
+    masks = M.top_fraction_mask(maps[1:3], 0.3)
+    new = M.robustness(clf, images, masks, backgrounds=9, pool=pool, batch=4, seed=3)
+    old = reference_robustness(clf, images, masks, backgrounds=9, pool=pool, seed=3)
+    assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("masker", ["fill", "convad"])
+def test_batched_sufficiency_equals_the_per_image_reference(tiny, masker):
+    clf, images, maps, _ = tiny
+    m = M.PixelFill(clf) if masker == "fill" else M.DeactivationMasker(clf)
+    saliency = maps[2:]
+    assert torch.equal(M.smallest_sufficient_area(m, images, saliency, batch=6), reference_smallest_sufficient_area(m, images, saliency))
+
+
+def test_score_maps_equals_the_per_map_reference_and_counts_its_passes(tiny):
+    clf, images, maps, pool = tiny
+    for i in range(2):
+        image = images[i : i + 1]
+        logits = clf(image)
+        target = logits.argmax(-1)
+        counting, counter = Counting(clf), M.PassCounter()
+        new = M.score_maps(counting, image, maps, target, 0.15, logits=logits, steps=6, backgrounds=8, pool=pool, chunk=16, counter=counter)
+        reference = Counting(clf)
+        old = [reference_score(reference, image, maps[j : j + 1], target, 0.15, pool, steps=6, backgrounds=8) for j in range(len(maps))]
+        for key in M.SCORE_KEYS:
+            got = new[key].tolist()
+            want = [o[key] for o in old]
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-5), key
+        # the counter sees every image the classifier sees, ConvAD's included (those go through
+        # the unwrapped classifier's hooks, so the wrapper counts them too)
+        assert counter.images == counting.images and counter.forwards >= counter.images // 16
+        m, scan = len(maps), len(set(M.SUFFICIENCY_GRID) | set(M.FIXED_AREAS)) - 1
+        plain = m * (1 + scan + 2 * (6 - 1) + 8) + 2
+        assert plain + m <= counter.images <= plain + m + 4 * m  # + ConvAD cuts + bisections
+        assert counter.images < reference.images  # shared and known copies are not classified again
+        assert counter.floor > 0 and counter.seconds > 0
+
+
+def test_classify_packs_jobs_into_full_chunks():
+    seen = []
+
+    def forward(x):
+        seen.append(len(x))
+        return x.flatten(1)[:, :2]
+
+    jobs = [M.Job(n, lambda lo, hi, n=n: torch.full((hi - lo, 3, 2, 2), float(n)) + torch.arange(lo, hi).view(-1, 1, 1, 1))
+            for n in (5, 3, 9)]  # fmt: skip
+    counter = M.PassCounter()
+    out = M.classify(forward, jobs, chunk=4, counter=counter)
+    assert seen == [4, 4, 4, 4, 1] and counter.images == 17 and len(counter.full_chunk_seconds_per_image) == 4
+    for job, logits in zip(jobs, out):
+        torch.testing.assert_close(logits, forward(job.make(0, job.n)))
+    with pytest.raises(ValueError, match="chunk"):
+        M.classify(forward, jobs, chunk=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics over images
+def test_bootstrap_interval_holds_the_statistic_and_is_reproducible():
+    from actmatch.explainers.statistics import bootstrap_ci
+
+    rng = torch.Generator().manual_seed(0)
+    values = torch.rand(40, generator=rng).tolist()
+    low, high = bootstrap_ci(values)
+    mean = sum(values) / len(values)
+    assert min(values) <= low < mean < high <= max(values)
+    assert bootstrap_ci(values) == (low, high) and bootstrap_ci(values, seed=1) != (low, high)
+    wide = bootstrap_ci(values[:10])
+    assert wide[1] - wide[0] > high - low  # fewer images, wider interval
+    m_low, m_high = bootstrap_ci(values, stat="median", level=0.5)
+    assert m_low <= sorted(values)[20] <= m_high
+    assert bootstrap_ci([0.3, float("nan"), 0.3]) == (0.3, 0.3)
+    assert all(math.isnan(v) for v in bootstrap_ci([]))
+    with pytest.raises(ValueError, match="statistic"):
+        bootstrap_ci(values, stat="mode")
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(values, level=95)
+
+
+def test_paired_comparison_counts_and_chooses_its_test():
+    from scipy import stats
+
+    from actmatch.explainers.statistics import paired_comparison
+
+    same = paired_comparison([1, 0, 1], [1, 0, 1])
+    assert same == {"n": 3, "wins": 0, "ties": 3, "losses": 0, "p_value": 1.0, "test": "none"}
+    kept = paired_comparison([1] * 12 + [0] * 3 + [1] * 5, [0] * 12 + [1] * 3 + [1] * 5)  # binary: signs only
+    assert (kept["wins"], kept["ties"], kept["losses"], kept["test"]) == (12, 5, 3, "sign")
+    assert kept["p_value"] == pytest.approx(stats.binomtest(12, 15).pvalue)
+    rng = torch.Generator().manual_seed(1)
+    b = torch.rand(30, generator=rng)
+    a = b + 0.05 + 0.02 * torch.rand(30, generator=rng)
+    better = paired_comparison(a.tolist(), b.tolist())
+    assert better["test"] == "wilcoxon" and better["wins"] == 30 and better["p_value"] < 1e-5
+    worse = paired_comparison(a.tolist(), b.tolist(), higher_is_better=False)  # e.g. deletion AUC
+    assert worse["losses"] == 30 and worse["p_value"] == pytest.approx(better["p_value"])
+    few = paired_comparison([0.1, 0.5, 0.3], [0.2, 0.1, float("nan")])  # NaN pair dropped, 2 left: sign test
+    assert few["n"] == 2 and few["test"] == "sign" and few["p_value"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same images"):
+        paired_comparison([1, 2], [1])

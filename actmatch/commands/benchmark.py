@@ -1,11 +1,14 @@
 """``actmatch benchmark``: actmatch against the baseline explainers, same model, same images.
 
 Every method returns a relevance map per image (actmatch: its binary mask). Each map is scored
-with the same metrics (:mod:`actmatch.explainers.metrics`):
+with the same metrics (:func:`actmatch.explainers.metrics.score_maps`, all methods of an image
+in one batched pass):
 
 * ``kept_equal_area``: the map's top pixels, cut to the area of actmatch's mask for that image
   (``--area`` when ``am`` is not run), keep the label with the mean-colour fill;
   ``kept_equal_area_convad``: the same cut evaluated by ConvAD deactivation instead of fill;
+* ``kept_at_5`` / ``kept_at_10`` / ``kept_at_20``: the map's top 5 / 10 / 20 % keep the label
+  (an area that no method chooses, unlike the equal-area cut, which is ``am``'s own mask);
 * ``smallest_sufficient_area``: smallest top-k fraction of the map that keeps the label;
 * ``insertion_auc`` / ``deletion_auc``: RISE protocol, ``--curve-steps`` steps;
 * ``robustness``: the equal-area cut planted on ``--backgrounds`` random backgrounds (solid
@@ -13,8 +16,13 @@ with the same metrics (:mod:`actmatch.explainers.metrics`):
 * ``seconds``: wall time of the method on the image.
 
 Outputs in ``--out``: ``results.csv`` (one row per image × method), ``summary.csv`` (one row
-per method), ``summary.png`` (bar chart of the summary), ``comparison.png`` (a gallery of the
-first ``--gallery`` images × methods); the summary table is printed.
+per method: means or medians with 95 % bootstrap intervals over images, ``<metric>_ci_low`` /
+``<metric>_ci_high``), ``paired.csv`` (``am`` against each baseline, per metric, paired by
+image: wins / ties / losses and a Wilcoxon or sign-test p-value), ``summary.png`` (bar chart of
+the summary with the intervals), ``comparison.png`` (a gallery of the first ``--gallery``
+images × methods); both tables are printed, with the classifier passes the metrics needed
+against the time they took. ``--wandb`` logs the summary, the paired table and a gallery of
+every map as W&B Tables (offline unless ``WANDB_MODE`` says otherwise).
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,6 +53,9 @@ from actmatch.explainers.baselines import (
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier, load_classifier
 from actmatch.explainers.convad import ConvADOcclusion
 from actmatch.explainers import metrics as M
+from actmatch.report import write_report
+from actmatch.report.maps import write_method_maps
+from actmatch.explainers.statistics import bootstrap_ci, paired_comparison
 
 __all__ = [
     "main",
@@ -51,8 +64,16 @@ __all__ = [
     "AmortizedActMatchMethod",
     "RESULT_FIELDS",
     "SUMMARY_FIELDS",
+    "SUMMARY_METRICS",
+    "PAIRED_FIELDS",
+    "PAIRED_METRICS",
+    "MetricTime",
     "run_benchmark",
     "summarize",
+    "compare_pairs",
+    "format_table",
+    "format_paired",
+    "log_to_wandb",
 ]
 
 
@@ -141,21 +162,36 @@ DEFAULT_METHODS = "am,saliency,gradcam,occlusion,ig,rise,convad"
 
 RESULT_FIELDS = [
     "image", "method", "label", "label_name", "confidence", "area", "kept_equal_area", "confidence_delta_equal_area",
-    "kept_equal_area_convad", "robustness", "smallest_sufficient_area", "insertion_auc", "deletion_auc", "seconds", "error",
+    "kept_equal_area_convad", "kept_at_5", "kept_at_10", "kept_at_20", "robustness", "smallest_sufficient_area",
+    "insertion_auc", "deletion_auc", "seconds", "error",
 ]  # fmt: skip
+#: summary columns: (key, results.csv column, statistic over images, header, higher is better)
+SUMMARY_METRICS = (
+    ("kept_equal_area", "kept_equal_area", "mean", "kept@area", True),
+    ("kept_equal_area_convad", "kept_equal_area_convad", "mean", "kept@area(AD)", True),
+    ("kept_at_5", "kept_at_5", "mean", "kept@5%", True),
+    ("kept_at_10", "kept_at_10", "mean", "kept@10%", True),
+    ("kept_at_20", "kept_at_20", "mean", "kept@20%", True),
+    ("median_smallest_sufficient_area", "smallest_sufficient_area", "median", "med.suff.area", False),
+    ("insertion_auc", "insertion_auc", "mean", "ins.AUC", True),
+    ("deletion_auc", "deletion_auc", "mean", "del.AUC", False),
+    ("robustness", "robustness", "mean", "robust", True),
+    ("median_seconds", "seconds", "median", "med.s/img", False),
+)
 SUMMARY_FIELDS = [
-    "method", "images", "kept_equal_area", "kept_equal_area_convad", "median_smallest_sufficient_area", "insertion_auc",
-    "deletion_auc", "robustness", "median_seconds", "errors",
+    "method", "images", *(f"{key}{end}" for key, *_ in SUMMARY_METRICS for end in ("", "_ci_low", "_ci_high")), "errors",
 ]  # fmt: skip
-HEADERS = {
-    "kept_equal_area": "kept@area",
-    "kept_equal_area_convad": "kept@area(AD)",
-    "median_smallest_sufficient_area": "med.suff.area",
-    "insertion_auc": "ins.AUC",
-    "deletion_auc": "del.AUC",
-    "robustness": "robust",
-    "median_seconds": "med.s/img",
-}
+HEADERS = {key: header for key, _, _, header, _ in SUMMARY_METRICS}
+#: the printed summary, in two blocks that fit 120 columns
+TABLE_BLOCKS = (
+    ("kept_equal_area", "kept_equal_area_convad", "kept_at_5", "kept_at_10", "kept_at_20"),
+    ("median_smallest_sufficient_area", "insertion_auc", "deletion_auc", "robustness", "median_seconds"),
+)
+#: metrics of the paired comparison: (results.csv column, header, higher is better)
+PAIRED_METRICS = tuple((column, header.removeprefix("med."), better) for _, column, _, header, better in SUMMARY_METRICS[:-1])
+PAIRED_FIELDS = ["metric", "reference", "baseline", "n", "wins", "ties", "losses", "p_value", "test", "significant"]
+#: significance level of the ``significant`` column
+ALPHA = 0.05
 
 
 def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
@@ -182,8 +218,16 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backgrounds", type=int, default=16, help="robustness backgrounds (default: %(default)s)")
     parser.add_argument("--gallery", type=int, default=4, help="images in comparison.png (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="perturbed images per classifier forward in the metrics (default: 8 on CPU, where larger "
+                             "chunks were slower per image, 64 on GPU)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the tables to W&B (offline unless WANDB_MODE is set; the run goes to OUT/wandb)")
+    parser.add_argument("--wandb-project", default="actmatch", help="W&B project (default: %(default)s)")
     args = parser.parse_args(argv)
-    for key in ("steps", "limit", "rise_masks", "window", "stride", "ig_steps", "curve_steps", "backgrounds"):
+    if args.chunk is None:
+        args.chunk = 64 if str(args.device).startswith("cuda") else 8
+    for key in ("steps", "limit", "rise_masks", "window", "stride", "ig_steps", "curve_steps", "backgrounds", "chunk"):
         value = getattr(args, key)
         if value is not None and value < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {value}")
@@ -219,29 +263,73 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict]:
     }
 
 
+@dataclass
+class MetricTime:
+    """What the metrics cost: the images they classified (with the floor, see
+    :class:`~actmatch.explainers.metrics.PassCounter`) and the wall time they took."""
+
+    passes: M.PassCounter = field(default_factory=M.PassCounter)
+    took: float = 0.0
+
+    def add(self, other: MetricTime) -> None:
+        self.passes.merge(other.passes)
+        self.took += other.took
+
+    def line(self, per: int = 1) -> str:
+        """``metrics: N images classified = floor F s, took T s`` (per image when ``per`` > 1)."""
+        each = f" per image (over {per})" if per > 1 else ""
+        return (f"metrics{each}: {self.passes.images / per:.0f} images classified = floor {self.passes.floor / per:.1f} s, "
+                f"took {self.took / per:.1f} s")  # fmt: skip
+
+
+def _score_kwargs(args: argparse.Namespace, pool: torch.Tensor | None) -> dict:
+    return {"steps": args.curve_steps, "backgrounds": args.backgrounds, "pool": pool, "tau": args.tau, "seed": args.seed,
+            "chunk": args.chunk}  # fmt: skip
+
+
 def _score(
     classifier: FrozenClassifier,
     image: torch.Tensor,
-    saliency: torch.Tensor,
-    target: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    logits: torch.Tensor,
     area: float,
     pool: torch.Tensor | None,
     args: argparse.Namespace,
-) -> dict:
-    """Every metric of one map (1, 1, H, W) for one image (1, 3, H, W)."""
-    fill, ad = M.PixelFill(classifier), M.DeactivationMasker(classifier, args.tau)
-    cut = M.top_fraction_mask(saliency, area, args.seed)
-    curve = {"steps": args.curve_steps, "seed": args.seed}
-    return {
-        "area": M.mask_area(cut).item(),
-        "kept_equal_area": int(M.label_kept(fill, image, cut, target).item()),
-        "confidence_delta_equal_area": M.confidence_delta(fill, image, cut, target).item(),
-        "kept_equal_area_convad": int(M.label_kept(ad, image, cut, target).item()),
-        "robustness": M.robustness(classifier, image, cut, target, args.backgrounds, pool=pool, seed=args.seed).item(),
-        "smallest_sufficient_area": M.smallest_sufficient_area(fill, image, saliency, target, seed=args.seed).item(),
-        "insertion_auc": M.insertion_auc(classifier, image, saliency, target, **curve).item(),
-        "deletion_auc": M.deletion_auc(classifier, image, saliency, target, **curve).item(),
-    }
+    counter: M.PassCounter,
+) -> dict[str, dict | Exception]:
+    """Every metric of every map (1, 1, H, W) of one image (1, 3, H, W): name -> values.
+
+    All maps are scored together (:func:`~actmatch.explainers.metrics.score_maps`); if that
+    fails, each map is scored alone so that the failure is named by its method.
+    """
+    if not maps:
+        return {}
+    kw = {"logits": logits, "counter": counter, **_score_kwargs(args, pool)}
+    target = logits.argmax(-1)
+    try:
+        stacked = M.score_maps(classifier, image, torch.cat(list(maps.values())), target, area, **kw)
+        return {name: {key: v[j].item() for key, v in stacked.items()} for j, name in enumerate(maps)}
+    except Exception:  # noqa: BLE001 - find the map that fails
+        out: dict[str, dict | Exception] = {}
+        for name, saliency in maps.items():
+            try:
+                out[name] = {key: v[0].item() for key, v in M.score_maps(classifier, image, saliency, target, area, **kw).items()}
+            except Exception as err:  # noqa: BLE001
+                out[name] = err
+        return out
+
+
+def _as_row_values(scores: dict) -> dict:
+    """Metric values for results.csv: label-kept columns as 0/1 integers."""
+    return {k: int(round(v)) if k.startswith("kept") else v for k, v in scores.items()}
+
+
+def _pool(images: list[tuple[str, torch.Tensor]], i: int, size: tuple[int, int]) -> torch.Tensor | None:
+    """Up to 8 other benchmark images, resized to ``size``: robustness backgrounds of image i."""
+    others = [img for j, (_, img) in enumerate(images) if j != i][:8]
+    if not others:
+        return None
+    return torch.stack([torch.nn.functional.interpolate(o[None], size=size, mode="bilinear")[0] for o in others])
 
 
 def run_benchmark(
@@ -251,38 +339,54 @@ def run_benchmark(
     args: argparse.Namespace,
     log=print,
     partial: Path | None = None,
+    timing: MetricTime | None = None,
 ) -> tuple[list[dict], dict[str, list[torch.Tensor]]]:
     """Run every method on every image; rows for results.csv and the maps for the gallery.
 
-    With ``partial``, the rows so far are rewritten there after each image (long runs keep
-    their results if interrupted).
+    Per image: every method explains it (timed alone), then all maps are scored in one batched
+    pass. With ``partial``, the rows so far are rewritten there after each image (long runs keep
+    their results if interrupted); ``timing`` accumulates what the metrics cost.
     """
     rows, maps = [], {name: [] for name in methods}
     for i, (path, image) in enumerate(images):
         x = image[None].to(args.device)  # (1, 3, H, W)
         with torch.no_grad():
-            probs = classifier(x).softmax(-1)
+            logits = classifier(x)  # (1, K), reused by every metric
+        probs = logits.softmax(-1)
         target = probs.argmax(-1)
-        others = [img for j, (_, img) in enumerate(images) if j != i][:8]
-        pool = torch.stack([torch.nn.functional.interpolate(o[None], size=x.shape[-2:], mode="bilinear")[0] for o in others]) if others else None
+        pool = _pool(images, i, tuple(x.shape[-2:]))
+        pool = pool.to(args.device) if pool is not None else None
         area = args.area
         base = {"image": path, "label": int(target), "label_name": classifier.class_name(int(target)), "confidence": probs.max().item()}
+        image_rows, image_maps = {}, {}
         for name, method in methods.items():
-            row = {**base, "method": name, "error": ""}
+            row = image_rows[name] = {**base, "method": name, "error": ""}
             try:
                 start = time.perf_counter()
                 saliency = method.attribute(x, target)  # (1, 1, H, W)
                 row["seconds"] = time.perf_counter() - start
                 if name == "am":
                     area = M.mask_area(saliency >= 1).item() or args.area  # the binary mask inside m + s
-                row.update(_score(classifier, x, saliency, target, area, pool, args))
-                maps[name].append(saliency.cpu())
+                image_maps[name] = saliency
             except Exception as err:  # noqa: BLE001 - one failure must not lose the other rows
                 row["error"] = f"{type(err).__name__}: {err}"
-                maps[name].append(None)
+        cost = MetricTime()
+        start = time.perf_counter()
+        scores = _score(classifier, x, image_maps, logits, area, pool, args, cost.passes)
+        cost.took = time.perf_counter() - start
+        for name, row in image_rows.items():
+            result = scores.get(name)
+            if isinstance(result, Exception):
+                row["error"] = f"{type(result).__name__}: {result}"
+            elif result is not None:
+                row.update(_as_row_values(result))
+            if row["error"]:
                 log(f"  {name} failed on {path}: {row['error']}")
+            maps[name].append(image_maps[name].cpu() if name in image_maps and not row["error"] else None)
             rows.append(row)
-        log(f"[{i + 1}/{len(images)}] {Path(path).name}: {base['label_name']} ({base['confidence']:.2f})")
+        if timing is not None:
+            timing.add(cost)
+        log(f"[{i + 1}/{len(images)}] {Path(path).name}: {base['label_name']} ({base['confidence']:.2f}); {cost.line()}")
         if partial is not None:
             write_csv(partial, rows, RESULT_FIELDS)
     return rows, maps
@@ -296,36 +400,79 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """One row per method: means (label kept, AUCs, robustness) and medians (area, seconds)."""
+def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """One row per method: means (label kept, AUCs, robustness) and medians (area, seconds),
+    each with a 95 % percentile-bootstrap interval over images (``<key>_ci_low``, ``<key>_ci_high``)."""
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         ok = [r for r in rows if r["method"] == method and not r["error"]]
-        col = lambda key: [float(r[key]) for r in ok]  # noqa: E731
-        out.append({
-            "method": method,
-            "images": len(ok),
-            "kept_equal_area": _mean(col("kept_equal_area")),
-            "kept_equal_area_convad": _mean(col("kept_equal_area_convad")),
-            "median_smallest_sufficient_area": _median(col("smallest_sufficient_area")),
-            "insertion_auc": _mean(col("insertion_auc")),
-            "deletion_auc": _mean(col("deletion_auc")),
-            "robustness": _mean(col("robustness")),
-            "median_seconds": _median(col("seconds")),
-            "errors": sum(1 for r in rows if r["method"] == method and r["error"]),
-        })  # fmt: skip
+        row = {"method": method, "images": len(ok)}
+        for key, column, stat, _, _ in SUMMARY_METRICS:
+            values = [float(r[column]) for r in ok if r.get(column) not in (None, "")]
+            row[key] = _mean(values) if stat == "mean" else _median(values)
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = bootstrap_ci(values, stat, n_boot=n_boot, seed=seed)
+        row["errors"] = sum(1 for r in rows if r["method"] == method and r["error"])
+        out.append(row)
     return out
 
 
-def format_table(summary: list[dict]) -> str:
-    """The summary as a fixed-width text table."""
-    keys = ["method", "images", *HEADERS]
-    heads = ["method", "n", *HEADERS.values()]
-    cells = [[r["method"], str(r["images"])] + [f"{r[k]:.3f}" if k != "median_seconds" else f"{r[k]:.2f}" for k in HEADERS] for r in summary]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+def compare_pairs(rows: list[dict], reference: str = "am") -> list[dict]:
+    """``reference`` against every other method, per metric, paired by image
+    (:func:`~actmatch.explainers.statistics.paired_comparison`); [] when it was not run."""
+    by_method: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if not r["error"]:
+            by_method.setdefault(r["method"], {})[r["image"]] = r
+    if reference not in by_method:
+        return []
+    out = []
+    for column, header, better in PAIRED_METRICS:
+        for baseline, theirs in by_method.items():
+            if baseline == reference:
+                continue
+            ours = by_method[reference]
+            shared = [img for img in ours if img in theirs]
+            a = [float(ours[img][column]) for img in shared]
+            b = [float(theirs[img][column]) for img in shared]
+            result = paired_comparison(a, b, higher_is_better=better)
+            out.append({"metric": column, "reference": reference, "baseline": baseline, **result,
+                        "significant": result["test"] != "none" and result["p_value"] < ALPHA})  # fmt: skip
+    return out
+
+
+def _cell(value: float, low: float, high: float, digits: int) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _text_table(heads: list[str], cells: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
     line = lambda items: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
-    assert len(keys) == len(heads)
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
+
+
+def format_table(summary: list[dict]) -> str:
+    """The summary as fixed-width text tables (two blocks of columns), ``value [ci_low, ci_high]``."""
+    blocks = []
+    for keys in TABLE_BLOCKS:
+        heads = ["method", "n", *(HEADERS[k] for k in keys)]
+        cells = [[r["method"], str(r["images"])] + [_cell(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"], 2) for k in keys] for r in summary]
+        blocks.append(_text_table(heads, cells))
+    return "\n\n".join(blocks)
+
+
+def format_paired(paired: list[dict]) -> str:
+    """The paired comparison as a fixed-width text table, one line per metric and baseline."""
+    headers = {column: header for column, header, _ in PAIRED_METRICS}
+    heads = ["metric", f"{paired[0]['reference']} vs" if paired else "vs", "n", "wins", "ties", "losses", "p", "test", f"p<{ALPHA:g}"]
+    cells, previous = [], None
+    for r in paired:
+        name = headers.get(r["metric"], r["metric"]) if r["metric"] != previous else ""
+        previous = r["metric"]
+        cells.append([name, r["baseline"], str(r["n"]), str(r["wins"]), str(r["ties"]), str(r["losses"]), f"{r['p_value']:.2g}",
+                      r["test"], "yes" if r["significant"] else "no"])  # fmt: skip
+    return _text_table(heads, cells)
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
@@ -337,21 +484,29 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 
 def plot_summary(summary: list[dict], path: Path) -> None:
-    """Bar chart: one panel per summary column, one bar per method."""
+    """Bar chart: one panel per summary column (two rows, as the printed blocks), one bar per
+    method, with its 95 % interval as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(HEADERS)
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 3.2))
+    better = {key: up for key, _, _, _, up in SUMMARY_METRICS}
+    cols = max(len(b) for b in TABLE_BLOCKS)
+    fig, axes = plt.subplots(len(TABLE_BLOCKS), cols, figsize=(2.6 * cols, 3.2 * len(TABLE_BLOCKS)), squeeze=False)
     names = [r["method"] for r in summary]
     colors = [plt.cm.tab10(i % 10) for i in range(len(names))]
-    for ax, key in zip(axes, keys):
-        ax.bar(range(len(names)), [r[key] for r in summary], color=colors)
-        ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
-        ax.set_title(HEADERS[key] + (" ↓" if key in ("median_smallest_sufficient_area", "deletion_auc", "median_seconds") else " ↑"), fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
+    for block, keys in enumerate(TABLE_BLOCKS):
+        for ax, key in zip(axes[block], keys):
+            values = [r[key] for r in summary]
+            errors = [[max(0.0, v - r[f"{key}_ci_low"]) for v, r in zip(values, summary)],
+                      [max(0.0, r[f"{key}_ci_high"] - v) for v, r in zip(values, summary)]]  # fmt: skip
+            ax.bar(range(len(names)), values, color=colors, yerr=errors, capsize=2, error_kw={"elinewidth": 0.8})
+            ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+            ax.set_title(HEADERS[key] + (" ↑" if better[key] else " ↓"), fontsize=9)
+            ax.tick_params(axis="y", labelsize=7)
+        for ax in axes[block][len(keys):]:
+            ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -400,6 +555,61 @@ def load_images(items: list[str], classifier: FrozenClassifier, limit: int | Non
     return [(str(p), load_image(p, classifier.input_size, classifier.fixed_input_size)[0]) for p in paths]
 
 
+def _overlay(image: torch.Tensor, saliency: torch.Tensor):
+    """(H, W, 3) uint8: the photo (3, H, W) with the map (1, 1, H, W), min-max scaled, in jet at 50 %."""
+    import matplotlib
+    import numpy as np
+
+    s = saliency[0, 0].float()
+    s = ((s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)).numpy()
+    heat = matplotlib.colormaps["jet"](s)[..., :3]
+    photo = image.permute(1, 2, 0).float().numpy()
+    return (255 * (0.5 * photo + 0.5 * heat)).clip(0, 255).astype(np.uint8)
+
+
+def log_to_wandb(
+    out: Path,
+    args: argparse.Namespace,
+    summary: list[dict],
+    paired: list[dict],
+    rows: list[dict],
+    images: list[tuple[str, torch.Tensor]],
+    maps: dict[str, list],
+) -> Path:
+    """Log the benchmark to W&B as Tables and return the run's folder.
+
+    ``benchmark/summary`` (``SUMMARY_FIELDS``, intervals included), ``benchmark/paired``
+    (``PAIRED_FIELDS``) and ``benchmark/gallery`` (one row per image × method: the map over the
+    photo as a ``wandb.Image`` and the metrics of ``RESULT_FIELDS``). As the training runs: project
+    ``--wandb-project``, offline unless ``WANDB_MODE`` is set, quiet (``WANDB_SILENT``); the run
+    goes to ``OUT/wandb/`` (``wandb sync`` it later).
+    """
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    config = {k: v for k, v in vars(args).items() if k not in ("wandb", "wandb_project")}
+    run = wandb.init(project=args.wandb_project, dir=str(out), mode=os.environ.get("WANDB_MODE", "offline"),
+                     job_type="benchmark", config=config)  # fmt: skip
+    try:
+        metrics = [f for f in RESULT_FIELDS if f not in ("image", "method", "label_name", "error")]
+        gallery = wandb.Table(columns=["image", "method", "label_name", "map", *metrics, "error"])
+        by_key = {(r["image"], r["method"]): r for r in rows}
+        for i, (path, image) in enumerate(images):
+            for name, method_maps in maps.items():
+                row, saliency = by_key.get((path, name), {}), method_maps[i] if i < len(method_maps) else None
+                picture = wandb.Image(_overlay(image, saliency), caption=f"{name}: {Path(path).stem}") if saliency is not None else None
+                gallery.add_data(Path(path).name, name, row.get("label_name", ""), picture, *(row.get(k) for k in metrics),
+                                 row.get("error", ""))  # fmt: skip
+        run.log({
+            "benchmark/summary": wandb.Table(columns=SUMMARY_FIELDS, data=[[r.get(k) for k in SUMMARY_FIELDS] for r in summary]),
+            "benchmark/paired": wandb.Table(columns=PAIRED_FIELDS, data=[[r.get(k) for k in PAIRED_FIELDS] for r in paired]),
+            "benchmark/gallery": gallery,
+        })  # fmt: skip
+        return Path(run.dir).parent
+    finally:
+        run.finish()
+
+
 def main(command: str, argv: list[str]) -> int:
     args = parse_args(command, argv)
     try:
@@ -416,17 +626,32 @@ def main(command: str, argv: list[str]) -> int:
     start = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"benchmark: {len(images)} image(s) x {len(methods)} method(s) on {classifier.name}")
-    rows, maps = run_benchmark(classifier, images, methods, args, log, partial=out / "results.csv")
-    summary = summarize(rows)
+    timing = MetricTime()
+    rows, maps = run_benchmark(classifier, images, methods, args, log, partial=out / "results.csv", timing=timing)
+    summary = summarize(rows, seed=args.seed)
+    paired = compare_pairs(rows, "am")
     write_csv(out / "results.csv", rows, RESULT_FIELDS)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
+    write_csv(out / "paired.csv", paired, PAIRED_FIELDS)
     plot_summary(summary, out / "summary.png")
     plot_gallery(images, maps, rows, out / "comparison.png", args.gallery)
+    for i, (path, image) in enumerate(images):
+        write_method_maps(out, path, image, {name: maps[name][i] for name in maps})
+    report = write_report(out)
     area_note = "actmatch's mask area per image" if "am" in methods else f"area {args.area}"
-    print(f"label kept at equal area ({area_note}); {args.curve_steps}-step insertion/deletion AUC; "
-          f"robustness over {args.backgrounds} backgrounds")  # fmt: skip
+    print(f"label kept at equal area ({area_note}) and at 5/10/20 % of the image; {args.curve_steps}-step "
+          f"insertion/deletion AUC; robustness over {args.backgrounds} backgrounds; [95 % bootstrap interval over images]")  # fmt: skip
     print(format_table(summary))
+    if paired:
+        print(f"\nam against each baseline, paired by image (wins: am better); two-sided p, Wilcoxon signed-rank or sign "
+              f"test, not corrected for the {len(paired)} comparisons")  # fmt: skip
+        print(format_paired(paired))
     areas = [float(r["area"]) for r in rows if not r["error"] and r["method"] == next(iter(methods))]
     print(f"median equal-area cut: {_median(areas):.3f} of the image")
-    print(f"wrote {out}/results.csv, summary.csv, summary.png, comparison.png in {time.perf_counter() - start:.0f} s")
+    print(timing.line(per=len(images)) + f"; in all {timing.passes.images} images, floor {timing.passes.floor:.0f} s, "
+          f"took {timing.took:.0f} s (chunk {args.chunk})")  # fmt: skip
+    written = f"results.csv, summary.csv, paired.csv, summary.png, comparison.png, maps/, {report.name}"
+    if args.wandb:
+        written += f"; W&B run {log_to_wandb(out, args, summary, paired, rows, images, maps)}"
+    print(f"wrote {out}/{written} in {time.perf_counter() - start:.0f} s")
     return 1 if any(r["error"] for r in rows) else 0
