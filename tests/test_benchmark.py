@@ -114,18 +114,24 @@ def test_am_takes_an_explainer_config(tmp_path):
     assert maps.shape == (1, 1, 40, 48)
 
 
-def test_benchmark_logs_its_tables_to_an_offline_wandb_run(setup, tmp_path, monkeypatch, capsys):
-    """--wandb without WANDB_MODE: an offline run in OUT/wandb with the summary, paired and gallery tables."""
+def test_benchmark_logs_its_tables_to_an_offline_wandb_run(setup, tmp_path):
+    """--wandb without WANDB_MODE: an offline run in OUT/wandb with the summary, paired and gallery tables.
+
+    In a subprocess, as a user runs it: W&B's service outlives a run in the process that
+    started it, and would carry this test's settings into later tests' runs."""
     import json
+    import os
+    import subprocess
+    import sys
 
     photos, weights, _ = setup
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # artifact staging, off the home folder
-    monkeypatch.chdir(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(WANDB_SILENT="true", WANDB_DATA_DIR=str(tmp_path / "wandb-data"))  # artifact staging, off the home folder
     argv = ["--images", str(photos), "--methods", "am,saliency,gradcam", "--out", "out", "--backbone", "test_efficientnet",
             "--weights", str(weights), "--wandb", *CHEAP]  # fmt: skip
-    assert benchmark.main("benchmark", argv) == 0
+    done = subprocess.run([sys.executable, "-m", "actmatch.cli", "benchmark", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     tables = {p.name.split("_")[0]: p for p in (runs[0] / "files" / "media" / "table" / "benchmark").glob("*.table.json")}
@@ -138,7 +144,7 @@ def test_benchmark_logs_its_tables_to_an_offline_wandb_run(setup, tmp_path, monk
     gallery = json.loads(tables["gallery"].read_text())
     assert gallery["columns"][:4] == ["image", "method", "label_name", "map"] and len(gallery["data"]) == 2 * 3
     assert (runs[0] / f"run-{runs[0].name.rsplit('-', 1)[-1]}.wandb").read_bytes().count(b"media/images/") >= 6  # the maps
-    assert "W&B run" in capsys.readouterr().out
+    assert "W&B run" in done.stdout
 
 
 def test_a_map_that_cannot_be_scored_fails_alone():

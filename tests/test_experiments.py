@@ -21,8 +21,10 @@ from actmatch.explainers.classifier import OFFLINE_DEFAULTS, load_classifier
 EXPERIMENTS = ROOT / "experiments"
 # experiments/explain/ holds per-image fit recipes (actmatch explain|study --config), tested below
 EXPLAIN_FILES = sorted(p.relative_to(ROOT).as_posix() for p in (EXPERIMENTS / "explain").rglob("*.yaml"))
+# configs for `actmatch predict` (per-image fits of a folder; run end to end in tests/test_predict_writer.py)
+PREDICT_FILES = ["experiments/explain_folder.yaml"]
 ALL_FILES = sorted(p.relative_to(ROOT).as_posix() for p in EXPERIMENTS.rglob("*.yaml")
-                   if p.name != "sweep.yaml" and p.relative_to(ROOT).as_posix() not in EXPLAIN_FILES)
+                   if p.name != "sweep.yaml" and p.relative_to(ROOT).as_posix() not in EXPLAIN_FILES + PREDICT_FILES)
 # one step of each file costs 10-60 s on the shared 2-core machine: by default only these run
 # (smoke, and the paper setting with its ResNet-18 stand-in and bf16-mixed on CPU); `make test-slow` runs all
 FAST = {"experiments/smoke.yaml", "experiments/paper_resnet18.yaml"}
@@ -96,13 +98,13 @@ def test_experiment_files_exist():
     assert any(n.startswith("experiments/ablations/") for n in names) and any(n.startswith("experiments/backbones/") for n in names)
 
 
-@pytest.mark.parametrize("path", ALL_FILES)
+@pytest.mark.parametrize("path", ALL_FILES + PREDICT_FILES)
 def test_every_experiment_parses_with_print_config(path):
     chain = base_of(path)
     argv = [a for p in chain for a in ("--config", p)] + ["--print_config"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.chdir(ROOT):
-        code = cli_in_process("fit", argv)
+        code = cli_in_process("predict" if path in PREDICT_FILES else "fit", argv)
     assert code == 0
     printed = yaml.safe_load(out.getvalue())
     assert printed["model"]["class_path"] and printed["data"]["class_path"]

@@ -259,7 +259,7 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict]:
         "occlusion": window,
         "convad": {**window, "tau": args.tau},
         "ig": {"steps": args.ig_steps},
-        "rise": {"masks": args.rise_masks, "seed": args.seed},
+        "rise": {"masks": args.rise_masks, "seed": args.seed, "batch": args.chunk},  # RISE masks per forward: the same chunk
     }
 
 
