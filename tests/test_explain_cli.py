@@ -264,6 +264,7 @@ def test_throughput_command_prints_one_row_per_batch_size(tmp_path, capsys):
     assert float(rows[0]["speedup"]) == 1.0 and all(float(r["images_per_minute"]) > 0 for r in rows)
     assert "img/min" in capsys.readouterr().out
     assert len(list((out / "b3").rglob("mask.png"))) == 3
+    assert (out / "b3" / "summary.csv").is_file() and (out / "b3" / "report.html").is_file()
     capsys.readouterr()
     assert main(["throughput", str(tmp_path / "nothing"), "--config", str(config)]) != 0
     assert "nothing: no such file" in capsys.readouterr().err

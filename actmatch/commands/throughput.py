@@ -5,7 +5,8 @@ For each ``--batch-sizes`` value B the same images are explained end to end, exa
 classifier pass per step, every image's folder written), into ``OUT/b<B>/``. One row per B:
 wall seconds, images per minute, speed-up over the first B, label-kept rate and median area
 (batched fits must not change the masks' quality). All rows come from one run, so their ratios
-are comparable; the printed table is also written to ``OUT/throughput.csv``.
+are comparable; the printed table is also written to ``OUT/throughput.csv``, and each ``OUT/b<B>/``
+gets the ``summary.csv`` and ``report.html`` of ``actmatch explain``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(command: str, argv: list[str]) -> int:
-    from actmatch.commands.explain import build_explainer, explain_files
+    from actmatch.commands.explain import build_explainer, explain_files, write_summary
+    from actmatch.report import write_report
 
     args = parse_args(argv)
     try:
@@ -89,6 +91,8 @@ def main(command: str, argv: list[str]) -> int:
         with _autocast(args.device, args.precision):
             results = explain_files(explainer, items, out / f"b{b}", steps=args.steps, show_progress=False, batch_size=b)
         seconds = time.perf_counter() - start
+        write_summary(results, out / f"b{b}")  # summary.csv / aggregate.json, as `actmatch explain` (not timed)
+        write_report(out / f"b{b}")
         ok = [r for r in results if r["status"] == "ok"]
         if not ok:
             print(f"actmatch {command}: every image failed at batch size {b}: {results[0]['error']}", file=sys.stderr)

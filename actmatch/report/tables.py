@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: explain columns that hold identifiers, not measures (never summarised or sorted)
-ID_COLUMNS = {"label", "label_explanation", "seed"}
+ID_COLUMNS = {"label", "label_explanation", "seed", "num_classes", "input_size"}  # ids and settings, not results
 #: benchmark results columns that describe the image, not a method
 IMAGE_COLUMNS = {"label", "confidence"}
 #: columns holding a fraction of the image's pixels (shown in %)
