@@ -51,3 +51,30 @@ def test_batched_fit_equals_one_image_at_a_time(tiny_classifier):
         assert agreement > 0.98, f"image {i}: batched and single masks agree on {agreement:.3f} of pixels"
     # ... and the images got masks of their own (a shared U-Net would not pass the checks above)
     assert (batched.masks[0] != batched.masks[1]).float().mean() > 0.05
+
+
+def test_restarts_return_the_smallest_kept_of_the_seeded_fits():
+    """restarts=k fits seeds s..s+k-1 in one batch and returns, per image, the smallest kept mask."""
+    torch.manual_seed(0)  # this classifier keeps its label on cuts of these images
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    unet = MaskUNet(width=4, depth=2, working_size=32)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    both = ActMatchExplainer(classifier=tiny_classifier, unet=unet, steps=6, restarts=2).fit_images(images, seed=5)
+    single = ActMatchExplainer(classifier=tiny_classifier, unet=unet, steps=6)
+    alone = [single.fit_images(images, seed=s) for s in (5, 6)]
+    compared = 0
+    for i in range(2):
+        options = [(r.area[i].item(), r) for r in alone if r.label_kept[i]]
+        if not options:
+            continue
+        compared += 1
+        area, chosen = min(options, key=lambda item: item[0])
+        assert both.label_kept[i] and both.area[i].item() == pytest.approx(area, abs=0.01)
+        assert (both.masks[i] == chosen.masks[i]).float().mean() > 0.98
+    assert compared > 0, "no seed kept the label: the comparison would be empty"
+    assert both.masks.shape == (2, 1, 64, 64)
+
+
+def test_restarts_must_be_positive(tiny_classifier):
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        ActMatchExplainer(classifier=tiny_classifier, restarts=0)

@@ -90,6 +90,8 @@ class ActMatchExplainer(L.LightningModule):
         lr: Adam learning rate of the U-Net in amortized training (per-image fits take theirs
             from ``fitting``).
         steps: per-image optimisation steps.
+        restarts: independent fits per image (U-Nets seeded ``seed``, ``seed + 1``, ...), run
+            together in one batch; the smallest mask that keeps the label is returned.
         mode: what :meth:`explain` does: ``per_image`` fits, ``amortized`` runs one forward pass.
         fitting: how per-image masks are fitted and selected (a
             :class:`~actmatch.explainers.fitting.FitStrategy`); None: :func:`default_fitting`
@@ -118,6 +120,7 @@ class ActMatchExplainer(L.LightningModule):
         fill: str = "mean",
         lr: float = 0.002,
         steps: int = 120,
+        restarts: int = 1,
         mode: str = "per_image",
         fitting: FitStrategy | None = None,
         classifier: FrozenClassifier | None = None,
@@ -132,8 +135,8 @@ class ActMatchExplainer(L.LightningModule):
             raise ValueError(f"unknown fill {fill!r}; choose one of {FILLS}")
         if mode not in self.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {self.MODES}")
-        if steps < 1 or not lr > 0:
-            raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
+        if steps < 1 or not lr > 0 or restarts < 1:
+            raise ValueError(f"steps and restarts must be >= 1 and lr > 0, got steps={steps}, restarts={restarts}, lr={lr}")
         if losses is None:
             losses = default_loss_terms() if mode == "per_image" else amortized_loss_terms()
         losses = list(losses)
@@ -149,7 +152,7 @@ class ActMatchExplainer(L.LightningModule):
         self.unet = unet or MaskUNet(working_size=56)
         self.losses = nn.ModuleList(losses)
         self.fitting = fitting or default_fitting()
-        self.fill, self.lr, self.steps, self.mode = fill, lr, steps, mode
+        self.fill, self.lr, self.steps, self.mode, self.restarts = fill, lr, steps, mode, restarts
 
     # ------------------------------------------------------------------ core computation
     @property
@@ -243,15 +246,30 @@ class ActMatchExplainer(L.LightningModule):
         steps = steps or self.steps
         start = time.perf_counter()
         images = images.to(self.device)
+        b, k = images.shape[0], self.restarts
         if seed is not None:
             torch.manual_seed(seed)
-        nets = [self.fresh_unet(seed, init_state) for _ in range(images.shape[0])]  # one per image
-        unet = IndependentNets(nets).to(self.device)
-        fit = self.fitting.fit(self, images, unet, self.reference(images), steps, progress)
-        result = self.evaluate(images, fit.masks)
+        nets = [self.fresh_unet(None if seed is None else seed + r, init_state) for r in range(k) for _ in range(b)]
+        unet = IndependentNets(nets).to(self.device)  # one U-Net per image and restart
+        batch = images.repeat(k, 1, 1, 1)  # (k·B, 3, H, W), restart-major
+        fit = self.fitting.fit(self, batch, unet, self.reference(batch), steps, progress)
+        masks, soft = fit.masks, fit.soft
+        if k > 1:
+            pick = self._best_restart(batch, masks, b, k)  # (B,) index into the k·B fits
+            masks, soft = masks[pick], soft[pick]
+        result = self.evaluate(images, masks)
         result.steps, result.seconds, result.history = steps, time.perf_counter() - start, fit.history
-        result.soft_masks = fit.soft.cpu()
+        result.soft_masks = soft.cpu()
         return result
+
+    @torch.no_grad()
+    def _best_restart(self, batch: torch.Tensor, masks: torch.Tensor, b: int, k: int) -> torch.Tensor:
+        """Per image, the restart whose mask keeps the label with the smallest area (the smallest
+        mask when none keeps it): area + 2 · (not kept), minimised over the k restarts."""
+        scored = self.evaluate(batch, masks)
+        penalty = scored.area + 2.0 * (~scored.label_kept).float()  # (k·B,)
+        best = penalty.view(k, b).argmin(0)  # (B,)
+        return (best * b + torch.arange(b)).to(masks.device)
 
     def kept_on_backgrounds(self, out: StepOutput, target: torch.Tensor) -> torch.Tensor:
         """(B,) bool: the label survives on every random background any term (robustness,
