@@ -141,7 +141,7 @@ def test_kept_on_backgrounds_needs_every_background():
         ({"taps": ["nope"]}, "unknown layer"),
         ({"fill": "purple"}, "unknown fill"),
         ({"mode": "sometimes"}, "unknown mode"),
-        ({"steps": 0}, "steps must be >= 1"),
+        ({"steps": 0}, "steps and restarts must be >= 1"),
         ({"losses": [terms.Area(), terms.Area()]}, "once"),
     ],
 )
