@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +144,32 @@ class KillAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             os._exit(17)
+
+
+def tiny_explainer_config(path: Path, input_size: int | None = None, steps: int | None = None,
+                          data_size: int | None = None) -> Path:
+    """Write the config of a random-init ``test_resnet`` explainer (4 classes, a width-8 U-Net) to
+    ``path``: for ``actmatch explain --config``, or with ``data_size`` also the predict datamodule's
+    backbone and image size (for ``actmatch predict``)."""
+    init = {"backbone": "test_resnet", "pretrained": False, "num_classes": 4,
+            "unet": {"class_path": "actmatch.explainers.unet.MaskUNet",
+                     "init_args": {"width": 8, "depth": 2, "working_size": None}}}
+    init.update({k: v for k, v in (("input_size", input_size), ("steps", steps)) if v is not None})
+    config = {"model": {"init_args": init}}
+    if data_size is not None:
+        config["data"] = {"init_args": {"backbone": "test_resnet", "image_size": data_size}}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def class_folder_images(root: Path, count: int, seed: int, shape=lambda i: (40, 56), prefix: str = "n0") -> list[Path]:
+    """``count`` random PNGs in two class folders, ``root/<prefix><i % 2>/img_<i // 2>.png``,
+    image i of ``shape(i)`` = (height, width)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = root / f"{prefix}{i % 2}" / f"img_{i // 2:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (*shape(i), 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths

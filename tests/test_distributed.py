@@ -9,11 +9,9 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import yaml
-from lightning_helpers import run_cli
-from PIL import Image
+from lightning_helpers import class_folder_images, run_cli, tiny_explainer_config
 
 from actmatch.callbacks import ResultsTable
 
@@ -98,31 +96,11 @@ class TableProbe(ResultsTable):
         (self.out_dir / "table.json").write_text(json.dumps({"rank": trainer.global_rank, "stage": stage, "rows": rows}))
 
 
-TINY_EXPLAINER = {
-    "model": {"init_args": {"backbone": "test_resnet", "pretrained": False, "num_classes": 4, "input_size": 48,
-                            "steps": 3, "unet": {"class_path": "actmatch.explainers.unet.MaskUNet",
-                                                 "init_args": {"width": 8, "depth": 2, "working_size": None}}}},
-    "data": {"init_args": {"backbone": "test_resnet", "image_size": 48}},
-}
-
-
-def _images(root: Path, count: int) -> list[Path]:
-    rng = np.random.default_rng(3)
-    paths = []
-    for i in range(count):
-        path = root / f"n0{i % 2}" / f"img_{i // 2:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 48 + 4 * i, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
 @pytest.mark.slow  # two DDP runs of two processes each
 def test_ddp_predict_explains_each_image_once_and_merges_the_summary(tmp_path):
     data, out, probes = tmp_path / "data", tmp_path / "out", tmp_path / "probes"
-    paths = _images(data, 5)
-    extra = tmp_path / "extra.yaml"
-    extra.write_text(yaml.safe_dump(TINY_EXPLAINER))
+    paths = class_folder_images(data, 5, seed=3, shape=lambda i: (40, 48 + 4 * i))
+    extra = tiny_explainer_config(tmp_path / "extra.yaml", input_size=48, steps=3, data_size=48)
     args = ["predict", "--config", "experiments/explain_folder.yaml", "--config", str(extra),
             "--data.init_args.root", str(data), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
             "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lightning_helpers import tiny_explainer_config
 from PIL import Image
 
 from actmatch.commands import explain as explain_cmd
@@ -163,16 +164,6 @@ def test_circuit_flag_adds_circuit_outputs(small_coffee_path, tmp_path):
     assert isinstance(summary["circuit_label_kept"], bool)
 
 
-TINY = """\
-model:
-  init_args:
-    backbone: test_resnet
-    pretrained: false
-    num_classes: 4
-    unet: {class_path: actmatch.explainers.unet.MaskUNet, init_args: {width: 8, depth: 2, working_size: null}}
-"""
-
-
 def dataset_folder(root: Path) -> dict[str, Path]:
     """Class sub-folders with clashing file names, a same-stem pair and an unreadable file."""
     rng = np.random.default_rng(1)
@@ -208,8 +199,7 @@ def test_expand_image_items_keeps_relative_folders(tmp_path):
 
 def test_batched_folder_layout_and_folder_column(tmp_path, capsys):
     files = dataset_folder(tmp_path / "data")
-    out, config = tmp_path / "out", tmp_path / "tiny.yaml"
-    config.write_text(TINY)
+    out, config = tmp_path / "out", tiny_explainer_config(tmp_path / "tiny.yaml")
     code = run([str(tmp_path / "data"), "--out", str(out), "--config", str(config), "--input-size", "48",
                 "--batch-size", "2", *FAST])
     assert code == 1 and "broken.jpg" in capsys.readouterr().err  # the bad file fails alone
@@ -250,8 +240,7 @@ def test_throughput_command_prints_one_row_per_batch_size(tmp_path, capsys):
     from actmatch.cli import main
 
     files = dataset_folder(tmp_path / "data")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
+    config = tiny_explainer_config(tmp_path / "tiny.yaml")
     out = tmp_path / "tp"
     code = main(["throughput", str(tmp_path / "data" / "a"), "--config", str(config), "--input-size", "48",
                  "--batch-sizes", "1", "3", "--limit", "3", "--steps", "2", "--out", str(out)])

@@ -8,43 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lightning_helpers import cli_in_process
+from lightning_helpers import class_folder_images, cli_in_process, tiny_explainer_config
 from PIL import Image
 
 from actmatch.commands import explain as explain_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = """\
-model:
-  init_args:
-    backbone: test_resnet
-    pretrained: false
-    num_classes: 4
-    input_size: 48
-    steps: 3
-    unet: {class_path: actmatch.explainers.unet.MaskUNet, init_args: {width: 8, depth: 2, working_size: null}}
-data:
-  init_args: {backbone: test_resnet, image_size: 48}
-"""
-
-
 def tiny_dataset(root: Path, count: int = 4, broken: bool = True) -> list[Path]:
     """``count`` random PNGs of different shapes in two class folders (+ an unreadable file)."""
-    rng = np.random.default_rng(2)
-    paths = []
-    for i in range(count):
-        path = root / f"n0{i % 2}" / f"img_{i // 2:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40 + 4 * i, 56, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
+    paths = class_folder_images(root, count, seed=2, shape=lambda i: (40 + 4 * i, 56))
     if broken:
         (root / "n01" / "broken.jpg").write_text("not an image")
     return paths
 
 
 def predict_args(tmp_path: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
+    config = tiny_explainer_config(tmp_path / "tiny.yaml", input_size=48, steps=3, data_size=48)
     return ["--config", str(ROOT / "experiments" / "explain_folder.yaml"), "--config", str(config),
             "--data.init_args.root", str(data), "--trainer.callbacks.init_args.out_dir", str(out),
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra]
@@ -72,8 +51,7 @@ def test_predict_writes_explain_folders_and_summary(tmp_path):
     assert json.loads((out / "aggregate.json").read_text())["explained"] == len(paths)
     assert (out / "config.yaml").is_file()  # the resolved config beside the results
     # one engine: `actmatch explain` with the same recipe and seed writes the same mask
-    config = tmp_path / "explain.yaml"
-    config.write_text(TINY.split("data:")[0])
+    config = tiny_explainer_config(tmp_path / "explain.yaml", input_size=48, steps=3)
     assert explain_cmd.main("explain", [str(paths[0]), "--out", str(tmp_path / "single"), "--config", str(config)]) == 0
     same = (tmp_path / "single" / paths[0].stem / "mask.png").read_bytes()
     assert same == (out / rows[str(paths[0])]["folder"] / "mask.png").read_bytes()

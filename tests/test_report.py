@@ -7,6 +7,7 @@ The fast tests read the HTML; the browser tests render it in headless Chromium (
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -256,20 +257,26 @@ def _assert_visible(shot: Image.Image, page, selector: str) -> None:
     assert crop.std() > 5, f"{selector} looks blank (pixel std {crop.std():.1f})"
 
 
+@contextlib.contextmanager
+def _rendered(path: Path, gallery_image: str):
+    """The report open in Chromium, checked to show every image, the summary table and ``gallery_image``."""
+    _browser_or_skip()
+    from actmatch.report.browser import open_page
+
+    with open_page(path) as page:
+        assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        shot = Image.open(io.BytesIO(page.screenshot(full_page=True)))
+        _assert_visible(shot, page, "#summary")
+        _assert_visible(shot, page, gallery_image)
+        yield page
+
+
 def _order(page) -> list[str]:
     return page.eval_on_selector_all("#gallery tr.gallery-row", "rows => rows.map(r => r.dataset.image)")
 
 
 def test_browser_explain_report_renders_sorts_and_filters(tmp_path):
-    _browser_or_skip()
-    from actmatch.report.browser import open_page
-
-    path = write_report(make_explain_folder(tmp_path))
-    with open_page(path) as page:
-        assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-        shot = Image.open(io.BytesIO(page.screenshot(full_page=True)))
-        _assert_visible(shot, page, "#summary")
-        _assert_visible(shot, page, "#gallery img")
+    with _rendered(write_report(make_explain_folder(tmp_path)), "#gallery img") as page:
         before = _order(page)
         page.click("th[data-sort=mask_area]")
         ascending = _order(page)
@@ -285,15 +292,7 @@ def test_browser_explain_report_renders_sorts_and_filters(tmp_path):
 
 
 def test_browser_benchmark_report_renders_maps_and_sorts_by_a_method_metric(tmp_path):
-    _browser_or_skip()
-    from actmatch.report.browser import open_page
-
-    path = write_report(make_benchmark_folder(tmp_path))
-    with open_page(path) as page:
-        assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-        shot = Image.open(io.BytesIO(page.screenshot(full_page=True)))
-        _assert_visible(shot, page, "#summary")
-        _assert_visible(shot, page, "#gallery td.method img")
+    with _rendered(write_report(make_benchmark_folder(tmp_path)), "#gallery td.method img") as page:
         before = _order(page)
         page.click("button[data-sort=am_seconds]")
         after = _order(page)

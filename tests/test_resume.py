@@ -10,32 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from lightning_helpers import class_folder_images, tiny_explainer_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = """\
-model:
-  init_args:
-    backbone: test_resnet
-    pretrained: false
-    num_classes: 4
-    unet: {class_path: actmatch.explainers.unet.MaskUNet, init_args: {width: 8, depth: 2, working_size: null}}
-"""
-
-
-def tiny_images(folder: Path, count: int) -> list[Path]:
-    """``count`` random 56x40 PNGs in two class sub-folders."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        path = folder / f"class_{i % 2}" / f"img_{i // 2:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
 def complete_folders(out: Path) -> list[Path]:
     return sorted(p.parent for p in out.glob("class_*/img_*/summary.json"))
 
@@ -50,9 +27,9 @@ def explain_command(images: Path, out: Path, config: Path) -> list[str]:
 
 
 def test_killed_run_resumes_each_image_once(tmp_path):
-    images, out, config = tmp_path / "images", tmp_path / "out", tmp_path / "tiny.yaml"
-    config.write_text(TINY)
-    paths = tiny_images(images, 6)
+    images, out = tmp_path / "images", tmp_path / "out"
+    config = tiny_explainer_config(tmp_path / "tiny.yaml")
+    paths = class_folder_images(images, 6, seed=0, prefix="class_")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(explain_command(images, out, config), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

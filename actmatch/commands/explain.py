@@ -41,8 +41,7 @@ from actmatch.datamodules.images import (
     ImageReadError,
     expand_image_items,
     file_items,
-    read_rgb,
-    resize_for_model,
+    read_for_model,
     to_tensor,
 )
 from actmatch.explainers.backgrounds import make_fill
@@ -390,15 +389,10 @@ def finished_rows(items: list[ImageItem], out_dir: Path, classifier: FrozenClass
 def explanation_at(result: Explanation, index: int, images: int = 1) -> Explanation:
     """Image ``index`` of a batched ``result`` as a batch of one (float tensors in float32);
     ``seconds`` is the batch's time shared by its ``images``."""
-    def pick(value):
-        if not isinstance(value, torch.Tensor):
-            return value
-        value = value[index : index + 1]
-        return value.float() if value.is_floating_point() else value
-
-    fields = {f.name: pick(getattr(result, f.name)) for f in dataclasses.fields(result)}
-    fields["seconds"] = result.seconds / max(1, images)
-    return Explanation(**fields)
+    one = result.select(slice(index, index + 1))
+    floats = {f.name: value.float() for f in dataclasses.fields(one)
+              if isinstance(value := getattr(one, f.name), torch.Tensor) and value.is_floating_point()}
+    return dataclasses.replace(one, **floats, seconds=result.seconds / max(1, images))
 
 
 def as_items(paths: list[Path | ImageItem]) -> list[ImageItem]:
@@ -483,12 +477,7 @@ def _error_row(path: Path, err: Exception) -> dict:
 def _read(path: Path, classifier: FrozenClassifier, square: bool) -> tuple[Image.Image, torch.Tensor]:
     """The file as RGB and its model input (3, h, w): short side (or, if ``square``, both
     sides) at the classifier's input size."""
-    original = read_rgb(path)
-    try:
-        model_image = resize_for_model(to_tensor(original), classifier.input_size, square or classifier.fixed_input_size)
-    except ImageReadError as err:
-        raise ImageReadError(f"{path}: {err}") from err
-    return original, model_image
+    return read_for_model(path, classifier.input_size, square or classifier.fixed_input_size)
 
 
 def _batches(items: list[tuple[int, ImageItem]], classifier: FrozenClassifier, batch_size: int, on_error):

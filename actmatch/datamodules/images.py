@@ -26,6 +26,7 @@ __all__ = [
     "read_rgb",
     "to_tensor",
     "resize_for_model",
+    "read_for_model",
     "load_image",
     "ImageItem",
     "expand_image_items",
@@ -102,6 +103,16 @@ def resize_for_model(image: torch.Tensor, size: int, fixed: bool = False) -> tor
     return out.clamp(0, 1)
 
 
+def read_for_model(path: str | Path, size: int, fixed: bool = False) -> tuple[Image.Image, torch.Tensor]:
+    """The file as RGB and its (3, h, w) model input in [0, 1] (see :func:`resize_for_model`);
+    errors name the file."""
+    img = read_rgb(path)
+    try:
+        return img, resize_for_model(to_tensor(img), size, fixed)
+    except ImageReadError as err:
+        raise ImageReadError(f"{path}: {err}") from err
+
+
 def load_image(path: str | Path, size: int, fixed: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
     """Read ``path`` and size it for the model.
 
@@ -109,12 +120,8 @@ def load_image(path: str | Path, size: int, fixed: bool = False) -> tuple[torch.
         (image, (height, width)): the (3, h, w) tensor in [0, 1] for the model and the file's
         original size, at which masks are written.
     """
-    img = read_rgb(path)
+    img, tensor = read_for_model(path, size, fixed)
     width, height = img.size
-    try:
-        tensor = resize_for_model(to_tensor(img), size, fixed)
-    except ImageReadError as err:
-        raise ImageReadError(f"{path}: {err}") from err
     return tensor, (height, width)
 
 

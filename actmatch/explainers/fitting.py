@@ -75,6 +75,11 @@ class _Candidates:
                 self.items[i] = sorted(self.items[i], key=lambda item: item[0])[: self.k]
 
 
+def _areas_below(top: float, low: float, count: int, device) -> torch.Tensor:
+    """``count`` areas from ``low`` up to (not including) ``top``, geometrically spaced, increasing."""
+    return torch.logspace(math.log10(low), math.log10(top), count + 1, device=device)[:-1]
+
+
 class FitStrategy:
     """Base class: Adam on the U-Net for ``steps`` steps, then a selection among the step masks.
 
@@ -176,8 +181,6 @@ class FitStrategy:
         kept = self._kept(explainer.classifier(explanations), logits_x.expand(n, -1), target.expand(n))
         return cuts[int(kept.float().argmax())] if kept.any() else None
 
-    def _scan_grid(self, top: float, device) -> torch.Tensor:
-        return torch.logspace(math.log10(self.scan_min_area), math.log10(top), self.scan + 1, device=device)[:-1]
 
     @torch.no_grad()
     def _scanned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
@@ -187,8 +190,9 @@ class FitStrategy:
             area = masks[i].mean().item()
             if area <= self.scan_min_area:
                 continue
-            cut = self.smallest_kept_cut(explainer, images[i : i + 1], fill[i : i + 1], soft_masks[i : i + 1],
-                                         logits_x[i : i + 1], target[i : i + 1], self._scan_grid(area, images.device))
+            grid = _areas_below(area, self.scan_min_area, self.scan, images.device)
+            one = slice(i, i + 1)
+            cut = self.smallest_kept_cut(explainer, images[one], fill[one], soft_masks[one], logits_x[one], target[one], grid)
             if cut is not None:
                 masks[i] = cut
 
@@ -436,7 +440,7 @@ class AreaContinuation(FitStrategy):
             top = self._area[i].item()
             if top <= self.min_area * 1.01:
                 continue
-            grid = torch.logspace(math.log10(self.min_area), math.log10(top), self.lookahead + 1, device=ev.images.device)[:-1]
+            grid = _areas_below(top, self.min_area, self.lookahead, ev.images.device)
             one = slice(i, i + 1)
             cut = self.smallest_kept_cut(explainer, ev.images[one], ev.fill[one].detach(), ev.soft_mask[one].detach(),
                                          ev.logits[one], ev.target[one], grid)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import lightning as L
 import torch
@@ -69,6 +69,11 @@ class Explanation:
     def area(self) -> torch.Tensor:
         """(B,) fraction of pixels kept."""
         return self.masks.flatten(1).mean(1)
+
+    def select(self, index) -> Explanation:
+        """The images ``index`` (a slice, a list or an index tensor) of this batch; the other fields as they are."""
+        picked = {f.name: getattr(self, f.name)[index] for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **picked)
 
 
 class ActMatchExplainer(L.LightningModule):
@@ -253,23 +258,20 @@ class ActMatchExplainer(L.LightningModule):
         unet = IndependentNets(nets).to(self.device)  # one U-Net per image and restart
         batch = images.repeat(k, 1, 1, 1)  # (k·B, 3, H, W), restart-major
         fit = self.fitting.fit(self, batch, unet, self.reference(batch), steps, progress)
-        masks, soft = fit.masks, fit.soft
+        result = self.evaluate(batch, fit.masks)
+        result.soft_masks = fit.soft.cpu()
         if k > 1:
-            pick = self._best_restart(batch, masks, b, k)  # (B,) index into the k·B fits
-            masks, soft = masks[pick], soft[pick]
-        result = self.evaluate(images, masks)
+            result = result.select(self._best_restart(result, b, k))
         result.steps, result.seconds, result.history = steps, time.perf_counter() - start, fit.history
-        result.soft_masks = soft.cpu()
         return result
 
-    @torch.no_grad()
-    def _best_restart(self, batch: torch.Tensor, masks: torch.Tensor, b: int, k: int) -> torch.Tensor:
-        """Per image, the restart whose mask keeps the label with the smallest area (the smallest
-        mask when none keeps it): area + 2 · (not kept), minimised over the k restarts."""
-        scored = self.evaluate(batch, masks)
+    @staticmethod
+    def _best_restart(scored: Explanation, b: int, k: int) -> torch.Tensor:
+        """(B,) index into the k·B fits: per image, the restart whose mask keeps the label with the
+        smallest area (the smallest mask when none keeps it): area + 2 · (not kept), minimised over k."""
         penalty = scored.area + 2.0 * (~scored.label_kept).float()  # (k·B,)
         best = penalty.view(k, b).argmin(0)  # (B,)
-        return (best * b + torch.arange(b)).to(masks.device)
+        return best * b + torch.arange(b)
 
     def kept_on_backgrounds(self, out: StepOutput, target: torch.Tensor) -> torch.Tensor:
         """(B,) bool: the label survives on every random background any term (robustness,
