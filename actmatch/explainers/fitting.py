@@ -449,5 +449,6 @@ class AreaContinuation(FitStrategy):
 
 
 def default_fitting() -> FitStrategy:
-    """The default per-image fit (the ``minimal`` preset, docs/explainer-study.md)."""
-    return AreaContinuation()
+    """The default per-image fit (the ``minimal`` preset, docs/explainer-study.md): area
+    continuation, then the smallest kept cut of the selected step's ranking at 24 areas."""
+    return AreaContinuation(scan=24)
