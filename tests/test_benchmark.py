@@ -71,6 +71,38 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     assert max(len(line) for line in out.splitlines() if not line.startswith(("wrote", "label kept", "am against", "metrics"))) <= 120
     assert "images classified = floor" in out
 
+    # --from-results: the same tables from the rows on disk, for all images or the first N
+    again = tmp_path / "again"
+    assert benchmark.main("benchmark", ["--from-results", str(tmp_path / "results.csv"), "--out", str(again)]) == 0
+    for ours, theirs in zip(csv.DictReader((again / "summary.csv").open()), summary):
+        assert ours["method"] == theirs["method"]
+        for key in ("kept_at_10", "median_smallest_sufficient_area", "insertion_auc"):
+            assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=1e-4), key
+    argv = ["--from-results", str(tmp_path / "results.csv"), "--limit", "1", "--out", str(tmp_path / "first")]
+    assert benchmark.main("benchmark", argv) == 0
+    first = list(csv.DictReader((tmp_path / "first" / "summary.csv").open()))
+    assert [r["method"] for r in first] == methods.split(",") and {r["images"] for r in first} == {"1"}
+    assert "its first 1 image(s)" in capsys.readouterr().out
+
+
+def test_from_results_names_a_missing_or_foreign_file(tmp_path, capsys):
+    assert benchmark.main("benchmark", ["--from-results", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
+    assert "nope.csv" in capsys.readouterr().err
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("a,b\n1,2\n")
+    assert benchmark.main("benchmark", ["--from-results", str(foreign), "--out", str(tmp_path)]) == 2
+    assert "not a benchmark results.csv" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.csv").write_text("image,method,error\na.png,am,\n")
+    (run / "summary.csv").write_text("the run's summary")
+    assert benchmark.main("benchmark", ["--from-results", str(run / "results.csv"), "--out", str(run)]) == 2
+    assert "another --out" in capsys.readouterr().err
+    assert (run / "summary.csv").read_text() == "the run's summary"  # nothing written is replaced
+    with pytest.raises(SystemExit):
+        benchmark.main("benchmark", ["--out", str(tmp_path)])  # neither --images nor --from-results
+    assert "--images is required" in capsys.readouterr().err
+
 
 def test_unknown_method_is_named(setup, tmp_path, capsys):
     photos, weights, _ = setup

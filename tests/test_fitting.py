@@ -179,14 +179,3 @@ def test_lookahead_jumps_the_target_area_below_the_schedule(rng_images):
 
     schedule, jumped = history(0), history(8)
     assert min(h["target_area"] for h in jumped) < min(h["target_area"] for h in schedule)
-
-
-def test_default_fit_on_the_espresso_keeps_the_label_in_a_tenth_of_the_image(lite0, coffee_path):
-    """Behaviour of the shipped defaults on a real photo (with a margin; docs/explainer-study.md has the figures)."""
-    from actmatch.datamodules.images import load_image
-
-    explainer = ActMatchExplainer(classifier=lite0)
-    image = load_image(coffee_path, lite0.input_size, lite0.fixed_input_size)[0][None]
-    result = explainer.fit_images(image, seed=0)
-    assert result.label_kept.item()
-    assert result.area.item() <= 0.10

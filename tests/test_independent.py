@@ -13,6 +13,7 @@ from actmatch.explainers.unet import MaskUNet
 
 @pytest.fixture(scope="module")
 def tiny_classifier():
+    torch.manual_seed(0)  # the same random weights whatever ran before
     return load_classifier("resnet10t", pretrained=False, num_classes=5)
 
 
@@ -38,8 +39,10 @@ def test_batch_size_mismatch_is_named():
 
 
 def test_batched_fit_equals_one_image_at_a_time(tiny_classifier):
-    """The default recipe draws no random backgrounds, so the batched fit is the same computation."""
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=8)
+    """The default recipe draws no random backgrounds, so the batched fit is the same computation
+    (one restart: batching images is under test; restarts have their own test below)."""
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=8,
+                                  restarts=1)
     generator = torch.Generator().manual_seed(3)
     images = torch.rand(3, 3, 64, 64, generator=generator)
     batched = explainer.fit_images(images, seed=5)
@@ -50,7 +53,8 @@ def test_batched_fit_equals_one_image_at_a_time(tiny_classifier):
         agreement = (batched.masks[i] == single.masks[0]).float().mean().item()
         assert agreement > 0.98, f"image {i}: batched and single masks agree on {agreement:.3f} of pixels"
     # ... and the images got masks of their own (a shared U-Net would not pass the checks above)
-    assert (batched.masks[0] != batched.masks[1]).float().mean() > 0.05
+    a, b = batched.masks[0].bool(), batched.masks[1].bool()
+    assert (a & b).sum() < 0.8 * (a | b).sum(), "images 0 and 1 got (almost) the same mask"
 
 
 def test_restarts_return_the_smallest_kept_of_the_seeded_fits():

@@ -196,9 +196,11 @@ ALPHA = 0.05
 
 def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"actmatch {command}", description=__doc__.split("\n\n")[0].strip("`"))
-    parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--images", nargs="+", default=None, help="image files, folders or glob patterns (required "
+                        "unless --from-results)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {list(METHODS)} (default: %(default)s)")
-    parser.add_argument("--out", default="outputs/benchmark", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="output folder (default: outputs/benchmark; with --from-results: "
+                        "print only)")
     parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
     parser.add_argument("--weights", default=None,
                         help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
@@ -224,7 +226,14 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--wandb", action="store_true",
                         help="also log the tables to W&B (offline unless WANDB_MODE is set; the run goes to OUT/wandb)")
     parser.add_argument("--wandb-project", default="actmatch", help="W&B project (default: %(default)s)")
+    parser.add_argument("--from-results", default=None, metavar="CSV",
+                        help="summarize an earlier run's results.csv instead of running (its first --limit images): "
+                             "print the tables and, with --out, write summary.csv and paired.csv there")
     args = parser.parse_args(argv)
+    if not args.images and not args.from_results:
+        parser.error("--images is required (or --from-results CSV to summarize an earlier run)")
+    if args.out is None and not args.from_results:
+        args.out = "outputs/benchmark"
     if args.chunk is None:
         args.chunk = 64 if str(args.device).startswith("cuda") else 8
     for key in ("steps", "limit", "rise_masks", "window", "stride", "ig_steps", "curve_steps", "backgrounds", "chunk"):
@@ -610,8 +619,57 @@ def log_to_wandb(
         run.finish()
 
 
+def read_results(path: Path, first: int | None = None) -> list[dict]:
+    """The rows of an earlier run's results.csv, only its first ``first`` images (in file order)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file {path}; pass the results.csv an `actmatch benchmark` run wrote")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = {"image", "method", "error"} - set(rows[0] if rows else {})
+    if not rows or missing:
+        raise ValueError(f"{path} is not a benchmark results.csv (no rows, or missing columns {sorted(missing)})")
+    keep = list(dict.fromkeys(r["image"] for r in rows))[:first]
+    return [r for r in rows if r["image"] in set(keep)]
+
+
+def print_tables(summary: list[dict], paired: list[dict], header: str) -> None:
+    """The summary (under ``header``) and the paired comparison, as printed by a run."""
+    print(header)
+    print(format_table(summary))
+    if paired:
+        print(f"\nam against each baseline, paired by image (wins: am better); two-sided p, Wilcoxon signed-rank or sign "
+              f"test, not corrected for the {len(paired)} comparisons")  # fmt: skip
+        print(format_paired(paired))
+
+
+def summarize_earlier(args: argparse.Namespace) -> int:
+    """``--from-results``: the tables of an earlier run's rows (e.g. its first 20 images), without running."""
+    try:
+        rows = read_results(Path(args.from_results), args.limit)
+    except (OSError, ValueError) as err:
+        print(f"actmatch benchmark: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else None
+    if out is not None and (out / "results.csv").exists():  # a run's folder: its summary must not be replaced
+        print(f"actmatch benchmark: error: {out} holds a benchmark run (results.csv); pass another --out for the "
+              "summary of --from-results", file=sys.stderr)  # fmt: skip
+        return 2
+    summary, paired = summarize(rows, seed=args.seed), compare_pairs(rows, "am")
+    images = len({r["image"] for r in rows})
+    print_tables(summary, paired, f"{args.from_results}, its first {images} image(s) (the settings are that run's); "
+                 "[95 % bootstrap interval over images]")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
+        write_csv(out / "paired.csv", paired, PAIRED_FIELDS)
+        print(f"wrote {out}/summary.csv, paired.csv")
+    return 0
+
+
 def main(command: str, argv: list[str]) -> int:
     args = parse_args(command, argv)
+    if args.from_results:
+        return summarize_earlier(args)
     try:
         names = parse_methods(args.methods, args.checkpoint)
         classifier = load_classifier(args.backbone, args.weights).to(args.device)
@@ -639,13 +697,9 @@ def main(command: str, argv: list[str]) -> int:
         write_method_maps(out, path, image, {name: maps[name][i] for name in maps})
     report = write_report(out)
     area_note = "actmatch's mask area per image" if "am" in methods else f"area {args.area}"
-    print(f"label kept at equal area ({area_note}) and at 5/10/20 % of the image; {args.curve_steps}-step "
-          f"insertion/deletion AUC; robustness over {args.backgrounds} backgrounds; [95 % bootstrap interval over images]")  # fmt: skip
-    print(format_table(summary))
-    if paired:
-        print(f"\nam against each baseline, paired by image (wins: am better); two-sided p, Wilcoxon signed-rank or sign "
-              f"test, not corrected for the {len(paired)} comparisons")  # fmt: skip
-        print(format_paired(paired))
+    print_tables(summary, paired, f"label kept at equal area ({area_note}) and at 5/10/20 % of the image; "
+                 f"{args.curve_steps}-step insertion/deletion AUC; robustness over {args.backgrounds} backgrounds; "
+                 "[95 % bootstrap interval over images]")
     areas = [float(r["area"]) for r in rows if not r["error"] and r["method"] == next(iter(methods))]
     print(f"median equal-area cut: {_median(areas):.3f} of the image")
     print(timing.line(per=len(images)) + f"; in all {timing.passes.images} images, floor {timing.passes.floor:.0f} s, "
