@@ -1,6 +1,6 @@
 """The planted shortcut, end to end: train a classifier whose only signal is a coloured patch,
 save its state dict, explain held-out images with `actmatch explain --weights`, and check that
-the per-image masks land on the patch (issue 11)."""
+the per-image masks land on the patch (issue 11): at least 80 % of each mask's pixels lie on it."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from actmatch.datamodules.synthetic import SyntheticDataModule, SyntheticEvidenc
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def patch_coverage(mask_png: Path, patch_png: Path) -> float:
-    """Fraction of the patch's pixels that the mask keeps."""
+def patch_overlap(mask_png: Path, patch_png: Path) -> tuple[float, float]:
+    """(share of the mask's pixels on the patch, share of the patch's pixels the mask keeps)."""
     mask = np.asarray(Image.open(mask_png)) > 127
     patch = np.asarray(Image.open(patch_png)) > 127
-    return float((mask & patch).sum() / patch.sum())
+    both = (mask & patch).sum()
+    return float(both / max(mask.sum(), 1)), float(both / patch.sum())
 
 
 @pytest.mark.slow
@@ -52,11 +53,13 @@ def test_the_per_image_mask_finds_the_planted_shortcut(tmp_path):
     found = []
     for path in sorted(images.glob("*.png")):
         summary = json.loads((out / path.stem / "summary.json").read_text())
-        coverage = patch_coverage(out / path.stem / "mask.png", images / "masks" / path.name)
+        on_patch, coverage = patch_overlap(out / path.stem / "mask.png", images / "masks" / path.name)
         assert summary["label_name"].endswith(" patch")
-        found.append(summary["label_kept"] and coverage >= 0.5)
-        print(f"{path.name}: kept {summary['label_kept']}, area {summary['mask_area']:.3f}, patch covered {coverage:.2f}")
-    assert sum(found) >= 19, f"the mask covered half the patch and kept the label on {sum(found)}/20 images"
+        # a minimal mask keeps only as much of the patch as the label needs, but it must lie on it
+        found.append(summary["label_kept"] and on_patch >= 0.8)
+        print(f"{path.name}: kept {summary['label_kept']}, area {summary['mask_area']:.3f}, on the patch {on_patch:.2f}, "
+              f"patch covered {coverage:.2f}")
+    assert sum(found) >= 19, f"the mask lay on the patch and kept the label on {sum(found)}/20 images"
     figure = ROOT / "outputs" / "shortcut-figure.png"
     figure.parent.mkdir(exist_ok=True)
     shutil.copy(out / sorted(images.glob("*.png"))[0].stem / "figure.png", figure)
