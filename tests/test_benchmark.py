@@ -85,6 +85,31 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     assert "its first 1 image(s)" in capsys.readouterr().out
 
 
+def test_resume_runs_only_the_images_an_interrupted_run_did_not_finish(setup, tmp_path, capsys):
+    photos, weights, _ = setup
+    argv = ["--images", str(photos), "--methods", "saliency,gradcam", "--out", str(tmp_path), "--backbone",
+            "test_efficientnet", "--weights", str(weights), *CHEAP]  # fmt: skip
+    assert benchmark.main("benchmark", argv) == 0
+    results = tmp_path / "results.csv"
+    full = list(csv.DictReader(results.open()))
+    first = full[0]["image"]
+    # an interrupted run: only the first image's rows, and one of them failed
+    kept = [r for r in full if r["image"] == first]
+    benchmark.write_csv(results, kept, benchmark.RESULT_FIELDS)
+    capsys.readouterr()
+    assert benchmark.main("benchmark", [*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resume: 1 of 2 image(s)" in err and "from the earlier run" in err
+    again = list(csv.DictReader(results.open()))
+    assert sorted((r["image"], r["method"]) for r in again) == sorted((r["image"], r["method"]) for r in full)
+    assert [r for r in again if r["image"] == first] == kept  # taken over as written, not recomputed
+    # a failed row is run again
+    kept[1]["error"] = "RuntimeError: out of memory"
+    benchmark.write_csv(results, kept, benchmark.RESULT_FIELDS)
+    assert benchmark.main("benchmark", [*argv, "--resume"]) == 0
+    assert "resume: 0 of 2 image(s)" in capsys.readouterr().err
+
+
 def test_from_results_names_a_missing_or_foreign_file(tmp_path, capsys):
     assert benchmark.main("benchmark", ["--from-results", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
     assert "nope.csv" in capsys.readouterr().err

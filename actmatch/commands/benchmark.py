@@ -226,6 +226,9 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--wandb", action="store_true",
                         help="also log the tables to W&B (offline unless WANDB_MODE is set; the run goes to OUT/wandb)")
     parser.add_argument("--wandb-project", default="actmatch", help="W&B project (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the images that OUT/results.csv already has for every method (an interrupted run "
+                             "of the same images and settings) and run only the others")
     parser.add_argument("--from-results", default=None, metavar="CSV",
                         help="summarize an earlier run's results.csv instead of running (its first --limit images): "
                              "print the tables and, with --out, write summary.csv and paired.csv there")
@@ -349,15 +352,24 @@ def run_benchmark(
     log=print,
     partial: Path | None = None,
     timing: MetricTime | None = None,
+    done: dict[str, list[dict]] | None = None,
 ) -> tuple[list[dict], dict[str, list[torch.Tensor]]]:
     """Run every method on every image; rows for results.csv and the maps for the gallery.
 
     Per image: every method explains it (timed alone), then all maps are scored in one batched
     pass. With ``partial``, the rows so far are rewritten there after each image (long runs keep
-    their results if interrupted); ``timing`` accumulates what the metrics cost.
+    their results if interrupted); ``timing`` accumulates what the metrics cost. Images in
+    ``done`` (path -> its rows from an earlier run, see :func:`completed_images`) are not run
+    again: their rows are kept and their maps are None.
     """
     rows, maps = [], {name: [] for name in methods}
     for i, (path, image) in enumerate(images):
+        if done and path in done:
+            rows.extend(done[path])
+            for name in methods:
+                maps[name].append(None)
+            log(f"[{i + 1}/{len(images)}] {Path(path).name}: from the earlier run")
+            continue
         x = image[None].to(args.device)  # (1, 3, H, W)
         with torch.no_grad():
             logits = classifier(x)  # (1, K), reused by every metric
@@ -632,6 +644,19 @@ def read_results(path: Path, first: int | None = None) -> list[dict]:
     return [r for r in rows if r["image"] in set(keep)]
 
 
+def completed_images(path: Path, methods: list[str]) -> dict[str, list[dict]]:
+    """Images of an earlier run's results.csv with an error-free row for every method in
+    ``methods``: path -> those rows (in ``methods`` order, values as written)."""
+    by_image: dict[str, dict[str, dict]] = {}
+    for row in read_results(path):
+        by_image.setdefault(row["image"], {})[row["method"]] = row
+    return {
+        image: [rows[m] for m in methods]
+        for image, rows in by_image.items()
+        if all(m in rows and not rows[m]["error"] for m in methods)
+    }
+
+
 def print_tables(summary: list[dict], paired: list[dict], header: str) -> None:
     """The summary (under ``header``) and the paired comparison, as printed by a run."""
     print(header)
@@ -684,8 +709,17 @@ def main(command: str, argv: list[str]) -> int:
     start = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"benchmark: {len(images)} image(s) x {len(methods)} method(s) on {classifier.name}")
+    done = {}
+    if args.resume and (out / "results.csv").exists():
+        try:
+            done = completed_images(out / "results.csv", list(methods))
+        except ValueError as err:
+            print(f"actmatch {command}: error: --resume: {err}", file=sys.stderr)
+            return 2
+        log(f"resume: {sum(path in done for path, _ in images)} of {len(images)} image(s) are in {out / 'results.csv'}")
     timing = MetricTime()
-    rows, maps = run_benchmark(classifier, images, methods, args, log, partial=out / "results.csv", timing=timing)
+    rows, maps = run_benchmark(classifier, images, methods, args, log, partial=out / "results.csv", timing=timing,
+                               done=done)  # fmt: skip
     summary = summarize(rows, seed=args.seed)
     paired = compare_pairs(rows, "am")
     write_csv(out / "results.csv", rows, RESULT_FIELDS)
@@ -694,7 +728,8 @@ def main(command: str, argv: list[str]) -> int:
     plot_summary(summary, out / "summary.png")
     plot_gallery(images, maps, rows, out / "comparison.png", args.gallery)
     for i, (path, image) in enumerate(images):
-        write_method_maps(out, path, image, {name: maps[name][i] for name in maps})
+        if path not in done:  # an earlier run wrote the others' maps (if they are still there)
+            write_method_maps(out, path, image, {name: maps[name][i] for name in maps})
     report = write_report(out)
     area_note = "actmatch's mask area per image" if "am" in methods else f"area {args.area}"
     print_tables(summary, paired, f"label kept at equal area ({area_note}) and at 5/10/20 % of the image; "
@@ -702,7 +737,7 @@ def main(command: str, argv: list[str]) -> int:
                  "[95 % bootstrap interval over images]")
     areas = [float(r["area"]) for r in rows if not r["error"] and r["method"] == next(iter(methods))]
     print(f"median equal-area cut: {_median(areas):.3f} of the image")
-    print(timing.line(per=len(images)) + f"; in all {timing.passes.images} images, floor {timing.passes.floor:.0f} s, "
+    print(timing.line(per=max(1, sum(path not in done for path, _ in images))) + f"; in all {timing.passes.images} images, floor {timing.passes.floor:.0f} s, "
           f"took {timing.took:.0f} s (chunk {args.chunk})")  # fmt: skip
     written = f"results.csv, summary.csv, paired.csv, summary.png, comparison.png, maps/, {report.name}"
     if args.wandb:
