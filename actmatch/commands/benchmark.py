@@ -640,8 +640,8 @@ def read_results(path: Path, first: int | None = None) -> list[dict]:
     missing = {"image", "method", "error"} - set(rows[0] if rows else {})
     if not rows or missing:
         raise ValueError(f"{path} is not a benchmark results.csv (no rows, or missing columns {sorted(missing)})")
-    keep = list(dict.fromkeys(r["image"] for r in rows))[:first]
-    return [r for r in rows if r["image"] in set(keep)]
+    keep = set(list(dict.fromkeys(r["image"] for r in rows))[:first])
+    return [r for r in rows if r["image"] in keep]
 
 
 def completed_images(path: Path, methods: list[str]) -> dict[str, list[dict]]:
