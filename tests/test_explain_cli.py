@@ -236,6 +236,21 @@ def test_rerun_skips_complete_folders_and_overwrite_redoes_them(small_coffee_pat
     assert "a complete image was fitted again" in capsys.readouterr().err
 
 
+def test_rerun_with_another_recipe_explains_again(small_coffee_path, tmp_path, capsys):
+    """A folder written with other settings (here: steps) is not passed off as this run's result."""
+    out = tmp_path / "out"
+    assert run([str(small_coffee_path), "--out", str(out), *FAST]) == 0
+    first = json.loads(next(out.rglob("summary.json")).read_text())
+    assert len(first["recipe"]) == 8
+    capsys.readouterr()
+    other = [arg if arg != FAST[FAST.index("--steps") + 1] else "2" for arg in FAST]
+    assert run([str(small_coffee_path), "--out", str(out), *other]) == 0
+    err = capsys.readouterr().err
+    assert "explained with another recipe" in err and "already explained" not in err
+    second = json.loads(next(out.rglob("summary.json")).read_text())
+    assert second["steps"] == 2 and second["recipe"] != first["recipe"]
+
+
 def test_throughput_command_prints_one_row_per_batch_size(tmp_path, capsys):
     from actmatch.cli import main
 

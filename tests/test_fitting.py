@@ -146,6 +146,10 @@ def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
         (lambda: PenaltyFit(scan=8), "scan checks cuts with the fill only"),
         (lambda: AreaContinuation(scan=-1), "scan >= 0"),
         (lambda: AreaContinuation(lookahead_every=0), "lookahead_every >= 1"),
+        (lambda: AreaContinuation(explore=1.0), "explore must be 0"),
+        (lambda: AreaContinuation(noise=-0.1), "noise must be >= 0"),
+        (lambda: AreaContinuation(scan_draws=4), "scan > 0 for draws"),
+        (lambda: AreaContinuation(scan=8, scan_draws=-1), "scan_draws >= 0"),
     ],
 )
 def test_bad_strategy_settings_are_named(make, message):
@@ -179,3 +183,57 @@ def test_lookahead_jumps_the_target_area_below_the_schedule(rng_images):
 
     schedule, jumped = history(0), history(8)
     assert min(h["target_area"] for h in jumped) < min(h["target_area"] for h in schedule)
+
+
+def test_lookahead_cuts_are_candidates_of_the_selection(rng_images):
+    """A kept cut the lookahead checked is a mask the fit found: the returned mask is no larger."""
+    torch.manual_seed(0)  # this classifier keeps its label on small cuts of these images
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    offered = []
+
+    class Recording(AreaContinuation):
+        def found_masks(self):
+            found = super().found_masks()
+            offered.extend(found)
+            return found
+
+    strategy = Recording(shrink=0.99, lookahead=8, lookahead_every=2, select="smallest_kept", min_area=0.02)
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  steps=6, restarts=1, fitting=strategy)
+    result = explainer.fit_images(rng_images, seed=2)
+    assert offered, "the lookahead found no kept cut to offer"
+    smallest = torch.stack([torch.where(kept, masks.flatten(1).mean(1), torch.inf) for masks, _, kept in offered]).amin(0)
+    assert result.label_kept.all()
+    assert (result.area <= smallest + 1e-6).all()
+    assert (result.area < 0.99**5 * strategy.start_area).all()  # below where the schedule alone could be
+    assert ((result.masks == 0) | (result.masks == 1)).all()
+
+
+def test_ranking_noise_and_explored_areas_are_drawn_per_step():
+    """The strategy's draws depend on the step only (batched fits equal one-image fits)."""
+    strategy = AreaContinuation(explore=0.5, noise=1.0, start_area=0.4)
+    images = torch.rand(3, 3, 32, 32)
+    strategy.start(images)
+    first, area = strategy._step_noise(images), strategy._step_area()
+    assert first.shape == (1, 1, 32, 32) and first.std() > 0.1
+    assert torch.equal(first, strategy._step_noise(images[:1]))
+    assert area.tolist() == pytest.approx([0.4] * 3)  # u_0 = 0: the first step is at the target
+    strategy._step = 1
+    assert not torch.equal(first, strategy._step_noise(images))
+    assert 0.2 <= strategy._step_area()[0].item() < 0.4  # a · r^u, u in (0, 1)
+
+
+def test_scan_draws_only_shrink_the_mask_and_keep_the_label(rng_images):
+    torch.manual_seed(0)  # this classifier keeps its label on small cuts of these images
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+
+    def fit(draws):
+        strategy = AreaContinuation(select="smallest_kept", scan=8, scan_draws=draws, scan_noise=1.0)
+        explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                      steps=4, restarts=1, fitting=strategy)
+        return explainer.fit_images(rng_images, seed=2)
+
+    plain, drawn = fit(0), fit(6)
+    assert (drawn.area <= plain.area + 1e-6).all()
+    assert (drawn.label_kept >= plain.label_kept).all()
+    assert ((drawn.masks == 0) | (drawn.masks == 1)).all() and drawn.masks.shape == plain.masks.shape

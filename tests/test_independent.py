@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.fitting import AreaContinuation
 from actmatch.explainers.independent import IndependentNets
 from actmatch.explainers.module import ActMatchExplainer
 from actmatch.explainers.unet import MaskUNet
@@ -38,11 +39,17 @@ def test_batch_size_mismatch_is_named():
         stacked(torch.rand(3, 3, 32, 32))
 
 
-def test_batched_fit_equals_one_image_at_a_time(tiny_classifier):
-    """The default recipe draws no random backgrounds, so the batched fit is the same computation
+@pytest.mark.parametrize(
+    "fitting",
+    [None, AreaContinuation(scan=24, lookahead=6, lookahead_every=3), AreaContinuation(explore=0.5, noise=0.5)],
+    ids=["default", "lookahead", "explore+noise"],
+)
+def test_batched_fit_equals_one_image_at_a_time(tiny_classifier, fitting):
+    """The default recipe draws no random backgrounds, and the strategies' own draws (explored
+    areas, ranking noise) depend on the step only, so the batched fit is the same computation
     (one restart: batching images is under test; restarts have their own test below)."""
     explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=8,
-                                  restarts=1)
+                                  restarts=1, fitting=fitting)
     generator = torch.Generator().manual_seed(3)
     images = torch.rand(3, 3, 64, 64, generator=generator)
     batched = explainer.fit_images(images, seed=5)

@@ -23,7 +23,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from actmatch.callbacks.gather import gather_objects
-from actmatch.commands.explain import clean_staging, explanation_at, finished_rows, write_result, write_summary
+from actmatch.commands.explain import (clean_staging, explanation_at, finished_rows, recipe_digest, write_result,
+                                      write_summary)
 from actmatch.datamodules.images import ImageReadError, read_rgb
 from actmatch.report import write_report
 
@@ -65,7 +66,8 @@ class ExplanationWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             clean_staging(self.out_dir)
             if not self.overwrite:
-                done = finished_rows(datamodule.items, self.out_dir, pl_module.classifier, self.circuit)
+                done = finished_rows(datamodule.items, self.out_dir, pl_module.classifier, self.circuit,
+                                     self._recipe(pl_module))
         self.done = trainer.strategy.broadcast(done, src=0)
         self.rows = {}
         out = self.out_dir.resolve()
@@ -88,9 +90,15 @@ class ExplanationWriter(BasePredictionWriter):
                 original = read_rgb(path)
                 self.rows[index] = write_result(pl_module, path, original, batch["image"][i].cpu(),
                                                 explanation_at(prediction, i, size), self.out_dir, seed,
-                                                self.circuit, folder)
+                                                self.circuit, folder, {"recipe": self._recipe(pl_module)})
             except (ImageReadError, OSError, ValueError, RuntimeError) as err:
                 self.rows[index] = self._error_row(path, str(err))
+
+    @staticmethod
+    def _recipe(pl_module) -> str:
+        """What produces the masks (resumed folders must match it): see ``recipe_digest``."""
+        seed = inspect.signature(pl_module.fit_images).parameters["seed"].default
+        return recipe_digest(pl_module, None, seed, getattr(pl_module, "mode", None) == "amortized")
 
     @staticmethod
     def _error_row(path: Path, message: str) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -50,7 +51,7 @@ from actmatch.explainers.module import ActMatchExplainer, Explanation
 from actmatch.report import write_report
 
 __all__ = ["main", "build_explainer", "explainer_init_args", "explain_files", "load_unet_state", "preset_path",
-           "write_result", "write_summary", "finished_row", "finished_rows", "clean_staging", "explanation_at",
+           "write_result", "write_summary", "finished_row", "finished_rows", "recipe_digest", "clean_staging", "explanation_at",
            "as_items", "PRESETS", "SUMMARY_FIELDS", "RESULT_FILES", "CIRCUIT_FILES"]
 
 SUMMARY_FIELDS = [
@@ -68,6 +69,7 @@ SUMMARY_FIELDS = [
     "steps",
     "seconds",
     "seed",
+    "recipe",
     "status",
     "error",
 ]
@@ -373,15 +375,27 @@ def finished_row(folder: Path, drop: tuple[str, ...] = (), circuit: bool = False
     return {key: value for key, value in summary.items() if key not in drop}
 
 
+def recipe_digest(explainer, steps: int | None, seed: int, amortized: bool = False, warm_start: bool = False) -> str:
+    """8 hex digits naming what produced a mask: the classifier, the U-Net, the loss terms, the
+    fitting strategy and its settings, the steps, restarts, fill and seed. A resumed run keeps
+    only the folders written with the same recipe."""
+    parts = [explainer.classifier.name, repr(getattr(explainer.classifier, "settings", {})), repr(explainer.unet.__class__),
+             repr({k: v for k, v in vars(explainer.unet).items() if not k.startswith("_") and k != "training"}),
+             repr([(type(t).__name__, repr(t)) for t in explainer.losses]), repr(explainer.fitting),
+             str(steps or explainer.steps), str(explainer.restarts), explainer.fill, str(seed), str(amortized), str(warm_start)]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
+
+
 def finished_rows(items: list[ImageItem], out_dir: Path, classifier: FrozenClassifier,
-                  circuit: bool = False) -> dict[int, dict]:
+                  circuit: bool = False, recipe: str | None = None) -> dict[int, dict]:
     """Position in ``items`` -> summary row, for the images whose folder under ``out_dir`` is
-    complete (rows as written, less the classifier's settings that summary.json adds)."""
+    complete (rows as written, less the classifier's settings that summary.json adds) and, with
+    ``recipe``, was written with that recipe (:func:`recipe_digest`)."""
     drop = tuple(getattr(classifier, "settings", {}))
     rows = {}
     for index, item in enumerate(items):
         row = finished_row(out_dir / item.folder, drop, circuit)
-        if row is not None:
+        if row is not None and (recipe is None or row.get("recipe") == recipe):
             rows[index] = {**row, "folder": item.folder}
     return rows
 
@@ -532,9 +546,19 @@ def explain_files(
     classifier = explainer.classifier
     items = as_items(paths)
     clean_staging(out_dir)
-    rows = finished_rows(items, out_dir, classifier, circuit) if resume else {}
-    if rows and show_progress:
-        print(f"{len(rows)} image(s) already explained in {out_dir}, skipped (--overwrite redoes them)", file=sys.stderr)
+    recipe = recipe_digest(explainer, steps, seed, amortized, init_state is not None)
+    rows = finished_rows(items, out_dir, classifier, circuit, recipe) if resume else {}
+    if resume and show_progress:
+        others = len(finished_rows(items, out_dir, classifier, circuit)) - len(rows)
+        if rows:
+            print(f"{len(rows)} image(s) already explained in {out_dir}, skipped (--overwrite redoes them)", file=sys.stderr)
+        if others:
+            print(f"{others} image(s) in {out_dir} were explained with another recipe (settings, steps or seed): "
+                  f"explained again", file=sys.stderr)
+    measure_one = measure
+
+    def measure(images, result) -> dict:
+        return {**(measure_one(images, result) if measure_one else {}), "recipe": recipe}
     todo = [(index, item) for index, item in enumerate(items) if index not in rows]
     bar = tqdm(total=len(todo), desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
 

@@ -75,6 +75,16 @@ class _Candidates:
                 self.items[i] = sorted(self.items[i], key=lambda item: item[0])[: self.k]
 
 
+def logistic_blobs(size: tuple[int, int], seed: int, scale: float) -> torch.Tensor:
+    """(1, 1, H, W) logistic noise of the given scale, drawn at a quarter of the resolution and
+    upsampled bilinearly (blobs, not speckle); the same for the same seed."""
+    h, w = size
+    generator = torch.Generator().manual_seed(1_000_003 * (seed + 1))
+    u = torch.rand((1, 1, max(1, h // 4), max(1, w // 4)), generator=generator).clamp(1e-6, 1 - 1e-6)
+    noise = scale * (u.log() - (-u).log1p())
+    return torch.nn.functional.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def _areas_below(top: float, low: float, count: int, device) -> torch.Tensor:
     """``count`` areas from ``low`` up to (not including) ``top``, geometrically spaced, increasing."""
     return torch.logspace(math.log10(low), math.log10(top), count + 1, device=device)[:-1]
@@ -104,6 +114,11 @@ class FitStrategy:
             is kept (label and ``min_confidence``, with the fill). 0: no scan. Not with
             ``smallest_robust``: a cut is only checked with the fill.
         scan_min_area: the smallest area the scan tries.
+        scan_draws: after the scan, cut this many noisy copies of the selected ranking below the
+            current mask's area (the ranking's logits plus logistic noise, ``scan_noise`` times
+            their spread, drawn at a quarter of the resolution and seeded by the draw) and keep
+            the smallest kept cut: cheap extra candidates (forward passes only) near the ranking.
+        scan_noise: the noise scale of those draws.
     """
 
     def __init__(
@@ -116,6 +131,9 @@ class FitStrategy:
         candidates: int = 6,
         scan: int = 0,
         scan_min_area: float = 0.005,
+        *,
+        scan_draws: int = 0,
+        scan_noise: float = 0.5,
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -135,7 +153,11 @@ class FitStrategy:
         if scan and select == "smallest_robust":
             raise ValueError(f"{type(self).__name__}: scan checks cuts with the fill only; use select='smallest_kept' "
                              f"(or 'last') with scan, or scan=0 with 'smallest_robust'")
+        if scan_draws < 0 or scan_noise < 0 or (scan_draws and not scan):
+            raise ValueError(f"{type(self).__name__}: need scan_draws >= 0, scan_noise >= 0, and scan > 0 for draws, got "
+                             f"scan_draws={scan_draws}, scan_noise={scan_noise}, scan={scan}")
         self.scan, self.scan_min_area = scan, scan_min_area
+        self.scan_draws, self.scan_noise = scan_draws, scan_noise
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
         self.verify, self.verify_keep, self.candidates = verify, verify_keep, candidates
 
@@ -155,6 +177,11 @@ class FitStrategy:
         """Update state after a step (``satisfied``: (B,) the step's mask was kept and robust);
         return extra values for the history."""
         return {}
+
+    def found_masks(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Masks the strategy checked itself since the last call (e.g. a lookahead's cuts), as
+        (mask (B, 1, H, W), soft (B, 1, H, W), kept (B,)) for the smallest-kept selection."""
+        return []
 
     def kept(self, out, target: torch.Tensor) -> torch.Tensor:
         """(B,) bool: e has the label y and p_f(e)(y) ≥ min_confidence · p_f(x)(y)."""
@@ -195,6 +222,16 @@ class FitStrategy:
             cut = self.smallest_kept_cut(explainer, images[one], fill[one], soft_masks[one], logits_x[one], target[one], grid)
             if cut is not None:
                 masks[i] = cut
+            ranking = torch.logit(soft_masks[one].clamp(1e-6, 1 - 1e-6))
+            for draw in range(self.scan_draws):
+                area = masks[i].mean().item()
+                if area <= self.scan_min_area:
+                    break
+                noisy = ranking + logistic_blobs(ranking.shape[-2:], draw, self.scan_noise).to(ranking) * ranking.std()
+                grid = _areas_below(area, self.scan_min_area, self.scan, images.device)
+                cut = self.smallest_kept_cut(explainer, images[one], fill[one], noisy, logits_x[one], target[one], grid)
+                if cut is not None:
+                    masks[i] = cut
 
     # ---------------------------------------------------------------- the loop
     def fit(self, explainer, images: torch.Tensor, unet: nn.Module, reference, steps: int, progress=None) -> FitResult:
@@ -223,6 +260,8 @@ class FitStrategy:
                     loss.sum().backward()  # Σ_i L_i: each image's U-Net gets exactly its own gradient
                     optimizer.step()
                 record.update(self.after_step(explainer, out, robust))
+                for found, found_soft, found_kept in self.found_masks():
+                    kept_best.offer(found, found_soft, found_kept)
                 history.append(record)
                 if progress is not None:
                     progress(i + 1, steps)
@@ -348,12 +387,14 @@ class TopArea(nn.Module):
     treated as a constant, so the straight-through gradient teaches the network the *ranking*.
     """
 
-    def __init__(self, net: nn.Module, area: torch.Tensor) -> None:
+    def __init__(self, net: nn.Module, area: torch.Tensor, noise: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.net, self.area = net, area
+        self.net, self.area, self.noise = net, area, noise
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.net(images)  # (B, 1, H, W)
+        if self.noise is not None:  # (1, 1, H, W), in units of each image's logit spread
+            logits = logits + self.noise.to(logits) * logits.detach().flatten(1).std(1).view(-1, 1, 1, 1)
         flat = logits.detach().flatten(1)
         n = flat.shape[1]
         ranked = flat.sort(1, descending=True).values  # (B, N)
@@ -386,8 +427,13 @@ class AreaContinuation(FitStrategy):
             between a_min and a_i (one batched forward pass per image, no gradient) and jump a_i
             to the smallest cut that is kept (a line search along the U-Net's own ranking; 0: off).
         lookahead_every: steps between two lookaheads.
-        select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area: as in
-            :class:`FitStrategy`.
+        explore: 0, or r in (0, 1): each step is taken at an area below the target, a_i · r^u with u
+            from a low-discrepancy sequence over the steps (u_s = frac(s · φ), the same for every
+            image, so batched fits equal one-image fits); a kept step moves the target to
+            min(a_i · shrink, that area). Trains the ranking on cuts below the frontier instead
+            of only at it.
+        select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
+            scan_noise: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -406,8 +452,19 @@ class AreaContinuation(FitStrategy):
         scan_min_area: float = 0.005,
         lookahead: int = 0,
         lookahead_every: int = 10,
+        explore: float = 0.0,
+        noise: float = 0.0,
+        scan_draws: int = 0,
+        scan_noise: float = 0.5,
     ) -> None:
-        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area)
+        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
+                         scan_draws=scan_draws, scan_noise=scan_noise)
+        if not 0 <= explore < 1:
+            raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
+        self.explore = explore
+        if noise < 0:
+            raise ValueError(f"AreaContinuation: noise must be >= 0, got {noise}")
+        self.noise = noise
         if lookahead < 0 or lookahead_every < 1:
             raise ValueError(f"AreaContinuation: need lookahead >= 0 and lookahead_every >= 1, got {lookahead}, "
                              f"{lookahead_every}")
@@ -420,22 +477,44 @@ class AreaContinuation(FitStrategy):
 
     def start(self, images: torch.Tensor) -> None:
         self._area = torch.full((images.shape[0],), self.start_area, device=images.device)
-        self._step = 0
+        self._step, self._images, self._found = 0, images, []
+
+    def _step_area(self) -> torch.Tensor:
+        if not self.explore:
+            return self._area
+        u = (self._step * 0.6180339887498949) % 1.0  # golden-ratio sequence, u_0 = 0
+        return (self._area * self.explore**u).clamp_min(self.min_area)
+
+    def _step_noise(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Logistic noise of scale ``noise`` (one draw per step, seeded by the step, shared by the batch)."""
+        if not self.noise:
+            return None
+        return logistic_blobs(images.shape[-2:], self._step, self.noise)
 
     def mask_model(self, unet: nn.Module) -> nn.Module:
-        return TopArea(unet, self._area)
+        return TopArea(unet, self._step_area(), self._step_noise(self._images))
 
     @torch.no_grad()
     def after_step(self, explainer, out, satisfied: torch.Tensor) -> dict[str, float]:
-        factor = torch.where(satisfied, self.shrink, self.grow)
-        self._area = (self._area * factor).clamp(self.min_area, 1.0)
+        if self.explore:
+            shrunk = torch.minimum(self._area * self.shrink, self._step_area())
+            self._area = torch.where(satisfied, shrunk, self._area * self.grow).clamp(self.min_area, 1.0)
+        else:
+            factor = torch.where(satisfied, self.shrink, self.grow)
+            self._area = (self._area * factor).clamp(self.min_area, 1.0)
         self._step += 1
         if self.lookahead and self._step % self.lookahead_every == 0:
             self._look_ahead(explainer, out.evidence)
         return {"target_area": self._area.mean().item()}
 
+    def found_masks(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        found, self._found = self._found, []
+        return found
+
     def _look_ahead(self, explainer, ev) -> None:
-        """Jump each a_i to the smallest kept cut of the step's ranking below it."""
+        """Jump each a_i to the smallest kept cut of the step's ranking below it (and offer the cut
+        for the selection: it is a kept mask the fit has checked)."""
+        masks, kept = ev.mask.detach().clone(), torch.zeros(ev.images.shape[0], dtype=torch.bool, device=ev.images.device)
         for i in range(ev.images.shape[0]):
             top = self._area[i].item()
             if top <= self.min_area * 1.01:
@@ -446,9 +525,13 @@ class AreaContinuation(FitStrategy):
                                          ev.logits[one], ev.target[one], grid)
             if cut is not None:
                 self._area[i] = cut.mean()
+                masks[i], kept[i] = cut, True
+        if kept.any():
+            self._found.append((masks, ev.soft_mask.detach(), kept))
 
 
 def default_fitting() -> FitStrategy:
     """The default per-image fit (the ``minimal`` preset, docs/explainer-study.md): area
-    continuation, then the smallest kept cut of the selected step's ranking at 24 areas."""
-    return AreaContinuation(scan=24)
+    continuation with a lookahead along the U-Net's ranking every 5 steps (12 cuts), then the
+    smallest kept cut of the selected step's ranking at 24 areas."""
+    return AreaContinuation(scan=24, lookahead=12, lookahead_every=5)

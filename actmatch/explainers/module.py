@@ -125,7 +125,7 @@ class ActMatchExplainer(L.LightningModule):
         fill: str = "mean",
         lr: float = 0.002,
         steps: int = 80,
-        restarts: int = 2,
+        restarts: int = 1,
         mode: str = "per_image",
         fitting: FitStrategy | None = None,
         classifier: FrozenClassifier | None = None,
