@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -108,6 +109,12 @@ def test_resume_runs_only_the_images_an_interrupted_run_did_not_finish(setup, tm
     benchmark.write_csv(results, kept, benchmark.RESULT_FIELDS)
     assert benchmark.main("benchmark", [*argv, "--resume"]) == 0
     assert "resume: 0 of 2 image(s)" in capsys.readouterr().err
+    # rows of other settings are not taken over: the resume is refused and nothing is touched
+    before = results.read_text()
+    assert benchmark.main("benchmark", [*argv, "--resume", "--backgrounds", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (backgrounds differ" in err and "settings.json" in err
+    assert results.read_text() == before
 
 
 def test_from_results_names_a_missing_or_foreign_file(tmp_path, capsys):
@@ -218,3 +225,21 @@ def test_a_map_that_cannot_be_scored_fails_alone():
     assert isinstance(scores["bad"], ValueError) and "maps must be" in str(scores["bad"])
     assert set(scores["good"]) == set(scores["also_good"]) == set(benchmark.M.SCORE_KEYS)
     assert counter.images > 0
+
+
+def test_run_settings_name_a_changed_am_recipe(tmp_path):
+    """A changed fitting config of `am` (here: its lookahead) counts as other settings for --resume."""
+    classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    config = tmp_path / "am.yaml"
+    config.write_text("model:\n  init_args:\n    fitting:\n      class_path: actmatch.explainers.fitting.AreaContinuation\n"
+                      "      init_args: {scan: 8, lookahead: 4}\n")
+
+    def settings(*extra):
+        args = benchmark.parse_args("benchmark", ["--images", str(tmp_path), "--out", str(tmp_path), *extra])
+        return benchmark.run_settings(args, {"am": benchmark.ActMatchMethod(classifier, config=args.config)}, classifier)
+
+    saved = tmp_path / "settings.json"
+    saved.write_text(json.dumps(settings()))
+    assert benchmark.settings_changes(saved, settings()) == []
+    assert benchmark.settings_changes(saved, settings("--config", str(config))) == ["methods.am.recipe"]
+    assert benchmark.settings_changes(tmp_path / "missing.json", settings()) == []  # an older run: nothing to compare

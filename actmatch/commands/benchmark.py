@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import statistics
@@ -273,6 +274,41 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict]:
         "ig": {"steps": args.ig_steps},
         "rise": {"masks": args.rise_masks, "seed": args.seed, "batch": args.chunk},  # RISE masks per forward: the same chunk
     }
+
+
+def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClassifier) -> dict:
+    """What decides a run's rows, written to OUT/settings.json: a resumed run must match it.
+    ``am``'s config file is replaced by its recipe (:func:`~actmatch.commands.explain.recipe_digest`),
+    so an edited config or a changed default counts as a change."""
+    from actmatch.commands.explain import recipe_digest
+
+    per_method = {}
+    for name, method in methods.items():
+        settings = dict(method_settings(args).get(name, {}))
+        settings.pop("config", None)
+        settings.pop("batch", None)  # RISE's chunk: how masks are batched, not which
+        if isinstance(method, ActMatchMethod):
+            settings["recipe"] = recipe_digest(method.explainer, method.steps, method.seed, method.mode == "amortized")
+        per_method[name] = settings
+    return {"backbone": classifier.name, "weights": args.weights, "seed": args.seed, "area": args.area,
+            "curve_steps": args.curve_steps, "backgrounds": args.backgrounds, "methods": per_method}
+
+
+def settings_changes(path: Path, current: dict) -> list[str]:
+    """The keys of ``current`` that differ from the run settings saved at ``path`` (none if it is
+    missing: an older run); ``methods.NAME.KEY`` for a method's setting."""
+    if not path.is_file():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is unreadable ({err}); pass a new --out") from err
+    changed = [key for key in current if key != "methods" and saved.get(key) != current[key]]
+    saved_methods = saved.get("methods", {})
+    for name, settings in current["methods"].items():
+        if name in saved_methods:
+            changed += [f"methods.{name}.{k}" for k in settings if saved_methods[name].get(k) != settings[k]]
+    return changed
 
 
 @dataclass
@@ -710,13 +746,20 @@ def main(command: str, argv: list[str]) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"benchmark: {len(images)} image(s) x {len(methods)} method(s) on {classifier.name}")
     done = {}
+    settings_now = run_settings(args, methods, classifier)
     if args.resume and (out / "results.csv").exists():
         try:
+            changed = settings_changes(out / "settings.json", settings_now)
+            if changed:
+                raise ValueError(f"{out} was run with other settings ({', '.join(changed)} differ; see "
+                                 f"{out / 'settings.json'}): its rows would not be this run's. Pass a new --out, or "
+                                 f"drop --resume to run every image again")
             done = completed_images(out / "results.csv", list(methods))
         except ValueError as err:
             print(f"actmatch {command}: error: --resume: {err}", file=sys.stderr)
             return 2
         log(f"resume: {sum(path in done for path, _ in images)} of {len(images)} image(s) are in {out / 'results.csv'}")
+    (out / "settings.json").write_text(json.dumps(settings_now, indent=2) + "\n")
     timing = MetricTime()
     rows, maps = run_benchmark(classifier, images, methods, args, log, partial=out / "results.csv", timing=timing,
                                done=done)  # fmt: skip

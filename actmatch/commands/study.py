@@ -132,12 +132,13 @@ def plot_study(csv_path: Path, png_path: Path) -> None:
 
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     for i, r in enumerate(rows):
         x, y = float(r["area_median"]), float(r["robust_median"])
-        ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7)
-        ax.annotate(f"{r['config']} (n={r['images']})", (x, y), fontsize=7, textcoords="offset points",
-                    xytext=(4, 4 if i % 2 else -11))  # alternate above/below so close points stay legible
+        ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7,
+                   marker="s" if int(r["images"]) >= 100 else "o", label=f"{r['config']} (n={r['images']})")
+    ax.legend(fontsize=7, loc="upper left", markerscale=0.5, labelspacing=0.4, title="squares: 100 or more images",
+              title_fontsize=7)
     ax.axvline(0.05, color="grey", ls=":", lw=1)
     ax.axhline(0.8, color="grey", ls=":", lw=1)
     ax.set_xlabel("median mask area (lower is better)")
