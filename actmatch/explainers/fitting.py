@@ -26,6 +26,7 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import BackgroundSampler, make_fill
 from actmatch.explainers.metrics import top_fraction_mask
+from actmatch.explainers.pruning import prune_cells
 
 __all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS", "default_fitting"]
 
@@ -119,6 +120,11 @@ class FitStrategy:
             their spread, drawn at a quarter of the resolution and seeded by the draw) and keep
             the smallest kept cut: cheap extra candidates (forward passes only) near the ranking.
         scan_noise: the noise scale of those draws.
+        prune: after the scan, cell sizes in pixels, coarse to fine (e.g. ``[16, 8]``): for each,
+            drop every grid cell of the mask whose removal keeps the label, visiting the cells
+            from the least to the most probable under the U-Net
+            (:func:`~actmatch.explainers.pruning.prune_cells`; forward passes only). Empty: off.
+        prune_batch: the most removals tested in one forward pass while pruning.
     """
 
     def __init__(
@@ -134,6 +140,8 @@ class FitStrategy:
         *,
         scan_draws: int = 0,
         scan_noise: float = 0.5,
+        prune: list[int] | tuple[int, ...] = (),
+        prune_batch: int = 8,
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -156,6 +164,14 @@ class FitStrategy:
         if scan_draws < 0 or scan_noise < 0 or (scan_draws and not scan):
             raise ValueError(f"{type(self).__name__}: need scan_draws >= 0, scan_noise >= 0, and scan > 0 for draws, got "
                              f"scan_draws={scan_draws}, scan_noise={scan_noise}, scan={scan}")
+        prune = [int(size) for size in prune]
+        if any(size < 1 for size in prune) or prune_batch < 1:
+            raise ValueError(f"{type(self).__name__}: prune takes cell sizes >= 1 (pixels, e.g. [16, 8]) and "
+                             f"prune_batch >= 1, got prune={prune}, prune_batch={prune_batch}")
+        if prune and select == "smallest_robust":
+            raise ValueError(f"{type(self).__name__}: prune checks removals with the fill only; use "
+                             f"select='smallest_kept' (or 'last') with prune")
+        self.prune, self.prune_batch = prune, prune_batch
         self.scan, self.scan_min_area = scan, scan_min_area
         self.scan_draws, self.scan_noise = scan_draws, scan_noise
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
@@ -274,7 +290,26 @@ class FitStrategy:
             self._verified(explainer, images, target, candidates, masks, soft_masks)
         if self.scan:
             self._scanned(explainer, images, target, reference[0], masks, soft_masks)
+        if self.prune:
+            self._pruned(explainer, images, target, reference[0], masks, soft_masks)
         return FitResult(masks, soft_masks, history)
+
+    @torch.no_grad()
+    def _pruned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
+        """Drop, per kept mask, the cells the label does not need, coarse to fine (in place)."""
+        fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
+        for i in range(images.shape[0]):
+            one = slice(i, i + 1)
+
+            def kept(explanations: torch.Tensor) -> torch.Tensor:
+                n = explanations.shape[0]
+                return self._kept(explainer.classifier(explanations), logits_x[one].expand(n, -1), target[one].expand(n))
+
+            if not kept(masks[one] * images[one] + (1 - masks[one]) * fill[one])[0]:
+                continue  # only a kept mask is pruned
+            for cell in self.prune:
+                masks[one] = prune_cells(kept, images[one], fill[one], masks[one], soft_masks[one], cell,
+                                         self.prune_batch)[0]
 
     @torch.no_grad()
     def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
@@ -433,7 +468,7 @@ class AreaContinuation(FitStrategy):
             min(a_i · shrink, that area). Trains the ranking on cuts below the frontier instead
             of only at it.
         select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
-            scan_noise: as in :class:`FitStrategy`.
+            scan_noise, prune, prune_batch: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -456,9 +491,11 @@ class AreaContinuation(FitStrategy):
         noise: float = 0.0,
         scan_draws: int = 0,
         scan_noise: float = 0.5,
+        prune: list[int] | tuple[int, ...] = (),
+        prune_batch: int = 8,
     ) -> None:
         super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
-                         scan_draws=scan_draws, scan_noise=scan_noise)
+                         scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch)
         if not 0 <= explore < 1:
             raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
         self.explore = explore

@@ -1,0 +1,122 @@
+"""Backward elimination of kept masks (prune_cells) and the fit's ``prune`` option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.fitting import AreaContinuation
+from actmatch.explainers.module import ActMatchExplainer
+from actmatch.explainers.pruning import prune_cells
+from actmatch.explainers.unet import MaskUNet
+
+H, W = 20, 28  # not multiples of the cell sizes: the padded border cells must work too
+
+
+def _setup(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    image, fill = torch.ones(1, 3, H, W), torch.zeros(1, 3, H, W)  # explanation == mask
+    mask = torch.zeros(1, 1, H, W)
+    mask[..., 2:18, 3:25] = 1
+    soft = torch.rand(1, 1, H, W, generator=generator)
+    return image, fill, mask, soft, generator
+
+
+def _reference(kept, image, fill, mask, soft, cell):
+    """One removal at a time, in the documented order: the definition prune_cells must match."""
+    current = mask.clone()
+    cells = []
+    for top in range(0, H, cell):
+        for left in range(0, W, cell):
+            block = (slice(None), slice(None), slice(top, top + cell), slice(left, left + cell))
+            inside = current[block] > 0
+            if inside.any():
+                cells.append((float(soft[block][inside].mean()), len(cells), block))
+    for _, _, block in sorted(cells, key=lambda item: (item[0], item[1])):
+        trial = current.clone()
+        trial[block] = 0
+        if trial.sum() > 0 and kept(trial * image + (1 - trial) * fill)[0]:
+            current = trial
+    return current
+
+
+@pytest.mark.parametrize("cell", [3, 4, 7])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_batched_pruning_equals_one_removal_at_a_time(cell, batch):
+    image, fill, mask, soft, generator = _setup(cell)
+    weights = torch.randn(H, W, generator=generator) + 0.3  # positive and negative evidence: order matters
+    threshold = 0.5 * float((mask[0, 0] * weights).sum())
+
+    def kept(explanations):
+        return (explanations[:, 0] * weights).sum((-2, -1)) > threshold
+
+    assert kept(mask * image + (1 - mask) * fill)[0]
+    pruned, classified = prune_cells(kept, image, fill, mask, soft, cell, batch)
+    expected = _reference(kept, image, fill, mask, soft, cell)
+    assert torch.equal(pruned, expected)
+    assert kept(pruned * image + (1 - pruned) * fill)[0]
+    assert (pruned <= mask).all() and pruned.shape == mask.shape
+    assert ((pruned == 0) | (pruned == 1)).all()
+    assert classified >= 1
+
+
+def test_pruning_keeps_exactly_the_needed_evidence():
+    """The label needs two small regions: pruning on 2-px cells keeps those cells and nothing else."""
+    image, fill, mask, soft, _ = _setup()
+
+    def kept(explanations):
+        return (explanations[:, 0, 4:6, 6:8] > 0).all((-2, -1)) & (explanations[:, 0, 12:14, 20:22] > 0).all((-2, -1))
+
+    pruned, _ = prune_cells(kept, image, fill, mask, soft, cell=2)
+    needed = torch.zeros_like(mask)
+    needed[..., 4:6, 6:8] = needed[..., 12:14, 20:22] = 1
+    assert torch.equal(pruned, needed)
+
+
+def test_pruning_never_empties_the_mask():
+    image, fill, mask, soft, _ = _setup()
+    pruned, _ = prune_cells(lambda e: torch.ones(e.shape[0], dtype=torch.bool), image, fill, mask, soft, cell=4)
+    assert pruned.sum() > 0
+    assert (pruned <= mask).all()
+
+
+def test_pruning_tries_the_least_probable_cells_first():
+    """Either of two cells keeps the label alone: the one the U-Net ranks higher survives."""
+    image, fill, mask, _, _ = _setup()
+    soft = torch.full((1, 1, H, W), 0.1)
+    soft[..., 12:16, 16:20] = 0.9  # the U-Net is confident here
+
+    def kept(explanations):
+        return (explanations[:, 0, 4:8, 4:8] > 0).all((-2, -1)) | (explanations[:, 0, 12:16, 16:20] > 0).all((-2, -1))
+
+    pruned, _ = prune_cells(kept, image, fill, mask, soft, cell=4)
+    assert pruned[..., 12:16, 16:20].all() and pruned.sum() == 16
+
+
+def test_bad_pruning_settings_are_named():
+    with pytest.raises(ValueError, match="prune takes cell sizes >= 1"):
+        AreaContinuation(prune=[8, 0])
+    with pytest.raises(ValueError, match="prune checks removals with the fill only"):
+        AreaContinuation(prune=[8], select="smallest_robust")
+    image, fill, mask, soft, _ = _setup()
+    with pytest.raises(ValueError, match="cell >= 1"):
+        prune_cells(lambda e: torch.ones(e.shape[0], dtype=torch.bool), image, fill, mask, soft, cell=0)
+
+
+def test_pruned_fit_masks_are_kept_subsets_of_the_unpruned_masks(rng_images):
+    torch.manual_seed(0)  # this classifier keeps its label on small cuts of these images
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+
+    def fit(prune):
+        strategy = AreaContinuation(select="smallest_kept", scan=8, prune=prune)
+        explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                      steps=4, restarts=1, fitting=strategy)
+        return explainer.fit_images(rng_images, seed=2)
+
+    plain, pruned = fit([]), fit([8, 4])
+    assert plain.label_kept.all()
+    assert pruned.label_kept.all()
+    assert (pruned.masks <= plain.masks).all()
+    assert (pruned.area < plain.area).any()  # a random classifier does not need every cell
+    assert ((pruned.masks == 0) | (pruned.masks == 1)).all() and pruned.masks.shape == plain.masks.shape
