@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from actmatch.datamodules.images import load_image
 from actmatch.explainers import losses as terms
 from actmatch.explainers.classifier import load_classifier, state_fingerprint
-from actmatch.explainers.fitting import PenaltyFit
+from actmatch.explainers.fitting import AreaContinuation, PenaltyFit
 from actmatch.explainers.module import ActMatchExplainer, StepOutput
 from actmatch.explainers.taps import hook_count
 from actmatch.explainers.unet import MaskUNet
@@ -39,11 +39,16 @@ def test_per_image_masks_are_binary_input_sized_and_weights_untouched(tiny_class
     assert state_fingerprint(tiny_classifier) == before
     assert not any(p.requires_grad for p in tiny_classifier.parameters())
     assert hook_count(tiny_classifier) == 0
-    # the U-Net's probabilities at the kept step: the mask is a top set of their ranking (the default
-    # scan cuts that ranking at the smallest area that keeps the label)
+    # the U-Net's probabilities at the kept step: without pruning, the mask is a top set of their
+    # ranking (the scan cuts that ranking at the smallest area that keeps the label); the default
+    # prunes that cut, so its mask lies inside it
     assert result.soft_masks.shape == result.masks.shape
     assert ((result.soft_masks >= 0) & (result.soft_masks <= 1)).all()
-    for soft, mask in zip(result.soft_masks, result.masks):
+    unpruned = tiny_explainer(tiny_classifier, fitting=AreaContinuation(scan=24, lookahead=12, lookahead_every=5))
+    cut = unpruned.fit_images(rng_images)
+    assert torch.equal(cut.soft_masks, result.soft_masks)  # the same fit: pruning only removes cells
+    assert (result.masks <= cut.masks).all()
+    for soft, mask in zip(cut.soft_masks, cut.masks):
         kept, removed = soft[mask == 1], soft[mask == 0]
         if kept.numel() and removed.numel():
             assert kept.min() >= removed.max()

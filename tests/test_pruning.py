@@ -120,3 +120,26 @@ def test_pruned_fit_masks_are_kept_subsets_of_the_unpruned_masks(rng_images):
     assert (pruned.masks <= plain.masks).all()
     assert (pruned.area < plain.area).any()  # a random classifier does not need every cell
     assert ((pruned.masks == 0) | (pruned.masks == 1)).all() and pruned.masks.shape == plain.masks.shape
+
+
+def test_a_fit_that_never_kept_the_label_is_scanned_up_to_a_kept_cut(rng_images, monkeypatch):
+    """The fit's mask loses the label: the scan cuts the ranking above it, up to the whole image."""
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    strategy = AreaContinuation(select="smallest_kept", scan=8)
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  steps=2, restarts=1, fitting=strategy)
+    # class 0 needs texture (pixel std > 0.2), the flat fill is class 1
+    monkeypatch.setattr(tiny_classifier, "forward",
+                        lambda x: torch.stack([x.flatten(1).std(1) - 0.2, torch.zeros(x.shape[0])], 1))
+    logits = tiny_classifier(rng_images)
+    target = logits.argmax(-1)
+    assert target.tolist() == [0, 0]
+    soft = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[..., :2, :2] = 1  # a tiny mask: the explanation is almost the fill
+    lost = ~explainer.evaluate(rng_images, masks).label_kept
+    assert lost.all()
+    strategy._scanned_up(explainer, rng_images, target, logits, masks, soft, lost)
+    result = explainer.evaluate(rng_images, masks)
+    assert result.label_kept.all()
+    assert ((masks == 0) | (masks == 1)).all() and (result.area < 1).all()  # a cut, not the whole image

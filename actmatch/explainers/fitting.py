@@ -112,8 +112,10 @@ class FitStrategy:
         scan: after the fit, cut the selected step's ranking (the U-Net's probabilities) at this
             many areas between ``scan_min_area`` and the selected mask's area (geometric grid,
             one batched forward pass per image, no gradient) and return the smallest cut that
-            is kept (label and ``min_confidence``, with the fill). 0: no scan. Not with
-            ``smallest_robust``: a cut is only checked with the fill.
+            is kept (label and ``min_confidence``, with the fill). Where the fit never kept the
+            label, the ranking is first cut at as many areas above the mask, up to the whole
+            image, and the smallest kept cut taken. 0: no scan. Not with ``smallest_robust``: a
+            cut is only checked with the fill.
         scan_min_area: the smallest area the scan tries.
         scan_draws: after the scan, cut this many noisy copies of the selected ranking below the
             current mask's area (the ranking's logits plus logistic noise, ``scan_noise`` times
@@ -226,6 +228,19 @@ class FitStrategy:
 
 
     @torch.no_grad()
+    def _scanned_up(self, explainer, images, target, logits_x, masks, soft_masks, lost: torch.Tensor) -> None:
+        """For each image whose fit never kept the label (``lost``), replace the mask by the smallest
+        kept cut of its ranking above its area, up to the whole image (which is always kept), in place."""
+        fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
+        for i in lost.nonzero().flatten().tolist():
+            area = masks[i].mean().item()
+            grid = torch.logspace(math.log10(max(area, self.scan_min_area)), 0.0, self.scan + 1, device=images.device)[1:]
+            one = slice(i, i + 1)
+            cut = self.smallest_kept_cut(explainer, images[one], fill[one], soft_masks[one], logits_x[one], target[one], grid)
+            if cut is not None:
+                masks[i] = cut
+
+    @torch.no_grad()
     def _scanned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
         """Replace each mask by the smallest kept cut of its own ranking below its area (in place)."""
         fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
@@ -289,6 +304,7 @@ class FitStrategy:
         if self.verify:
             self._verified(explainer, images, target, candidates, masks, soft_masks)
         if self.scan:
+            self._scanned_up(explainer, images, target, reference[0], masks, soft_masks, ~kept_best.found)
             self._scanned(explainer, images, target, reference[0], masks, soft_masks)
         if self.prune:
             self._pruned(explainer, images, target, reference[0], masks, soft_masks)
@@ -569,6 +585,7 @@ class AreaContinuation(FitStrategy):
 
 def default_fitting() -> FitStrategy:
     """The default per-image fit (the ``minimal`` preset, docs/explainer-study.md): area
-    continuation with a lookahead along the U-Net's ranking every 5 steps (12 cuts), then the
-    smallest kept cut of the selected step's ranking at 24 areas."""
-    return AreaContinuation(scan=24, lookahead=12, lookahead_every=5)
+    continuation with a lookahead along the U-Net's ranking every 5 steps (12 cuts), the
+    smallest kept cut of the selected step's ranking at 24 areas, then backward elimination of
+    the cells the label does not need on grids of 32, 16 and 8 pixels."""
+    return AreaContinuation(scan=24, lookahead=12, lookahead_every=5, prune=[32, 16, 8])

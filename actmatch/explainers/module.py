@@ -124,7 +124,7 @@ class ActMatchExplainer(L.LightningModule):
         losses: list[LossTerm] | None = None,
         fill: str = "mean",
         lr: float = 0.002,
-        steps: int = 80,
+        steps: int = 60,
         restarts: int = 1,
         mode: str = "per_image",
         fitting: FitStrategy | None = None,
