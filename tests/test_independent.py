@@ -41,8 +41,9 @@ def test_batch_size_mismatch_is_named():
 
 @pytest.mark.parametrize(
     "fitting",
-    [None, AreaContinuation(scan=24, lookahead=6, lookahead_every=3), AreaContinuation(explore=0.5, noise=0.5)],
-    ids=["default", "lookahead", "explore+noise"],
+    [None, AreaContinuation(scan=24, lookahead=6, lookahead_every=3), AreaContinuation(explore=0.5, noise=0.5),
+     AreaContinuation(scan=8, prune=[16, 8, 4])],
+    ids=["default", "lookahead", "explore+noise", "scan+prune"],
 )
 def test_batched_fit_equals_one_image_at_a_time(tiny_classifier, fitting):
     """The default recipe draws no random backgrounds, and the strategies' own draws (explored
