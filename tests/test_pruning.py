@@ -94,6 +94,23 @@ def test_pruning_tries_the_least_probable_cells_first():
     assert pruned[..., 12:16, 16:20].all() and pruned.sum() == 16
 
 
+def test_border_first_removes_a_frame_the_centre_can_replace():
+    """The label survives on the top border row of cells or on a centre block; the U-Net ranks the
+    border higher. Pruned by probability, the border stays; border first, the centre does."""
+    image, fill, mask, _, _ = _setup()
+    mask = torch.ones(1, 1, H, W)
+    soft = torch.full((1, 1, H, W), 0.2)
+    soft[..., :4, :] = 0.9
+
+    def kept(explanations):
+        return (explanations[:, 0, :4, :].mean((-2, -1)) > 0.99) | (explanations[:, 0, 8:12, 12:16] > 0).all((-2, -1))
+
+    by_soft, _ = prune_cells(kept, image, fill, mask, soft, cell=4)
+    border_first, _ = prune_cells(kept, image, fill, mask, soft, cell=4, border_first=True)
+    assert by_soft[..., :4, :].all() and by_soft.sum() == 4 * W
+    assert border_first[..., 8:12, 12:16].all() and border_first.sum() == 16
+
+
 def test_bad_pruning_settings_are_named():
     with pytest.raises(ValueError, match="prune takes cell sizes >= 1"):
         AreaContinuation(prune=[8, 0])

@@ -127,6 +127,7 @@ class FitStrategy:
             from the least to the most probable under the U-Net
             (:func:`~actmatch.explainers.pruning.prune_cells`; forward passes only). Empty: off.
         prune_batch: the most removals tested in one forward pass while pruning.
+        prune_border_first: prune the cells on the image's border before the others.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class FitStrategy:
         scan_noise: float = 0.5,
         prune: list[int] | tuple[int, ...] = (),
         prune_batch: int = 8,
+        prune_border_first: bool = False,
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -173,7 +175,7 @@ class FitStrategy:
         if prune and select == "smallest_robust":
             raise ValueError(f"{type(self).__name__}: prune checks removals with the fill only; use "
                              f"select='smallest_kept' (or 'last') with prune")
-        self.prune, self.prune_batch = prune, prune_batch
+        self.prune, self.prune_batch, self.prune_border_first = prune, prune_batch, prune_border_first
         self.scan, self.scan_min_area = scan, scan_min_area
         self.scan_draws, self.scan_noise = scan_draws, scan_noise
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
@@ -325,7 +327,7 @@ class FitStrategy:
                 continue  # only a kept mask is pruned
             for cell in self.prune:
                 masks[one] = prune_cells(kept, images[one], fill[one], masks[one], soft_masks[one], cell,
-                                         self.prune_batch)[0]
+                                         self.prune_batch, self.prune_border_first)[0]
 
     @torch.no_grad()
     def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
@@ -484,7 +486,7 @@ class AreaContinuation(FitStrategy):
             min(a_i · shrink, that area). Trains the ranking on cuts below the frontier instead
             of only at it.
         select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
-            scan_noise, prune, prune_batch: as in :class:`FitStrategy`.
+            scan_noise, prune, prune_batch, prune_border_first: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -509,9 +511,11 @@ class AreaContinuation(FitStrategy):
         scan_noise: float = 0.5,
         prune: list[int] | tuple[int, ...] = (),
         prune_batch: int = 8,
+        prune_border_first: bool = False,
     ) -> None:
         super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
-                         scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch)
+                         scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch,
+                         prune_border_first=prune_border_first)
         if not 0 <= explore < 1:
             raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
         self.explore = explore

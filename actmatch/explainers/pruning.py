@@ -41,7 +41,7 @@ def _as_mask(cells: torch.Tensor, shape: tuple[int, int, int, int], cell: int) -
 
 @torch.no_grad()
 def prune_cells(kept, image: torch.Tensor, fill: torch.Tensor, mask: torch.Tensor, soft: torch.Tensor,
-                cell: int, batch: int = 8) -> tuple[torch.Tensor, int]:
+                cell: int, batch: int = 8, border_first: bool = False) -> tuple[torch.Tensor, int]:
     """The mask with every cell dropped whose removal keeps the label (one greedy pass).
 
     Args:
@@ -52,6 +52,8 @@ def prune_cells(kept, image: torch.Tensor, fill: torch.Tensor, mask: torch.Tenso
         cell: side of a grid cell in pixels.
         batch: the most removals tested in one forward pass (the count adapts: doubled after a
             pass where every removal kept the label, halved after one that lost it).
+        border_first: visit the cells on the image's border before the others (each group by
+            increasing probability): a frame is removed while the object can still carry the label.
 
     Returns the pruned mask (1, 1, H, W) and the number of explanations classified.
     """
@@ -62,7 +64,13 @@ def prune_cells(kept, image: torch.Tensor, fill: torch.Tensor, mask: torch.Tenso
     count = current.sum(1)
     mean_soft = (soft_cells * current).sum(1) / count.clamp_min(1)
     occupied = (count > 0).nonzero().flatten()
-    order = occupied[mean_soft[occupied].argsort(stable=True)].tolist()
+    key = mean_soft
+    if border_first:
+        _, _, gh, gw = shape
+        rows, cols = torch.arange(gh).repeat_interleave(gw), torch.arange(gw).repeat(gh)
+        on_border = (rows == 0) | (rows == gh - 1) | (cols == 0) | (cols == gw - 1)
+        key = mean_soft - 2.0 * on_border.to(mean_soft)  # soft is in [0, 1]: border cells sort first
+    order = occupied[key[occupied].argsort(stable=True)].tolist()
     remaining, position, size, classified = len(order), 0, min(2, batch), 0
     while position < len(order) and remaining > 1:
         chunk = order[position : position + min(size, remaining - 1)]  # never empty the mask
