@@ -160,7 +160,7 @@ def classifier_overrides(args: argparse.Namespace) -> dict:
 
 
 #: named recipes: experiments/explain/<name>.yaml (the study's rows, docs/explainer-study.md)
-PRESETS = ("minimal", "smallest", "robust")
+PRESETS = ("minimal", "smallest", "confident", "robust")
 PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments" / "explain"
 
 
