@@ -156,7 +156,7 @@ def test_a_fit_that_never_kept_the_label_is_scanned_up_to_a_kept_cut(rng_images,
     masks[..., :2, :2] = 1  # a tiny mask: the explanation is almost the fill
     lost = ~explainer.evaluate(rng_images, masks).label_kept
     assert lost.all()
-    strategy._scanned_up(explainer, rng_images, target, logits, masks, soft, lost)
+    strategy._scanned(explainer, rng_images, target, logits, masks, soft, lost)
     result = explainer.evaluate(rng_images, masks)
     assert result.label_kept.all()
     assert ((masks == 0) | (masks == 1)).all() and (result.area < 1).all()  # a cut, not the whole image

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -224,34 +225,34 @@ class FitStrategy:
         """
         n = fractions.shape[0]
         cuts = top_fraction_mask(scores.expand(n, -1, -1, -1), fractions)  # (n, 1, H, W)
-        explanations = cuts * image + (1 - cuts) * fill
-        kept = self._kept(explainer.classifier(explanations), logits_x.expand(n, -1), target.expand(n))
+        kept = self.kept_explanations(explainer, cuts * image + (1 - cuts) * fill, logits_x, target)
         return cuts[int(kept.float().argmax())] if kept.any() else None
 
+    @torch.no_grad()
+    def kept_explanations(self, explainer, explanations, logits_x, target) -> torch.Tensor:
+        """(n,) bool: which of n explanations (n, 3, H, W) of one image (logits_x (1, K), target (1,))
+        are kept. One forward pass, no gradient."""
+        n = explanations.shape[0]
+        return self._kept(explainer.classifier(explanations), logits_x.expand(n, -1), target.expand(n))
 
     @torch.no_grad()
-    def _scanned_up(self, explainer, images, target, logits_x, masks, soft_masks, lost: torch.Tensor) -> None:
-        """For each image whose fit never kept the label (``lost``), replace the mask by the smallest
-        kept cut of its ranking above its area, up to the whole image (which is always kept), in place."""
-        fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
-        for i in lost.nonzero().flatten().tolist():
-            area = masks[i].mean().item()
-            grid = torch.logspace(math.log10(max(area, self.scan_min_area)), 0.0, self.scan + 1, device=images.device)[1:]
-            one = slice(i, i + 1)
-            cut = self.smallest_kept_cut(explainer, images[one], fill[one], soft_masks[one], logits_x[one], target[one], grid)
-            if cut is not None:
-                masks[i] = cut
-
-    @torch.no_grad()
-    def _scanned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
-        """Replace each mask by the smallest kept cut of its own ranking below its area (in place)."""
+    def _scanned(self, explainer, images, target, logits_x, masks, soft_masks, lost: torch.Tensor) -> None:
+        """Replace each mask by the smallest kept cut of its own ranking below its area (in place).
+        Where the fit never kept the label (``lost``), first by the smallest kept cut above its area,
+        up to the whole image (which is always kept)."""
         fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
         for i in range(images.shape[0]):
+            one = slice(i, i + 1)
+            if lost[i]:
+                low = max(masks[i].mean().item(), self.scan_min_area)
+                grid = torch.logspace(math.log10(low), 0.0, self.scan + 1, device=images.device)[1:]
+                cut = self.smallest_kept_cut(explainer, images[one], fill[one], soft_masks[one], logits_x[one], target[one], grid)
+                if cut is not None:
+                    masks[i] = cut
             area = masks[i].mean().item()
             if area <= self.scan_min_area:
                 continue
             grid = _areas_below(area, self.scan_min_area, self.scan, images.device)
-            one = slice(i, i + 1)
             cut = self.smallest_kept_cut(explainer, images[one], fill[one], soft_masks[one], logits_x[one], target[one], grid)
             if cut is not None:
                 masks[i] = cut
@@ -306,8 +307,7 @@ class FitStrategy:
         if self.verify:
             self._verified(explainer, images, target, candidates, masks, soft_masks)
         if self.scan:
-            self._scanned_up(explainer, images, target, reference[0], masks, soft_masks, ~kept_best.found)
-            self._scanned(explainer, images, target, reference[0], masks, soft_masks)
+            self._scanned(explainer, images, target, reference[0], masks, soft_masks, ~kept_best.found)
         if self.prune:
             self._pruned(explainer, images, target, reference[0], masks, soft_masks)
         return FitResult(masks, soft_masks, history)
@@ -318,11 +318,7 @@ class FitStrategy:
         fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
         for i in range(images.shape[0]):
             one = slice(i, i + 1)
-
-            def kept(explanations: torch.Tensor) -> torch.Tensor:
-                n = explanations.shape[0]
-                return self._kept(explainer.classifier(explanations), logits_x[one].expand(n, -1), target[one].expand(n))
-
+            kept = partial(self.kept_explanations, explainer, logits_x=logits_x[one], target=target[one])
             if not kept(masks[one] * images[one] + (1 - masks[one]) * fill[one])[0]:
                 continue  # only a kept mask is pruned
             for cell in self.prune:
