@@ -23,6 +23,11 @@ def _setup(seed: int = 0):
     return image, fill, mask, soft, generator
 
 
+def on_masks(kept, image, fill):
+    """The mask test prune_cells takes, from a test of explanations m ⊙ image + (1 − m) ⊙ fill."""
+    return lambda masks: kept(masks * image + (1 - masks) * fill)
+
+
 def _reference(kept, image, fill, mask, soft, cell):
     """One removal at a time, in the documented order: the definition prune_cells must match."""
     current = mask.clone()
@@ -52,7 +57,7 @@ def test_batched_pruning_equals_one_removal_at_a_time(cell, batch):
         return (explanations[:, 0] * weights).sum((-2, -1)) > threshold
 
     assert kept(mask * image + (1 - mask) * fill)[0]
-    pruned, classified = prune_cells(kept, image, fill, mask, soft, cell, batch)
+    pruned, classified = prune_cells(on_masks(kept, image, fill), mask, soft, cell, batch)
     expected = _reference(kept, image, fill, mask, soft, cell)
     assert torch.equal(pruned, expected)
     assert kept(pruned * image + (1 - pruned) * fill)[0]
@@ -68,7 +73,7 @@ def test_pruning_keeps_exactly_the_needed_evidence():
     def kept(explanations):
         return (explanations[:, 0, 4:6, 6:8] > 0).all((-2, -1)) & (explanations[:, 0, 12:14, 20:22] > 0).all((-2, -1))
 
-    pruned, _ = prune_cells(kept, image, fill, mask, soft, cell=2)
+    pruned, _ = prune_cells(on_masks(kept, image, fill), mask, soft, cell=2)
     needed = torch.zeros_like(mask)
     needed[..., 4:6, 6:8] = needed[..., 12:14, 20:22] = 1
     assert torch.equal(pruned, needed)
@@ -76,7 +81,7 @@ def test_pruning_keeps_exactly_the_needed_evidence():
 
 def test_pruning_never_empties_the_mask():
     image, fill, mask, soft, _ = _setup()
-    pruned, _ = prune_cells(lambda e: torch.ones(e.shape[0], dtype=torch.bool), image, fill, mask, soft, cell=4)
+    pruned, _ = prune_cells(lambda m: torch.ones(m.shape[0], dtype=torch.bool), mask, soft, cell=4)
     assert pruned.sum() > 0
     assert (pruned <= mask).all()
 
@@ -90,7 +95,7 @@ def test_pruning_tries_the_least_probable_cells_first():
     def kept(explanations):
         return (explanations[:, 0, 4:8, 4:8] > 0).all((-2, -1)) | (explanations[:, 0, 12:16, 16:20] > 0).all((-2, -1))
 
-    pruned, _ = prune_cells(kept, image, fill, mask, soft, cell=4)
+    pruned, _ = prune_cells(on_masks(kept, image, fill), mask, soft, cell=4)
     assert pruned[..., 12:16, 16:20].all() and pruned.sum() == 16
 
 
@@ -105,8 +110,8 @@ def test_border_first_removes_a_frame_the_centre_can_replace():
     def kept(explanations):
         return (explanations[:, 0, :4, :].mean((-2, -1)) > 0.99) | (explanations[:, 0, 8:12, 12:16] > 0).all((-2, -1))
 
-    by_soft, _ = prune_cells(kept, image, fill, mask, soft, cell=4)
-    border_first, _ = prune_cells(kept, image, fill, mask, soft, cell=4, border_first=True)
+    by_soft, _ = prune_cells(on_masks(kept, image, fill), mask, soft, cell=4)
+    border_first, _ = prune_cells(on_masks(kept, image, fill), mask, soft, cell=4, border_first=True)
     assert by_soft[..., :4, :].all() and by_soft.sum() == 4 * W
     assert border_first[..., 8:12, 12:16].all() and border_first.sum() == 16
 
@@ -116,9 +121,12 @@ def test_bad_pruning_settings_are_named():
         AreaContinuation(prune=[8, 0])
     with pytest.raises(ValueError, match="prune checks removals with the fill only"):
         AreaContinuation(prune=[8], select="smallest_robust")
+    with pytest.raises(ValueError, match="prune_backgrounds >= 0"):
+        AreaContinuation(prune=[8], prune_backgrounds=-1)
+    AreaContinuation(prune=[8], select="smallest_robust", prune_backgrounds=4)  # robust pruning is allowed
     image, fill, mask, soft, _ = _setup()
     with pytest.raises(ValueError, match="cell >= 1"):
-        prune_cells(lambda e: torch.ones(e.shape[0], dtype=torch.bool), image, fill, mask, soft, cell=0)
+        prune_cells(lambda m: torch.ones(m.shape[0], dtype=torch.bool), mask, soft, cell=0)
 
 
 def test_pruned_fit_masks_are_kept_subsets_of_the_unpruned_masks(rng_images):
@@ -160,3 +168,34 @@ def test_a_fit_that_never_kept_the_label_is_scanned_up_to_a_kept_cut(rng_images,
     result = explainer.evaluate(rng_images, masks)
     assert result.label_kept.all()
     assert ((masks == 0) | (masks == 1)).all() and (result.area < 1).all()  # a cut, not the whole image
+
+
+def test_pruning_on_own_backgrounds_keeps_the_evidence_the_fill_happens_to_supply(rng_images, monkeypatch):
+    """Where the fill equals the image (block B), pruning with the fill drops B: the fill supplies
+    it. With ``prune_backgrounds`` the label must also survive random backgrounds, so B stays."""
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    image = rng_images[:1].clone()
+    mean = torch.tensor(tiny_classifier.data_config["mean"]).view(1, 3, 1, 1)
+    image[..., 40:56, 40:56] = mean  # block B: the mean fill reproduces it
+    a, b = (..., slice(8, 24), slice(8, 24)), (..., slice(40, 56), slice(40, 56))
+
+    def classify(x):  # class 0 needs blocks A and B exactly as in the image
+        same = ((x[a] - image[a]).flatten(1).abs().amax(1) < 1e-6) & ((x[b] - image[b]).flatten(1).abs().amax(1) < 1e-6)
+        return torch.stack([same.float() * 2 - 1, torch.zeros(x.shape[0])], 1)
+
+    monkeypatch.setattr(tiny_classifier, "forward", classify)
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  steps=2, restarts=1, fill="mean")
+    logits = tiny_classifier(image)
+    target = logits.argmax(-1)
+    soft = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    pruned = {}
+    for backgrounds in (0, 4):
+        strategy = AreaContinuation(select="smallest_kept", prune=[8], prune_backgrounds=backgrounds)
+        masks = torch.ones(1, 1, 64, 64)
+        strategy._pruned(explainer, image, target, logits, masks, soft.clone())
+        pruned[backgrounds] = masks
+    needed_a, needed_b = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    needed_a[a], needed_b[b] = 1, 1
+    assert torch.equal(pruned[0], needed_a)  # the fill carries B
+    assert torch.equal(pruned[4], needed_a + needed_b)  # the own backgrounds do not

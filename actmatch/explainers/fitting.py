@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from actmatch.explainers.backgrounds import BackgroundSampler, make_fill
@@ -129,6 +130,10 @@ class FitStrategy:
             (:func:`~actmatch.explainers.pruning.prune_cells`; forward passes only). Empty: off.
         prune_batch: the most removals tested in one forward pass while pruning.
         prune_border_first: prune the cells on the image's border before the others.
+        prune_backgrounds: with > 0, a removal (and the mask pruned) must also keep the label on at
+            least ``verify_keep`` of this many random backgrounds of the fit's own (solid, uniform,
+            gaussian, drawn once per image): pruning that keeps a robust mask robust. Allowed with
+            ``smallest_robust``.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class FitStrategy:
         prune: list[int] | tuple[int, ...] = (),
         prune_batch: int = 8,
         prune_border_first: bool = False,
+        prune_backgrounds: int = 0,
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -170,13 +176,16 @@ class FitStrategy:
             raise ValueError(f"{type(self).__name__}: need scan_draws >= 0, scan_noise >= 0, and scan > 0 for draws, got "
                              f"scan_draws={scan_draws}, scan_noise={scan_noise}, scan={scan}")
         prune = [int(size) for size in prune]
-        if any(size < 1 for size in prune) or prune_batch < 1:
-            raise ValueError(f"{type(self).__name__}: prune takes cell sizes >= 1 (pixels, e.g. [16, 8]) and "
-                             f"prune_batch >= 1, got prune={prune}, prune_batch={prune_batch}")
-        if prune and select == "smallest_robust":
+        if any(size < 1 for size in prune) or prune_batch < 1 or prune_backgrounds < 0:
+            raise ValueError(f"{type(self).__name__}: prune takes cell sizes >= 1 (pixels, e.g. [16, 8]), "
+                             f"prune_batch >= 1 and prune_backgrounds >= 0, got prune={prune}, "
+                             f"prune_batch={prune_batch}, prune_backgrounds={prune_backgrounds}")
+        if prune and select == "smallest_robust" and not prune_backgrounds:
             raise ValueError(f"{type(self).__name__}: prune checks removals with the fill only; use "
-                             f"select='smallest_kept' (or 'last') with prune")
+                             f"select='smallest_kept' (or 'last') with prune, or prune_backgrounds > 0 to keep "
+                             f"robust masks robust")
         self.prune, self.prune_batch, self.prune_border_first = prune, prune_batch, prune_border_first
+        self.prune_backgrounds = prune_backgrounds
         self.scan, self.scan_min_area = scan, scan_min_area
         self.scan_draws, self.scan_noise = scan_draws, scan_noise
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
@@ -316,14 +325,32 @@ class FitStrategy:
     def _pruned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
         """Drop, per kept mask, the cells the label does not need, coarse to fine (in place)."""
         fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
+        sampler = BackgroundSampler(["solid", "uniform", "gaussian"])
         for i in range(images.shape[0]):
             one = slice(i, i + 1)
-            kept = partial(self.kept_explanations, explainer, logits_x=logits_x[one], target=target[one])
-            if not kept(masks[one] * images[one] + (1 - masks[one]) * fill[one])[0]:
+            backgrounds = fill[one]
+            if self.prune_backgrounds:
+                drawn = sampler(images[one].expand(self.prune_backgrounds, -1, -1, -1))
+                backgrounds = torch.cat([backgrounds, drawn])
+            kept = partial(self.kept_masks, explainer, images[one], backgrounds, logits_x[one], target[one])
+            if not kept(masks[one])[0]:
                 continue  # only a kept mask is pruned
             for cell in self.prune:
-                masks[one] = prune_cells(kept, images[one], fill[one], masks[one], soft_masks[one], cell,
-                                         self.prune_batch, self.prune_border_first)[0]
+                masks[one] = prune_cells(kept, masks[one], soft_masks[one], cell, self.prune_batch,
+                                         self.prune_border_first)[0]
+
+    @torch.no_grad()
+    def kept_masks(self, explainer, image, backgrounds, logits_x, target, masks) -> torch.Tensor:
+        """(n,) bool: which masks (n, 1, H, W) of one image are kept with ``backgrounds[0]`` (the
+        fill: label and ``min_confidence``) and, given more backgrounds b_1..b_k, keep the label on at
+        least ``verify_keep`` of m ⊙ x + (1 − m) ⊙ b_j. One forward pass of n·(k+1) images."""
+        n, k = masks.shape[0], backgrounds.shape[0]
+        planted = masks[:, None] * image[None] + (1 - masks[:, None]) * backgrounds[None]  # (n, k, 3, H, W)
+        logits = rearrange(explainer.classifier(planted.flatten(0, 1)), "(n k) c -> n k c", n=n)
+        kept = self._kept(logits[:, 0], logits_x.expand(n, -1), target.expand(n))
+        if k > 1:
+            kept &= (logits[:, 1:].argmax(-1) == target).float().mean(1) >= self.verify_keep
+        return kept
 
     @torch.no_grad()
     def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
@@ -482,7 +509,7 @@ class AreaContinuation(FitStrategy):
             min(a_i · shrink, that area). Trains the ranking on cuts below the frontier instead
             of only at it.
         select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
-            scan_noise, prune, prune_batch, prune_border_first: as in :class:`FitStrategy`.
+            scan_noise, prune, prune_batch, prune_border_first, prune_backgrounds: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -508,10 +535,11 @@ class AreaContinuation(FitStrategy):
         prune: list[int] | tuple[int, ...] = (),
         prune_batch: int = 8,
         prune_border_first: bool = False,
+        prune_backgrounds: int = 0,
     ) -> None:
         super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
                          scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch,
-                         prune_border_first=prune_border_first)
+                         prune_border_first=prune_border_first, prune_backgrounds=prune_backgrounds)
         if not 0 <= explore < 1:
             raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
         self.explore = explore

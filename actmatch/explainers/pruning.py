@@ -12,7 +12,8 @@ one whose removal keeps the label:
 as the order). The result is the same as testing one removal at a time; the tests are batched
 speculatively: ``n`` cumulative removals m \\ c_1, m \\ {c_1, c_2}, ... in one forward pass; the
 first that loses the label marks its cell as needed, and the removals after it are tested again.
-Only forward passes, no gradient; each kept test is the fit's own (the fill, the label).
+Only forward passes, no gradient; each kept test is the fit's own (the fill, the label, and where
+asked the fit's own random backgrounds).
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ def _as_mask(cells: torch.Tensor, shape: tuple[int, int, int, int], cell: int) -
 
 
 @torch.no_grad()
-def prune_cells(kept, image: torch.Tensor, fill: torch.Tensor, mask: torch.Tensor, soft: torch.Tensor,
-                cell: int, batch: int = 8, border_first: bool = False) -> tuple[torch.Tensor, int]:
+def prune_cells(kept, mask: torch.Tensor, soft: torch.Tensor, cell: int, batch: int = 8,
+                border_first: bool = False) -> tuple[torch.Tensor, int]:
     """The mask with every cell dropped whose removal keeps the label (one greedy pass).
 
     Args:
-        kept: ``kept(explanations (n, 3, H, W)) -> (n,) bool``, the fit's own test.
-        image, fill: (1, 3, H, W).
+        kept: ``kept(masks (n, 1, H, W)) -> (n,) bool``, the fit's own test of a mask (it builds
+            the explanations, e.g. m ⊙ x + (1 − m) ⊙ fill).
         mask: (1, 1, H, W) binary, kept.
         soft: (1, 1, H, W) the U-Net's probabilities: cells with lower values are tried first.
         cell: side of a grid cell in pixels.
@@ -55,7 +56,7 @@ def prune_cells(kept, image: torch.Tensor, fill: torch.Tensor, mask: torch.Tenso
         border_first: visit the cells on the image's border before the others (each group by
             increasing probability): a frame is removed while the object can still carry the label.
 
-    Returns the pruned mask (1, 1, H, W) and the number of explanations classified.
+    Returns the pruned mask (1, 1, H, W) and the number of masks tested.
     """
     if cell < 1 or batch < 1:
         raise ValueError(f"prune_cells: need cell >= 1 and batch >= 1, got cell={cell}, batch={batch}")
@@ -77,8 +78,7 @@ def prune_cells(kept, image: torch.Tensor, fill: torch.Tensor, mask: torch.Tenso
         candidates = current.expand(len(chunk), -1, -1).clone()  # (n, G, c²)
         for j, index in enumerate(chunk):
             candidates[j:, index] = 0
-        masks = _as_mask(candidates, shape, cell).to(image.dtype)
-        ok = kept(masks * image + (1 - masks) * fill).cpu()
+        ok = kept(_as_mask(candidates, shape, cell).to(mask.dtype)).cpu()
         classified += len(chunk)
         lost = int((~ok).float().argmax()) if not ok.all() else len(chunk)  # the first removal that loses the label
         if lost:

@@ -20,11 +20,11 @@ for path in paths:
     t = time.perf_counter(); r = ex.fit_images(x, seed=0); tf = time.perf_counter() - t
     logits = ex.classifier(x); y = logits.argmax(-1)
     fill = make_fill(x, ex.fill, ex.classifier.data_config["mean"])
-    kept = lambda e: ex.classifier(e).argmax(-1) == y
+    kept = lambda m: ex.classifier(m * x + (1 - m) * fill).argmax(-1) == y
     line = f"{path.name[:22]:22s} fit {tf:5.1f}s area {r.area.item():.3f} |"
     for stages in ([16, 8], [32, 16, 8]):
         m = r.masks.clone(); t = time.perf_counter(); n = 0
         for c in stages:
-            m, k = prune_cells(kept, x, fill, m, r.soft_masks, c); n += k
+            m, k = prune_cells(kept, m, r.soft_masks, c); n += k
         line += f" {stages}: {time.perf_counter()-t:4.1f}s {n:3d} passes area {m.mean().item():.3f} |"
     print(line, flush=True)
