@@ -480,3 +480,34 @@ def test_tap_presets_and_ranking_errors(tiny, lite0):
     reader = CircuitReader(tiny, TAPS, k=2)
     with pytest.raises(ValueError, match="needs the image"):
         reader.keep(reader.activations(torch.rand(1, 3, 12, 12)))
+
+
+@pytest.mark.parametrize("model_size, file_size", [((13, 17), (40, 50)), ((224, 299), (375, 500)), ((302, 224), (500, 371))])
+def test_a_saved_mask_comes_back_exactly_as_it_was_classified(tmp_path, model_size, file_size):
+    """``actmatch explain`` writes the classified mask upsampled (nearest) to the file's size; reading
+    it back for ``--masks-from`` must give that mask pixel for pixel, not a resize shifted by a pixel."""
+    import torch.nn.functional as F
+
+    from actmatch.commands.circuit import read_mask, saved_mask
+
+    generator = torch.Generator().manual_seed(0)
+    classified = (torch.rand(1, 1, *model_size, generator=generator) > 0.7).float()
+    full = F.interpolate(classified, size=file_size, mode="nearest")[0, 0]
+    Image.fromarray((full.numpy() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    assert torch.equal(read_mask(tmp_path / "mask.png", model_size), classified)
+    assert not torch.equal(F.interpolate(full[None, None], size=model_size, mode="nearest"), classified)  # a resize would not
+    mask, source = saved_mask(tmp_path, model_size)
+    assert torch.equal(mask, classified) and source.endswith("mask.png")
+
+
+def test_a_mask_saved_below_the_model_size_is_read_from_mask_input_or_marked_resized(tmp_path):
+    from actmatch.commands.circuit import saved_mask
+
+    classified = (torch.rand(1, 1, 30, 40, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    small = torch.nn.functional.interpolate(classified, size=(20, 25), mode="nearest")[0, 0]  # the file is smaller
+    Image.fromarray((small.numpy() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    mask, source = saved_mask(tmp_path, (30, 40))
+    assert mask.shape == (1, 1, 30, 40) and "resized" in source
+    Image.fromarray((classified[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / "mask_input.png")
+    mask, source = saved_mask(tmp_path, (30, 40))
+    assert torch.equal(mask, classified) and source.endswith("mask_input.png")

@@ -46,6 +46,9 @@ def test_outputs_follow_the_contract(small_coffee_path, tmp_path, capsys):
     width, height = Image.open(small_coffee_path).size
     assert mask.shape == (height, width)
     assert set(np.unique(mask).tolist()) <= {0, 255}
+    classified = np.asarray(Image.open(folder / "mask_input.png"))  # what the classifier saw
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(np.unique(classified).tolist()) <= {0, 255} and min(classified.shape) == summary["input_size"]
     assert Image.open(folder / "explanation.png").size == (width, height)
     assert Image.open(folder / "figure.png").size[0] > width
     summary = json.loads((folder / "summary.json").read_text())

@@ -1,8 +1,9 @@
 """``actmatch circuit``: the channel circuits behind the decisions on image files.
 
-For each image: a per-image activation-matching mask (``--steps``), or the ``mask.png`` of an
-earlier ``actmatch explain`` run (``--masks-from DIR``: ``DIR/<image stem>/mask.png``, 0/255 at
-the file's size, resized to the model input with nearest neighbours); then the circuits of the
+For each image: a per-image activation-matching mask (``--steps``), or the mask of an earlier
+``actmatch explain`` run (``--masks-from DIR``: ``DIR/<image stem>/mask_input.png``, the mask the
+classifier saw; else ``mask.png`` at the file's size, brought back to the model input exactly when
+it was upsampled from it, resized otherwise); then the circuits of the
 explanation and of the original image, their ablation test and, with ``--search``, the
 smallest per-layer channel fraction that keeps the original top-1 label.
 
@@ -113,8 +114,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _nearest_sources(out_size: int, in_size: int) -> torch.Tensor:
+    """(out_size,) the source index each output row takes when ``F.interpolate(mode="nearest")``
+    resizes ``in_size`` rows to ``out_size``."""
+    probe = torch.arange(in_size, dtype=torch.float32).view(1, 1, in_size, 1)
+    return F.interpolate(probe, size=(out_size, 1), mode="nearest").flatten().long()
+
+
+def _undo_nearest(full: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
+    """The (1, 1, h, w) mask whose nearest upsampling is ``full`` (1, 1, H, W), or None if there is none.
+
+    ``actmatch explain`` writes the mask it classified (at the model's input size) upsampled to the
+    file's size; this gives back exactly that mask, pixel for pixel. A resize would shift cell edges
+    by a pixel, and a minimal mask at the label boundary can lose the label by that.
+    """
+    picks = []
+    for out_size, in_size in zip(full.shape[-2:], size):
+        sources = _nearest_sources(out_size, in_size)
+        first = torch.searchsorted(sources, torch.arange(in_size))  # the first output row of each source row
+        if out_size < in_size or (first >= out_size).any() or not torch.equal(sources[first], torch.arange(in_size)):
+            return None  # not an upsampling: some source rows were never written
+        picks.append(first)
+    small = full[..., picks[0], :][..., picks[1]]
+    return small if torch.equal(F.interpolate(small, size=full.shape[-2:], mode="nearest"), full) else None
+
+
 def read_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """A 0/255 ``mask.png`` as a (1, 1, h, w) {0, 1} mask at the model input ``size`` (nearest)."""
+    """A 0/255 ``mask.png`` as a (1, 1, h, w) {0, 1} mask at the model input ``size``: exactly the
+    mask ``actmatch explain`` classified when the file is its nearest upsampling, else resized (nearest)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such mask (run `actmatch explain` on this image first, or drop --masks-from)")
     try:
@@ -123,7 +150,27 @@ def read_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
     except OSError as err:
         raise ImageReadError(f"{path}: unreadable mask ({err})") from err
     mask = torch.from_numpy((array > 127).astype(np.float32))[None, None]  # (1, 1, H, W)
-    return F.interpolate(mask, size=size, mode="nearest")
+    exact = _undo_nearest(mask, size)
+    return exact if exact is not None else F.interpolate(mask, size=size, mode="nearest")
+
+
+def saved_mask(folder: Path, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """The mask an ``actmatch explain`` folder holds, at the model input ``size``, and where it came
+    from: ``mask_input.png`` when it has that size (what was classified), else ``mask.png`` (exact
+    when it is that mask's nearest upsampling; resized, and marked so, when the file was smaller)."""
+    from actmatch.commands.explain import MODEL_MASK
+
+    model_mask = folder / MODEL_MASK
+    if model_mask.is_file():
+        mask = read_mask(model_mask, size)
+        with Image.open(model_mask) as img:
+            if (img.height, img.width) == tuple(size):
+                return mask, str(model_mask)
+    full = folder / "mask.png"
+    mask = read_mask(full, size)
+    with Image.open(full) as img:
+        exact = _undo_nearest(torch.zeros(1, 1, img.height, img.width), size) is not None
+    return mask, str(full) if exact else f"{full} (resized from the file's size: may differ from the classified mask)"
 
 
 def _load(path: Path, classifier) -> tuple[Image.Image, torch.Tensor]:
@@ -248,8 +295,7 @@ def main(command: str, argv: list[str]) -> int:
             original, image = _load(path, classifier)
             image = image.to(explainer.device)
             if args.masks_from:
-                mask = read_mask(Path(args.masks_from) / path.stem / "mask.png", tuple(image.shape[-2:]))
-                row["mask_source"] = str(Path(args.masks_from) / path.stem / "mask.png")
+                mask, row["mask_source"] = saved_mask(Path(args.masks_from) / path.stem, tuple(image.shape[-2:]))
             else:
                 mask = explainer.fit_images(image, steps=args.steps, seed=args.seed).masks
                 row["mask_source"] = f"fit ({args.steps or explainer.steps} steps)"

@@ -1,7 +1,7 @@
 """``actmatch explain`` and ``actmatch demo``: per-image masks for image files.
 
 For each image, ``OUT/<folder>/`` receives ``mask.png`` (0/255, the file's size),
-``explanation.png``, ``figure.png`` and ``summary.json`` (which also records the classifier's
+``mask_input.png`` (the mask the classifier saw, at the model's input size), ``explanation.png``, ``figure.png`` and ``summary.json`` (which also records the classifier's
 ``num_classes``, ``mean``, ``std`` and ``input_size``); ``<folder>`` is the image's path under
 the input folder it was found in, without suffix (``n01440764/img_001``), or its stem for a
 file named on its own (:func:`~actmatch.datamodules.images.expand_image_items`).
@@ -52,7 +52,7 @@ from actmatch.report import write_report
 
 __all__ = ["main", "build_explainer", "explainer_init_args", "explain_files", "load_unet_state", "preset_path",
            "write_result", "write_summary", "finished_row", "finished_rows", "recipe_digest", "clean_staging", "explanation_at",
-           "as_items", "PRESETS", "SUMMARY_FIELDS", "RESULT_FILES", "CIRCUIT_FILES"]
+           "as_items", "PRESETS", "SUMMARY_FIELDS", "RESULT_FILES", "MODEL_MASK", "CIRCUIT_FILES"]
 
 SUMMARY_FIELDS = [
     "image",
@@ -76,6 +76,9 @@ SUMMARY_FIELDS = [
 
 #: the files of a complete image folder (and CIRCUIT_FILES with --circuit)
 RESULT_FILES = ("mask.png", "explanation.png", "figure.png", "summary.json")
+#: the mask at the model's input size, pixel for pixel what was classified (folders written before it
+#: existed are still complete: ``actmatch circuit --masks-from`` then recovers it from ``mask.png``)
+MODEL_MASK = "mask_input.png"
 CIRCUIT_FILES = ("circuit.json", "circuit.png")
 STAGING_MARK = ".staging-"  # staging folders: OUT/<parent>/.<name>.staging-XXXX
 BACKUP_MARK = ".old-"  # a replaced result while its successor moves in: .<name>.old-<pid>
@@ -324,6 +327,7 @@ def write_result(
     staging.chmod(0o755)
     try:
         (staging / "mask.png").write_bytes(_png_bytes(mask_u8))
+        (staging / MODEL_MASK).write_bytes(_png_bytes((mask_small[0, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255))
         (staging / "explanation.png").write_bytes(_png_bytes(explanation_u8))
         (staging / "figure.png").write_bytes(
             _figure_png(np.asarray(original), mask_u8, explanation_u8, titles)

@@ -133,9 +133,11 @@ def plot_study(csv_path: Path, png_path: Path) -> None:
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
     fig, ax = plt.subplots(figsize=(7, 4.8))
+    colors = plt.get_cmap("tab20").colors  # one colour per row (up to 20 before they repeat)
     for i, r in enumerate(rows):
         x, y = float(r["area_median"]), float(r["robust_median"])
-        ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7,
+        ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7, color=colors[i % len(colors)],
+                   edgecolors="black", linewidths=0.5,
                    marker="s" if int(r["images"]) >= 100 else "o", label=f"{r['config']} (n={r['images']})")
     ax.legend(fontsize=7, loc="upper left", markerscale=0.5, labelspacing=0.4, title="squares: 100 or more images",
               title_fontsize=7)

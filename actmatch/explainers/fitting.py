@@ -615,5 +615,6 @@ def default_fitting() -> FitStrategy:
     """The default per-image fit (the ``minimal`` preset, docs/explainer-study.md): area
     continuation with a lookahead along the U-Net's ranking every 5 steps (12 cuts), the
     smallest kept cut of the selected step's ranking at 24 areas, then backward elimination of
-    the cells the label does not need on grids of 32, 16 and 8 pixels."""
-    return AreaContinuation(scan=24, lookahead=12, lookahead_every=5, prune=[32, 16, 8])
+    the cells the label does not need on grids of 32, 16 and 8 pixels, the image's border cells
+    first (fewer border fragments: 7 of 100 masks keep > 5 % of the border band, not 18)."""
+    return AreaContinuation(scan=24, lookahead=12, lookahead_every=5, prune=[32, 16, 8], prune_border_first=True)
