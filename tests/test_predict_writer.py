@@ -44,7 +44,7 @@ def test_predict_writes_explain_folders_and_summary(tmp_path):
         row = rows[str(path)]
         folder = out / row["folder"]
         assert row["folder"] == path.relative_to(data).with_suffix("").as_posix() and row["status"] == "ok"
-        assert sorted(p.name for p in folder.iterdir()) == sorted(explain_cmd.RESULT_FILES)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(explain_cmd.RESULT_FILES + (explain_cmd.MODEL_MASK,))
         assert json.loads((folder / "summary.json").read_text())["folder"] == row["folder"]
         width, height = Image.open(path).size
         assert np.asarray(Image.open(folder / "mask.png")).shape == (height, width)
