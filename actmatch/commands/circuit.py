@@ -139,9 +139,8 @@ def _undo_nearest(full: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | N
     return small if torch.equal(F.interpolate(small, size=full.shape[-2:], mode="nearest"), full) else None
 
 
-def read_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """A 0/255 ``mask.png`` as a (1, 1, h, w) {0, 1} mask at the model input ``size``: exactly the
-    mask ``actmatch explain`` classified when the file is its nearest upsampling, else resized (nearest)."""
+def _read_binary(path: Path) -> torch.Tensor:
+    """A 0/255 mask file as a (1, 1, H, W) {0, 1} tensor at the file's size."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such mask (run `actmatch explain` on this image first, or drop --masks-from)")
     try:
@@ -149,9 +148,20 @@ def read_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
             array = np.asarray(img.convert("L"), dtype=np.float32)
     except OSError as err:
         raise ImageReadError(f"{path}: unreadable mask ({err})") from err
-    mask = torch.from_numpy((array > 127).astype(np.float32))[None, None]  # (1, 1, H, W)
-    exact = _undo_nearest(mask, size)
-    return exact if exact is not None else F.interpolate(mask, size=size, mode="nearest")
+    return torch.from_numpy((array > 127).astype(np.float32))[None, None]
+
+
+def _at_size(full: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, bool]:
+    """``full`` (1, 1, H, W) at ``size``, and whether that is exact: the mask whose nearest upsampling
+    ``full`` is, else a nearest resize (False)."""
+    exact = _undo_nearest(full, size)
+    return (exact, True) if exact is not None else (F.interpolate(full, size=size, mode="nearest"), False)
+
+
+def read_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """A 0/255 ``mask.png`` as a (1, 1, h, w) {0, 1} mask at the model input ``size``: exactly the
+    mask ``actmatch explain`` classified when the file is its nearest upsampling, else resized (nearest)."""
+    return _at_size(_read_binary(path), size)[0]
 
 
 def saved_mask(folder: Path, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
@@ -162,14 +172,11 @@ def saved_mask(folder: Path, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
 
     model_mask = folder / MODEL_MASK
     if model_mask.is_file():
-        mask = read_mask(model_mask, size)
-        with Image.open(model_mask) as img:
-            if (img.height, img.width) == tuple(size):
-                return mask, str(model_mask)
+        classified = _read_binary(model_mask)
+        if tuple(classified.shape[-2:]) == tuple(size):
+            return classified, str(model_mask)
     full = folder / "mask.png"
-    mask = read_mask(full, size)
-    with Image.open(full) as img:
-        exact = _undo_nearest(torch.zeros(1, 1, img.height, img.width), size) is not None
+    mask, exact = _at_size(_read_binary(full), size)
     return mask, str(full) if exact else f"{full} (resized from the file's size: may differ from the classified mask)"
 
 

@@ -1,10 +1,11 @@
 """``actmatch explain`` and ``actmatch demo``: per-image masks for image files.
 
 For each image, ``OUT/<folder>/`` receives ``mask.png`` (0/255, the file's size),
-``mask_input.png`` (the mask the classifier saw, at the model's input size), ``explanation.png``, ``figure.png`` and ``summary.json`` (which also records the classifier's
-``num_classes``, ``mean``, ``std`` and ``input_size``); ``<folder>`` is the image's path under
-the input folder it was found in, without suffix (``n01440764/img_001``), or its stem for a
-file named on its own (:func:`~actmatch.datamodules.images.expand_image_items`).
+``mask_input.png`` (the mask the classifier saw, at the model's input size), ``explanation.png``,
+``figure.png`` and ``summary.json`` (which also records the classifier's ``num_classes``,
+``mean``, ``std`` and ``input_size``); ``<folder>`` is the image's path under the input folder it
+was found in, without suffix (``n01440764/img_001``), or its stem for a file named on its own
+(:func:`~actmatch.datamodules.images.expand_image_items`).
 ``OUT/summary.csv`` gets one row per image (with its ``folder``) plus an ``__aggregate__`` row,
 and ``OUT/aggregate.json`` the aggregate.
 
