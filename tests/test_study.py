@@ -75,3 +75,26 @@ def test_border_kept_by_hand():
     assert border_kept(mask) == 0.0
     mask[:3, :] = 1  # the top band (3 px = 3 % of 100)
     assert border_kept(mask) == pytest.approx(300 / (100 * 100 - 94 * 94))
+
+
+def test_resume_keeps_scored_images_and_names_other_settings(two_images, tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = [str(two_images), "--config", str(tiny_config), "--out", str(out), "--robustness", "4"]
+    assert study.main("study", base) == 0
+    summary = out / "tiny" / "a" / "summary.json"
+    written = summary.read_text()
+    first = list(csv.DictReader((out / "study.csv").open()))[0]
+    capsys.readouterr()
+
+    assert study.main("study", base + ["--resume"]) == 0
+    assert "2 image(s) already explained" in capsys.readouterr().err
+    assert summary.read_text() == written  # not fitted again
+    again = list(csv.DictReader((out / "study.csv").open()))[1]
+    for key in ("images", "kept", "area_median", "robust_median", "conf_ratio_median", "seconds_median"):
+        assert again[key] == first[key]
+
+    # scored with 4 backgrounds: resuming with 8 would mix two metrics in one row
+    assert study.main("study", [*base[:-1], "8", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "4 backgrounds, seed 1000" not in err and "8 backgrounds, seed 1000" in err and "another --out" in err
+    assert summary.read_text() == written

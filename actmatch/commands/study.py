@@ -7,7 +7,8 @@ never saw: robustness on ``--robustness`` solid and noise backgrounds drawn from
 the fraction of the image's border band kept (a frame along the border shows up there). Time
 is reported in seconds and as a multiple of one forward+backward pass of the classifier at the
 same input size, measured in the same run. Rows are printed, appended to ``OUT/study.csv``
-and, with ``--markdown FILE``, appended to a Markdown table.
+and, with ``--markdown FILE``, appended to a Markdown table. ``--resume`` keeps the images a
+stopped run already fitted and scored with the same recipe and evaluation settings.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--markdown", default=None, help="append the rows to this Markdown file's table")
     parser.add_argument("--plot", default=None, help="draw area vs robustness of every row in OUT/study.csv to this PNG")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the images OUT/<config> already has from a run with the same config, seed, steps, "
+                             "--robustness and --eval-seed; fit only the rest")
     args = parser.parse_args(argv)
     if args.robustness < 1:
         parser.error(f"--robustness must be >= 1, got {args.robustness}")
@@ -170,6 +174,14 @@ def _append_markdown(path: Path, rows: list[dict], images: str) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
+def _scored_elsewise(explainer, items, folder: Path, args, evaluation: str) -> list[str]:
+    """Names of the images in ``folder`` fitted with this recipe but scored with other settings."""
+    from actmatch.commands.explain import as_items, finished_rows, recipe_digest
+
+    done = finished_rows(as_items(items), folder, explainer.classifier, recipe=recipe_digest(explainer, args.steps, args.seed))
+    return [row["folder"] for row in done.values() if row.get("status") == "ok" and row.get("evaluation") != evaluation]
+
+
 def main(command: str, argv: list[str]) -> int:
     from actmatch.commands.explain import build_explainer, explain_files
 
@@ -192,20 +204,26 @@ def main(command: str, argv: list[str]) -> int:
         classifier = explainer.classifier
         explainer.to(args.device)
 
-        sizes = []
+        evaluation = f"{args.robustness} backgrounds, seed {args.eval_seed}"
+        if args.resume and (stale := _scored_elsewise(explainer, paths, out_dir / name, args, evaluation)):
+            print(f"actmatch study: --resume: {len(stale)} image(s) in {out_dir / name} (e.g. {stale[0]}) were scored "
+                  f"with other evaluation settings than {evaluation}; rerun with those settings or use another --out",
+                  file=sys.stderr)
+            return 2
 
         @torch.no_grad()
         def measure(images: torch.Tensor, result) -> dict:
-            sizes.append(tuple(images.shape[-2:]))
             masks = result.masks.to(images.device)
             rob = robustness(classifier, images, masks, target=result.label.to(images.device),
                              backgrounds=args.robustness, seed=args.eval_seed)
             ratio = result.confidence_explanation / result.confidence_original.clamp_min(1e-12)
             return {"robustness": round(float(rob[0]), 4), "confidence_ratio": round(float(ratio[0]), 4),
-                    "border_kept": round(border_kept(result.masks[0, 0]), 4)}
+                    "border_kept": round(border_kept(result.masks[0, 0]), 4),
+                    "model_size": list(images.shape[-2:]), "evaluation": evaluation}
 
         print(f"study: {name} on {len(paths)} image(s)", file=sys.stderr)
-        rows = explain_files(explainer, paths, out_dir / name, args.seed, args.steps, measure=measure)
+        rows = explain_files(explainer, paths, out_dir / name, args.seed, args.steps, measure=measure, resume=args.resume)
+        sizes = [tuple(r["model_size"]) for r in rows if r.get("status") == "ok"]
         if not sizes:
             print(f"actmatch study: config {name}: no image could be explained", file=sys.stderr)
             return 1
