@@ -77,8 +77,9 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     assert benchmark.main("benchmark", ["--from-results", str(tmp_path / "results.csv"), "--out", str(again)]) == 0
     for ours, theirs in zip(csv.DictReader((again / "summary.csv").open()), summary):
         assert ours["method"] == theirs["method"]
-        for key in ("kept_at_10", "median_smallest_sufficient_area", "insertion_auc"):
+        for key in ("kept_at_10", "median_smallest_sufficient_area", "median_sufficient_area_with_cut", "insertion_auc"):
             assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=1e-4), key
+    assert list(csv.DictReader((again / "paired.csv").open())) == paired  # the same tests, the same p
     argv = ["--from-results", str(tmp_path / "results.csv"), "--limit", "1", "--out", str(tmp_path / "first")]
     assert benchmark.main("benchmark", argv) == 0
     first = list(csv.DictReader((tmp_path / "first" / "summary.csv").open()))
@@ -243,3 +244,15 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
     assert benchmark.settings_changes(saved, settings()) == []
     assert benchmark.settings_changes(saved, settings("--config", str(config))) == ["methods.am.recipe"]
     assert benchmark.settings_changes(tmp_path / "missing.json", settings()) == []  # an older run: nothing to compare
+
+
+def test_sufficient_area_with_cut_takes_the_equal_area_cut_when_it_keeps_the_label():
+    """The scan can miss a two-part map's own mask; the equal-area cut is one more candidate, for every method."""
+    missed = {"smallest_sufficient_area": "0.956", "area": "0.109", "kept_equal_area": "1"}
+    assert benchmark.sufficient_with_cut(missed) == pytest.approx(0.109)
+    lost = {"smallest_sufficient_area": "0.08", "area": "0.03", "kept_equal_area": "0"}
+    assert benchmark.sufficient_with_cut(lost) == pytest.approx(0.08)
+    found = {"smallest_sufficient_area": 0.02, "area": 0.03, "kept_equal_area": 1}
+    assert benchmark.sufficient_with_cut(found) == pytest.approx(0.02)
+    rows = benchmark.add_derived([dict(missed), {"image": "x", "error": "RuntimeError: failed"}])
+    assert rows[0]["sufficient_area_with_cut"] == pytest.approx(0.109) and "sufficient_area_with_cut" not in rows[1]

@@ -374,3 +374,16 @@ def test_paired_comparison_counts_and_chooses_its_test():
     assert few["n"] == 2 and few["test"] == "sign" and few["p_value"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same images"):
         paired_comparison([1, 2], [1])
+
+
+def test_paired_comparison_sees_ties_through_float32_noise():
+    """Values on a grid tie in |d|; float32 noise must not hide that (a run and its results.csv agree)."""
+    from actmatch.explainers.statistics import paired_comparison
+
+    grid = [0.6, 0.0475, 0.1, 0.05, 0.2, 0.03, 0.6, 0.0475, 0.15, 0.01, 0.3, 0.02]
+    a = [0.0475, 0.01, 0.03, 0.02, 0.0475, 0.01, 0.05, 0.01, 0.0475, 0.03, 0.1, 0.05]
+    noisy = [float(torch.tensor(v, dtype=torch.float32)) for v in grid]
+    assert noisy != grid  # 0.6 as float32 is 0.60000002...
+    as_stored = paired_comparison(a, [float(f"{v:.6g}") for v in noisy], higher_is_better=False)
+    assert paired_comparison(a, noisy, higher_is_better=False) == as_stored
+    assert paired_comparison(a, grid, higher_is_better=False) == as_stored

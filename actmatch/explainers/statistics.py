@@ -19,6 +19,8 @@ STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "median": n
 SIGN_TEST_BELOW = 10
 #: differences at most this large (absolute) count as ties
 TIE_TOLERANCE = 1e-12
+#: significant digits the paired values are rounded to first (results.csv writes ``%.6g``)
+SIGNIFICANT = 6
 
 
 def _clean(values: Sequence[float]) -> np.ndarray:
@@ -69,6 +71,12 @@ def bootstrap_ci(
     return (float(low), float(high))
 
 
+def _significant(values: np.ndarray, digits: int | None = None) -> np.ndarray:
+    """``values`` rounded to ``digits`` (default ``SIGNIFICANT``) significant digits, as ``f"{v:.6g}"``."""
+    digits = digits or SIGNIFICANT
+    return np.array([float(f"{v:.{digits}g}") for v in values], dtype=float)
+
+
 def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: bool = True) -> dict:
     """Per-image comparison of method a against method b on the same images.
 
@@ -82,6 +90,11 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: 
       wins + losses (``scipy.stats.binomtest``). Binary metrics (label kept) always get it:
       their differences are all ±1, so the signed ranks carry nothing beyond the signs;
     * p = 1 when every pair is a tie.
+
+    a and b are first rounded to ``SIGNIFICANT`` significant digits, as results.csv stores them, so
+    a run and its ``--from-results`` summary give the same p: float32 noise (0.6 stored as
+    0.60000002) would otherwise hide ties between |d_i| and switch scipy from its normal
+    approximation to the exact test.
 
     Args:
         a: values of method a, one per image (pairs with a NaN on either side are dropped).
@@ -97,7 +110,7 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: 
     """
     from scipy import stats
 
-    a_arr, b_arr = np.asarray(a, dtype=float).reshape(-1), np.asarray(b, dtype=float).reshape(-1)
+    a_arr, b_arr = (_significant(np.asarray(v, dtype=float).reshape(-1)) for v in (a, b))
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"paired values need the same images: {a_arr.size} against {b_arr.size}")
     keep = ~(np.isnan(a_arr) | np.isnan(b_arr))

@@ -30,7 +30,8 @@ ID_COLUMNS = {"label", "label_explanation", "seed", "num_classes", "input_size"}
 IMAGE_COLUMNS = {"label", "confidence"}
 #: columns holding a fraction of the image's pixels (shown in %)
 PERCENT_COLUMNS = {"mask_area", "median_mask_area", "label_kept_rate", "area", "smallest_sufficient_area",
-                   "median_smallest_sufficient_area", "border_kept"}
+                   "median_smallest_sufficient_area", "sufficient_area_with_cut", "median_sufficient_area_with_cut",
+                   "border_kept"}
 #: per-image columns holding a 0/1 outcome (shown as yes/no)
 FLAG_COLUMNS = {"label_kept", "kept_equal_area", "kept_equal_area_convad"}
 #: benchmark metrics that get a sort button in each method's header, when present
@@ -50,6 +51,8 @@ TITLES = {
     "confidence_delta_equal_area": "Δp@area",
     "smallest_sufficient_area": "suff.area",
     "median_smallest_sufficient_area": "med.suff.area",
+    "sufficient_area_with_cut": "suff+cut",
+    "median_sufficient_area_with_cut": "med.suff+cut",
     "insertion_auc": "ins.AUC",
     "deletion_auc": "del.AUC",
     "median_seconds": "med.s/img",
