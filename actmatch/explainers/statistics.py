@@ -71,10 +71,9 @@ def bootstrap_ci(
     return (float(low), float(high))
 
 
-def _significant(values: np.ndarray, digits: int | None = None) -> np.ndarray:
-    """``values`` rounded to ``digits`` (default ``SIGNIFICANT``) significant digits, as ``f"{v:.6g}"``."""
-    digits = digits or SIGNIFICANT
-    return np.array([float(f"{v:.{digits}g}") for v in values], dtype=float)
+def _significant(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to ``SIGNIFICANT`` significant digits, as ``f"{v:.6g}"`` writes them."""
+    return np.array([float(f"{v:.{SIGNIFICANT}g}") for v in values], dtype=float)
 
 
 def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: bool = True) -> dict:
