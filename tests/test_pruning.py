@@ -199,3 +199,69 @@ def test_pruning_on_own_backgrounds_keeps_the_evidence_the_fill_happens_to_suppl
     needed_a[a], needed_b[b] = 1, 1
     assert torch.equal(pruned[0], needed_a)  # the fill carries B
     assert torch.equal(pruned[4], needed_a + needed_b)  # the own backgrounds do not
+
+
+def test_pruning_backgrounds_are_drawn_from_check_kinds(rng_images, monkeypatch):
+    """The fit's own pruning backgrounds are of the kinds in ``check_kinds``, and only those."""
+    from actmatch.explainers.backgrounds import BackgroundSampler
+
+    drawn = []
+    sample_kind = BackgroundSampler.sample_kind
+    monkeypatch.setattr(BackgroundSampler, "sample_kind",
+                        lambda self, images, kind: drawn.append(kind) or sample_kind(self, images, kind))
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  steps=2, restarts=1, fill="mean")
+    image = rng_images[:1]
+    logits = tiny_classifier(image)
+    strategy = AreaContinuation(select="smallest_kept", prune=[32], prune_backgrounds=4, check_kinds=["solid", "solid"])
+    strategy._pruned(explainer, image, logits.argmax(-1), logits, torch.ones(1, 1, 64, 64), torch.rand(1, 1, 64, 64))
+    assert drawn and set(drawn) == {"solid"}
+    with pytest.raises(ValueError, match="check_kinds takes background kinds"):
+        AreaContinuation(check_kinds=["checkerboard"])
+
+
+@pytest.mark.parametrize("verify_keep", [1.0, 0.75])
+def test_staged_kept_test_reads_like_testing_every_background(rng_images, monkeypatch, verify_keep):
+    """The fit's staged test (fill first, then backgrounds in stages, only up to the first lost
+    mask) agrees with testing every mask on every background up to the first lost one, and the
+    pruned mask is the same; it classifies fewer images when removals fail."""
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=2)
+    image = rng_images[:1].clamp(0.4, 1.0)  # bright: class 0 (mean > 0.45)
+    classified = []
+
+    def classify(x):  # class 0 iff the image is bright on average
+        classified.append(x.shape[0])
+        return torch.stack([x.flatten(1).mean(1) - 0.45, torch.zeros(x.shape[0])], 1)
+
+    monkeypatch.setattr(tiny_classifier, "forward", classify)
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  steps=2, restarts=1, fill="mean")
+    target, logits_x = torch.tensor([0]), classify(image)
+    strategy = AreaContinuation(select="smallest_robust", prune=[8], prune_backgrounds=6, verify_keep=verify_keep)
+    dark = torch.full_like(image, 0.2)  # two dark backgrounds: removals fail on them first
+    backgrounds = torch.cat([torch.full_like(image, 0.5), dark, dark, torch.rand(4, *image.shape[1:])])
+
+    def every_background(masks):  # the unstaged reference: (n,) kept, then cut at the first lost
+        planted = masks[:, None] * image[None] + (1 - masks[:, None]) * backgrounds[None]
+        labels = classify(planted.flatten(0, 1)).argmax(-1).view(masks.shape[0], -1)
+        kept = (labels[:, 0] == target) & ((labels[:, 1:] == target).float().mean(1) >= verify_keep)
+        return torch.arange(len(kept)) < (int(kept.float().argmin()) if not kept.all() else len(kept))
+
+    staged = lambda masks: strategy.kept_masks(explainer, image, backgrounds, logits_x, target, masks)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(4):  # cumulative removals from a full mask, as prune_cells tests them
+        masks = torch.ones(8, 1, 64, 64)
+        for j in range(8):
+            r, c = torch.randint(0, 56, (2,), generator=generator).tolist()
+            masks[j:, :, r : r + 16, c : c + 16] = 0
+        assert torch.equal(staged(masks), every_background(masks))
+    soft = torch.rand(1, 1, 64, 64, generator=generator)
+    classified.clear()
+    pruned_staged, _ = prune_cells(staged, torch.ones(1, 1, 64, 64), soft, cell=16)
+    staged_images = sum(classified)
+    classified.clear()
+    pruned_reference, _ = prune_cells(every_background, torch.ones(1, 1, 64, 64), soft, cell=16)
+    assert torch.equal(pruned_staged, pruned_reference)
+    assert 0.5 < pruned_staged.mean() < 1  # some cells went, some removals failed ...
+    assert staged_images < sum(classified)  # ... and the failed ones cost less

@@ -134,6 +134,9 @@ class FitStrategy:
             least ``verify_keep`` of this many random backgrounds of the fit's own (solid, uniform,
             gaussian, drawn once per image): pruning that keeps a robust mask robust. Allowed with
             ``smallest_robust``.
+        check_kinds: the kinds of the fit's own verification and pruning backgrounds, each drawn
+            uniformly from this list (:class:`~actmatch.explainers.backgrounds.BackgroundSampler`;
+            a repeated kind is drawn more often, e.g. ``[solid, solid, solid, uniform, gaussian]``).
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class FitStrategy:
         prune_batch: int = 8,
         prune_border_first: bool = False,
         prune_backgrounds: int = 0,
+        check_kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -186,6 +190,10 @@ class FitStrategy:
                              f"robust masks robust")
         self.prune, self.prune_batch, self.prune_border_first = prune, prune_batch, prune_border_first
         self.prune_backgrounds = prune_backgrounds
+        self.check_kinds = list(check_kinds)
+        if not self.check_kinds or set(self.check_kinds) - set(BackgroundSampler.KINDS):
+            raise ValueError(f"{type(self).__name__}: check_kinds takes background kinds from "
+                             f"{BackgroundSampler.KINDS}, got {self.check_kinds}")
         self.scan, self.scan_min_area = scan, scan_min_area
         self.scan_draws, self.scan_noise = scan_draws, scan_noise
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
@@ -325,7 +333,7 @@ class FitStrategy:
     def _pruned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
         """Drop, per kept mask, the cells the label does not need, coarse to fine (in place)."""
         fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
-        sampler = BackgroundSampler(["solid", "uniform", "gaussian"])
+        sampler = BackgroundSampler(self.check_kinds)
         for i in range(images.shape[0]):
             one = slice(i, i + 1)
             backgrounds = fill[one]
@@ -340,23 +348,42 @@ class FitStrategy:
                                          self.prune_border_first)[0]
 
     @torch.no_grad()
-    def kept_masks(self, explainer, image, backgrounds, logits_x, target, masks) -> torch.Tensor:
-        """(n,) bool: which masks (n, 1, H, W) of one image are kept with ``backgrounds[0]`` (the
-        fill: label and ``min_confidence``) and, given more backgrounds b_1..b_k, keep the label on at
-        least ``verify_keep`` of m ⊙ x + (1 − m) ⊙ b_j. One forward pass of n·(k+1) images."""
-        n, k = masks.shape[0], backgrounds.shape[0]
-        planted = masks[:, None] * image[None] + (1 - masks[:, None]) * backgrounds[None]  # (n, k, 3, H, W)
-        logits = rearrange(explainer.classifier(planted.flatten(0, 1)), "(n k) c -> n k c", n=n)
-        kept = self._kept(logits[:, 0], logits_x.expand(n, -1), target.expand(n))
-        if k > 1:
-            kept &= (logits[:, 1:].argmax(-1) == target).float().mean(1) >= self.verify_keep
-        return kept
+    def kept_masks(self, explainer, image, backgrounds, logits_x, target, masks, stage: int = 2) -> torch.Tensor:
+        """(n,) bool for a sequence of masks (n, 1, H, W) of one image: True for every mask before
+        the first that is not kept, False from there on. Kept: the label (and ``min_confidence``)
+        with ``backgrounds[0]`` (the fill) and, given more backgrounds b_1..b_k, the label on at
+        least ``verify_keep`` of m ⊙ x + (1 − m) ⊙ b_j.
+
+        This is all :func:`~actmatch.explainers.pruning.prune_cells` reads (the first removal that
+        loses the label), so the masks are tested in stages: the fill, then ``stage`` backgrounds at
+        a time, each stage only on the masks before the first one already lost. The answer is the
+        same as testing every mask on every background; a removal that fails early costs less.
+        """
+        n, k = masks.shape[0], backgrounds.shape[0] - 1
+        allowed = max(f for f in range(k + 1) if k == 0 or (k - f) / k >= self.verify_keep)  # failures allowed
+
+        def classify(upto: int, group: torch.Tensor) -> torch.Tensor:  # (upto, len(group), K) logits
+            m = masks[:upto, None]
+            planted = m * image[None] + (1 - m) * group[None]
+            return rearrange(explainer.classifier(planted.flatten(0, 1)), "(n k) c -> n k c", n=upto)
+
+        kept = self._kept(classify(n, backgrounds[:1])[:, 0], logits_x.expand(n, -1), target.expand(n))
+        alive = int(kept.float().argmin()) if not kept.all() else n  # masks before the first lost one
+        failures = torch.zeros(n, dtype=torch.long, device=masks.device)
+        for start in range(1, k + 1, stage):
+            if not alive:
+                break
+            logits = classify(alive, backgrounds[start : start + stage])
+            failures[:alive] += (logits.argmax(-1) != target).sum(1)
+            lost = failures[:alive] > allowed
+            alive = int(lost.float().argmax()) if lost.any() else alive
+        return torch.arange(n, device=masks.device) < alive
 
     @torch.no_grad()
     def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
         """Replace each image's mask by its smallest candidate that survives ``verify`` more of the
         fit's own backgrounds (in place; images without such a candidate keep their mask)."""
-        sampler = BackgroundSampler(["solid", "uniform", "gaussian"])
+        sampler = BackgroundSampler(self.check_kinds)
         for i, items in enumerate(candidates.items):
             x = images[i : i + 1].expand(self.verify, -1, -1, -1)  # (n, 3, H, W)
             for _, mask, soft in items:
@@ -509,7 +536,8 @@ class AreaContinuation(FitStrategy):
             min(a_i · shrink, that area). Trains the ranking on cuts below the frontier instead
             of only at it.
         select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
-            scan_noise, prune, prune_batch, prune_border_first, prune_backgrounds: as in :class:`FitStrategy`.
+            scan_noise, prune, prune_batch, prune_border_first, prune_backgrounds, check_kinds: as in
+            :class:`FitStrategy`.
     """
 
     def __init__(
@@ -536,10 +564,12 @@ class AreaContinuation(FitStrategy):
         prune_batch: int = 8,
         prune_border_first: bool = False,
         prune_backgrounds: int = 0,
+        check_kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
     ) -> None:
         super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
                          scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch,
-                         prune_border_first=prune_border_first, prune_backgrounds=prune_backgrounds)
+                         prune_border_first=prune_border_first, prune_backgrounds=prune_backgrounds,
+                         check_kinds=check_kinds)
         if not 0 <= explore < 1:
             raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
         self.explore = explore

@@ -47,7 +47,8 @@ def prune_cells(kept, mask: torch.Tensor, soft: torch.Tensor, cell: int, batch: 
 
     Args:
         kept: ``kept(masks (n, 1, H, W)) -> (n,) bool``, the fit's own test of a mask (it builds
-            the explanations, e.g. m ⊙ x + (1 − m) ⊙ fill).
+            the explanations, e.g. m ⊙ x + (1 − m) ⊙ fill). Only read up to its first False (the
+            first removal that loses the label), so it may skip testing the masks after it.
         mask: (1, 1, H, W) binary, kept.
         soft: (1, 1, H, W) the U-Net's probabilities: cells with lower values are tried first.
         cell: side of a grid cell in pixels.
