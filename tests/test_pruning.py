@@ -217,8 +217,15 @@ def test_pruning_backgrounds_are_drawn_from_check_kinds(rng_images, monkeypatch)
     strategy = AreaContinuation(select="smallest_kept", prune=[32], prune_backgrounds=4, check_kinds=["solid", "solid"])
     strategy._pruned(explainer, image, logits.argmax(-1), logits, torch.ones(1, 1, 64, 64), torch.rand(1, 1, 64, 64))
     assert drawn and set(drawn) == {"solid"}
+    drawn.clear()  # cycled: background j is of kind check_kinds[j % 2], every kind covered
+    strategy = AreaContinuation(select="smallest_kept", prune=[32], prune_backgrounds=4, check_kinds=["solid", "uniform"],
+                                check_order="cycle")
+    strategy._pruned(explainer, image, logits.argmax(-1), logits, torch.ones(1, 1, 64, 64), torch.rand(1, 1, 64, 64))
+    assert drawn == ["solid", "uniform", "solid", "uniform"]
     with pytest.raises(ValueError, match="check_kinds takes background kinds"):
         AreaContinuation(check_kinds=["checkerboard"])
+    with pytest.raises(ValueError, match="check_order is 'random' or 'cycle'"):
+        AreaContinuation(check_order="sorted")
 
 
 @pytest.mark.parametrize("verify_keep", [1.0, 0.75])
@@ -265,3 +272,26 @@ def test_staged_kept_test_reads_like_testing_every_background(rng_images, monkey
     assert torch.equal(pruned_staged, pruned_reference)
     assert 0.5 < pruned_staged.mean() < 1  # some cells went, some removals failed ...
     assert staged_images < sum(classified)  # ... and the failed ones cost less
+
+
+def test_check_margin_keeps_the_cells_a_margin_on_own_backgrounds_needs(rng_images, monkeypatch):
+    """Class 0 wins by (mean brightness − 0.45): on a dark background of the fit's own, a margin
+    of 0.05 needs more of the bright image kept than top-1 does."""
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=2)
+    image = rng_images[:1].clamp(0.4, 1.0)
+    monkeypatch.setattr(tiny_classifier, "forward",
+                        lambda x: torch.stack([x.flatten(1).mean(1) - 0.45, torch.zeros(x.shape[0])], 1))
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  steps=2, restarts=1, fill="mean")
+    backgrounds = torch.cat([torch.full_like(image, 0.5), torch.full_like(image, 0.2)])
+    soft = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    pruned = {}
+    for margin in (0.0, 0.05):
+        strategy = AreaContinuation(select="smallest_robust", prune=[8], prune_backgrounds=1, check_margin=margin)
+        kept = lambda masks: strategy.kept_masks(explainer, image, backgrounds, tiny_classifier(image), torch.tensor([0]), masks)
+        pruned[margin] = prune_cells(kept, torch.ones(1, 1, 64, 64), soft, cell=8)[0]
+    on_dark = {margin: (m * image + (1 - m) * 0.2).mean().item() for margin, m in pruned.items()}
+    assert 0.45 < on_dark[0.0] < 0.5 <= on_dark[0.05]  # top-1 is kept by both, the margin only by one
+    assert pruned[0.05].mean() > pruned[0.0].mean()
+    with pytest.raises(ValueError, match="check_margin must be >= 0"):
+        AreaContinuation(check_margin=-1.0)

@@ -27,6 +27,8 @@ from einops import rearrange
 from torch import nn
 
 from actmatch.explainers.backgrounds import BackgroundSampler, make_fill
+from actmatch.explainers.losses import logit_margin
+from actmatch.explainers.metrics import cycled_backgrounds
 from actmatch.explainers.metrics import top_fraction_mask
 from actmatch.explainers.pruning import prune_cells
 
@@ -137,6 +139,12 @@ class FitStrategy:
         check_kinds: the kinds of the fit's own verification and pruning backgrounds, each drawn
             uniformly from this list (:class:`~actmatch.explainers.backgrounds.BackgroundSampler`;
             a repeated kind is drawn more often, e.g. ``[solid, solid, solid, uniform, gaussian]``).
+        check_order: ``random`` (each background's kind drawn from ``check_kinds``) or ``cycle``
+            (background j is of kind ``check_kinds[j % len]``, as the evaluation draws them: every
+            kind is covered, however few backgrounds there are).
+        check_margin: on those backgrounds, the label counts as kept only with a logit margin
+            z_y − max_{k≠y} z_k ≥ check_margin (0: top-1 is enough). A mask that passes its own
+            backgrounds with a margin is more likely to pass backgrounds it never saw.
     """
 
     def __init__(
@@ -157,6 +165,8 @@ class FitStrategy:
         prune_border_first: bool = False,
         prune_backgrounds: int = 0,
         check_kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
+        check_margin: float = 0.0,
+        check_order: str = "random",
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -190,7 +200,11 @@ class FitStrategy:
                              f"robust masks robust")
         self.prune, self.prune_batch, self.prune_border_first = prune, prune_batch, prune_border_first
         self.prune_backgrounds = prune_backgrounds
-        self.check_kinds = list(check_kinds)
+        if check_margin < 0:
+            raise ValueError(f"{type(self).__name__}: check_margin must be >= 0 (a logit margin), got {check_margin}")
+        if check_order not in ("random", "cycle"):
+            raise ValueError(f"{type(self).__name__}: check_order is 'random' or 'cycle', got {check_order!r}")
+        self.check_kinds, self.check_margin, self.check_order = list(check_kinds), check_margin, check_order
         if not self.check_kinds or set(self.check_kinds) - set(BackgroundSampler.KINDS):
             raise ValueError(f"{type(self).__name__}: check_kinds takes background kinds from "
                              f"{BackgroundSampler.KINDS}, got {self.check_kinds}")
@@ -232,6 +246,20 @@ class FitStrategy:
             p_x = logits_x.softmax(-1).gather(1, target[:, None]).squeeze(1)
             kept &= p_e >= self.min_confidence * p_x
         return kept
+
+    def own_backgrounds(self, image: torch.Tensor, n: int) -> torch.Tensor:
+        """(n, 3, H, W) backgrounds of the fit's own for one image (1, 3, H, W): ``check_kinds``
+        drawn at random or cycled (``check_order``), from the global RNG (the fit's seed)."""
+        if self.check_order == "cycle":
+            return cycled_backgrounds(image, n, tuple(self.check_kinds), None)
+        return BackgroundSampler(self.check_kinds)(image.expand(n, -1, -1, -1))
+
+    def _kept_on_background(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the label y is top-1 of logits (N, K), with a margin of ``check_margin``."""
+        target = target.expand(logits.shape[0])
+        if self.check_margin > 0:
+            return logit_margin(logits, target) >= self.check_margin
+        return logits.argmax(-1) == target
 
     @torch.no_grad()
     def smallest_kept_cut(self, explainer, image, fill, scores, logits_x, target, fractions) -> torch.Tensor | None:
@@ -333,13 +361,11 @@ class FitStrategy:
     def _pruned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
         """Drop, per kept mask, the cells the label does not need, coarse to fine (in place)."""
         fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
-        sampler = BackgroundSampler(self.check_kinds)
         for i in range(images.shape[0]):
             one = slice(i, i + 1)
             backgrounds = fill[one]
             if self.prune_backgrounds:
-                drawn = sampler(images[one].expand(self.prune_backgrounds, -1, -1, -1))
-                backgrounds = torch.cat([backgrounds, drawn])
+                backgrounds = torch.cat([backgrounds, self.own_backgrounds(images[one], self.prune_backgrounds)])
             kept = partial(self.kept_masks, explainer, images[one], backgrounds, logits_x[one], target[one])
             if not kept(masks[one])[0]:
                 continue  # only a kept mask is pruned
@@ -374,7 +400,7 @@ class FitStrategy:
             if not alive:
                 break
             logits = classify(alive, backgrounds[start : start + stage])
-            failures[:alive] += (logits.argmax(-1) != target).sum(1)
+            failures[:alive] += (~self._kept_on_background(logits.flatten(0, 1), target)).view(alive, -1).sum(1)
             lost = failures[:alive] > allowed
             alive = int(lost.float().argmax()) if lost.any() else alive
         return torch.arange(n, device=masks.device) < alive
@@ -383,12 +409,11 @@ class FitStrategy:
     def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
         """Replace each image's mask by its smallest candidate that survives ``verify`` more of the
         fit's own backgrounds (in place; images without such a candidate keep their mask)."""
-        sampler = BackgroundSampler(self.check_kinds)
         for i, items in enumerate(candidates.items):
-            x = images[i : i + 1].expand(self.verify, -1, -1, -1)  # (n, 3, H, W)
+            x = images[i : i + 1]
             for _, mask, soft in items:
-                planted = mask * x + (1 - mask) * sampler(x)
-                kept = (explainer.classifier(planted).argmax(-1) == target[i]).float().mean()
+                planted = mask * x + (1 - mask) * self.own_backgrounds(x, self.verify)  # (verify, 3, H, W)
+                kept = self._kept_on_background(explainer.classifier(planted), target[i]).float().mean()
                 if kept >= self.verify_keep:
                     masks[i], soft_masks[i] = mask, soft
                     break
@@ -536,8 +561,8 @@ class AreaContinuation(FitStrategy):
             min(a_i · shrink, that area). Trains the ranking on cuts below the frontier instead
             of only at it.
         select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
-            scan_noise, prune, prune_batch, prune_border_first, prune_backgrounds, check_kinds: as in
-            :class:`FitStrategy`.
+            scan_noise, prune, prune_batch, prune_border_first, prune_backgrounds, check_kinds,
+            check_margin, check_order: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -565,11 +590,13 @@ class AreaContinuation(FitStrategy):
         prune_border_first: bool = False,
         prune_backgrounds: int = 0,
         check_kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
+        check_margin: float = 0.0,
+        check_order: str = "random",
     ) -> None:
         super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
                          scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch,
                          prune_border_first=prune_border_first, prune_backgrounds=prune_backgrounds,
-                         check_kinds=check_kinds)
+                         check_kinds=check_kinds, check_margin=check_margin, check_order=check_order)
         if not 0 <= explore < 1:
             raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
         self.explore = explore

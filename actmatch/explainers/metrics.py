@@ -57,6 +57,7 @@ __all__ = [
     "DeactivationMasker",
     "rank_pixels",
     "top_fraction_mask",
+    "cycled_backgrounds",
     "mask_area",
     "label_kept",
     "confidence_delta",
@@ -371,7 +372,7 @@ def _fit_pool(pool: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
     return F.interpolate(pool.to(like), size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _backgrounds(image: torch.Tensor, n: int, kinds: tuple[str, ...], pool: torch.Tensor | None) -> torch.Tensor:
+def cycled_backgrounds(image: torch.Tensor, n: int, kinds: tuple[str, ...], pool: torch.Tensor | None) -> torch.Tensor:
     """(n, 3, H, W) backgrounds for one image (1, 3, H, W), from the global RNG.
 
     Background j is of kind ``sources[j % len(sources)]``, sources = ``kinds`` then ``pool``
@@ -393,10 +394,10 @@ def _planted_job(image: torch.Tensor, mask: torch.Tensor, backgrounds: torch.Ten
 
 
 def _seeded_backgrounds(images: torch.Tensor, n: int, kinds: tuple[str, ...], pool: torch.Tensor | None, seed: int) -> list[torch.Tensor]:
-    """:func:`_backgrounds` of each image in turn, from ``seed``; the global RNG is left as it was."""
+    """:func:`cycled_backgrounds` of each image in turn, from ``seed``; the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
         torch.manual_seed(seed)
-        return [_backgrounds(images[i : i + 1], n, kinds, pool) for i in range(images.shape[0])]
+        return [cycled_backgrounds(images[i : i + 1], n, kinds, pool) for i in range(images.shape[0])]
 
 
 @torch.no_grad()
