@@ -150,6 +150,7 @@ def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
         (lambda: AreaContinuation(noise=-0.1), "noise must be >= 0"),
         (lambda: AreaContinuation(scan_draws=4), "scan > 0 for draws"),
         (lambda: AreaContinuation(scan=8, scan_draws=-1), "scan_draws >= 0"),
+        (lambda: PenaltyFit(verify_fallback="largest"), "verify_fallback is"),
     ],
 )
 def test_bad_strategy_settings_are_named(make, message):
@@ -237,3 +238,36 @@ def test_scan_draws_only_shrink_the_mask_and_keep_the_label(rng_images):
     assert (drawn.area <= plain.area + 1e-6).all()
     assert (drawn.label_kept >= plain.label_kept).all()
     assert ((drawn.masks == 0) | (drawn.masks == 1)).all() and drawn.masks.shape == plain.masks.shape
+
+
+@pytest.mark.parametrize("fallback", ["smallest", "most_kept"])
+def test_verification_fallback_when_no_candidate_survives(rng_images, fallback):
+    """No candidate keeps the label on every verification background: ``smallest`` keeps the
+    smallest robust mask, ``most_kept`` takes the candidate that kept it on the most."""
+    from actmatch.explainers.fitting import _Candidates
+
+    image = rng_images[:1].clamp(0.4, 1.0)
+
+    class Bright(torch.nn.Module):  # class 0 wins by (mean brightness - 0.45)
+        def forward(self, x):
+            return torch.stack([x.flatten(1).mean(1) - 0.45, torch.zeros(x.shape[0])], 1)
+
+    class Explainer:
+        classifier = Bright()
+
+    small, large = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
+    small[:, :6] = 1  # ~0.1 of the image: on a background of mean 0.5 its margin is < 0.1
+    large[:, :48] = 1  # 0.75: a margin of 0.1 on mid-grey and brighter backgrounds
+    candidates = _Candidates(1, k=4)
+    candidates.offer(small[None], small[None], torch.tensor([True]))
+    candidates.offer(large[None], large[None], torch.tensor([True]))
+    strategy = PenaltyFit(verify=8, verify_keep=1.0, check_kinds=["solid", "uniform"], check_order="cycle",
+                          check_margin=0.1, verify_fallback=fallback)
+    torch.manual_seed(0)
+    rates = [strategy._kept_on_background(Bright()(m * image + (1 - m) * strategy.own_backgrounds(image, 8)),
+                                          torch.tensor(0)).float().mean().item() for m in (small, large)]
+    assert rates[0] < rates[1] < 1  # neither survives every background; the large mask more of them
+    torch.manual_seed(0)
+    masks, soft = small[None].clone(), small[None].clone()
+    strategy._verified(Explainer(), image, torch.tensor([0]), candidates, masks, soft)
+    assert torch.equal(masks[0], small if fallback == "smallest" else large)

@@ -112,6 +112,9 @@ class FitStrategy:
             on at least ``verify_keep`` of them (0: no check). Filters masks that passed a step's
             few backgrounds by luck.
         verify_keep: the fraction of the verification backgrounds that must keep the label.
+        verify_fallback: where no candidate passes the check, return the smallest robust mask
+            (``smallest``) or the candidate that kept the label on the most verification backgrounds
+            (``most_kept``, the smallest of those).
         candidates: how many of the smallest robust masks are kept for the check.
         scan: after the fit, cut the selected step's ranking (the U-Net's probabilities) at this
             many areas between ``scan_min_area`` and the selected mask's area (geometric grid,
@@ -167,6 +170,7 @@ class FitStrategy:
         check_kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
         check_margin: float = 0.0,
         check_order: str = "random",
+        verify_fallback: str = "smallest",
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -205,6 +209,9 @@ class FitStrategy:
         if check_order not in ("random", "cycle"):
             raise ValueError(f"{type(self).__name__}: check_order is 'random' or 'cycle', got {check_order!r}")
         self.check_kinds, self.check_margin, self.check_order = list(check_kinds), check_margin, check_order
+        if verify_fallback not in ("smallest", "most_kept"):
+            raise ValueError(f"{type(self).__name__}: verify_fallback is 'smallest' or 'most_kept', got {verify_fallback!r}")
+        self.verify_fallback = verify_fallback
         if not self.check_kinds or set(self.check_kinds) - set(BackgroundSampler.KINDS):
             raise ValueError(f"{type(self).__name__}: check_kinds takes background kinds from "
                              f"{BackgroundSampler.KINDS}, got {self.check_kinds}")
@@ -408,15 +415,22 @@ class FitStrategy:
     @torch.no_grad()
     def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
         """Replace each image's mask by its smallest candidate that survives ``verify`` more of the
-        fit's own backgrounds (in place; images without such a candidate keep their mask)."""
+        fit's own backgrounds (in place). Images without such a candidate keep their mask, or with
+        ``verify_fallback: most_kept`` take the candidate that kept the label on the most of them."""
         for i, items in enumerate(candidates.items):
             x = images[i : i + 1]
+            best_rate, best = -1.0, None
             for _, mask, soft in items:
                 planted = mask * x + (1 - mask) * self.own_backgrounds(x, self.verify)  # (verify, 3, H, W)
-                kept = self._kept_on_background(explainer.classifier(planted), target[i]).float().mean()
+                kept = self._kept_on_background(explainer.classifier(planted), target[i]).float().mean().item()
                 if kept >= self.verify_keep:
                     masks[i], soft_masks[i] = mask, soft
                     break
+                if kept > best_rate:  # the smallest of the most-kept so far
+                    best_rate, best = kept, (mask, soft)
+            else:
+                if self.verify_fallback == "most_kept" and best is not None:
+                    masks[i], soft_masks[i] = best
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -562,7 +576,7 @@ class AreaContinuation(FitStrategy):
             of only at it.
         select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
             scan_noise, prune, prune_batch, prune_border_first, prune_backgrounds, check_kinds,
-            check_margin, check_order: as in :class:`FitStrategy`.
+            check_margin, check_order, verify_fallback: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -592,11 +606,13 @@ class AreaContinuation(FitStrategy):
         check_kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
         check_margin: float = 0.0,
         check_order: str = "random",
+        verify_fallback: str = "smallest",
     ) -> None:
         super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
                          scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch,
                          prune_border_first=prune_border_first, prune_backgrounds=prune_backgrounds,
-                         check_kinds=check_kinds, check_margin=check_margin, check_order=check_order)
+                         check_kinds=check_kinds, check_margin=check_margin, check_order=check_order,
+                         verify_fallback=verify_fallback)
         if not 0 <= explore < 1:
             raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
         self.explore = explore
