@@ -28,8 +28,7 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import BackgroundSampler, make_fill
 from actmatch.explainers.losses import logit_margin
-from actmatch.explainers.metrics import cycled_backgrounds
-from actmatch.explainers.metrics import top_fraction_mask
+from actmatch.explainers.metrics import cycled_backgrounds, top_fraction_mask
 from actmatch.explainers.pruning import prune_cells
 
 __all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS", "default_fitting"]
