@@ -271,3 +271,26 @@ def test_verification_fallback_when_no_candidate_survives(rng_images, fallback):
     masks, soft = small[None].clone(), small[None].clone()
     strategy._verified(Explainer(), image, torch.tensor([0]), candidates, masks, soft)
     assert torch.equal(masks[0], small if fallback == "smallest" else large)
+
+
+def test_top_area_keeps_the_requested_fraction_on_a_plateau_of_equal_logits():
+    """A network whose logits are equal on most pixels (a dead U-Net) still gets exactly a·H·W
+    pixels, not an empty mask; an image without ties is shifted exactly as before."""
+
+    logits = torch.zeros(2, 1, 48, 40)
+    logits[0, :, :8] = torch.rand(8, 40) + 0.1  # image 0: 8 of 48 rows ranked, the rest one plateau
+    logits[1] = torch.randn(1, 48, 40)  # image 1: no ties
+
+    class Plateau(torch.nn.Module):
+        def forward(self, images):
+            return logits.clone()
+
+    images = torch.rand(2, 3, 48, 40)
+    out = TopArea(Plateau(), torch.tensor([0.5, 0.3]))(images)
+    kept = (out > 0).flatten(1).sum(1)
+    assert kept.tolist() == [round(0.5 * 48 * 40), round(0.3 * 48 * 40)]
+    assert (out[0, :, :8] > 0).all()  # the ranked rows stay on top
+    reference = Plateau()(images)[1]
+    ranked = reference.flatten().sort(descending=True).values
+    k = round(0.3 * 48 * 40)
+    assert torch.allclose(out[1], reference - (ranked[k - 1] + ranked[k]) / 2)

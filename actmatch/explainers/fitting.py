@@ -526,6 +526,9 @@ class TopArea(nn.Module):
     The logits z are shifted per image by the midpoint t between the k-th and (k+1)-th largest
     value (k = round(a·H·W)): z' = z − t, so 1[z' > 0] keeps the k highest-ranked pixels. t is
     treated as a constant, so the straight-through gradient teaches the network the *ranking*.
+    Where the k-th and (k+1)-th values are equal (a plateau of identical logits, e.g. from dead
+    ReLUs), no shift separates them and 1[z' > 0] would keep fewer pixels, or none; such an image's
+    ties are broken by a constant ramp over the pixel index, 10⁻³ of its logit spread in size.
     """
 
     def __init__(self, net: nn.Module, area: torch.Tensor, noise: torch.Tensor | None = None) -> None:
@@ -536,11 +539,16 @@ class TopArea(nn.Module):
         logits = self.net(images)  # (B, 1, H, W)
         if self.noise is not None:  # (1, 1, H, W), in units of each image's logit spread
             logits = logits + self.noise.to(logits) * logits.detach().flatten(1).std(1).view(-1, 1, 1, 1)
-        flat = logits.detach().flatten(1)
-        n = flat.shape[1]
-        ranked = flat.sort(1, descending=True).values  # (B, N)
-        k = (self.area.to(flat) * n).round().long().clamp(1, n - 1)  # (B,)
-        t = (ranked.gather(1, k[:, None] - 1) + ranked.gather(1, k[:, None])) / 2  # (B, 1)
+        n = logits[0].numel()
+        k = (self.area.to(logits) * n).round().long().clamp(1, n - 1)[:, None]  # (B, 1)
+        ranked = logits.detach().flatten(1).sort(1, descending=True).values  # (B, N)
+        tied = ranked.gather(1, k - 1) <= ranked.gather(1, k)  # (B, 1): the cut falls inside a plateau
+        if tied.any():
+            spread = ranked.std(1, keepdim=True).clamp_min(1.0)
+            ramp = torch.linspace(0, 1, n, device=logits.device, dtype=logits.dtype).view_as(logits[:1])
+            logits = logits + (1e-3 * spread * tied).view(-1, 1, 1, 1) * ramp
+            ranked = logits.detach().flatten(1).sort(1, descending=True).values
+        t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2  # (B, 1)
         return logits - t.view(-1, 1, 1, 1)
 
 
