@@ -526,9 +526,11 @@ class TopArea(nn.Module):
     The logits z are shifted per image by the midpoint t between the k-th and (k+1)-th largest
     value (k = round(a·H·W)): z' = z − t, so 1[z' > 0] keeps the k highest-ranked pixels. t is
     treated as a constant, so the straight-through gradient teaches the network the *ranking*.
-    Where the k-th and (k+1)-th values are equal (a plateau of identical logits, e.g. from dead
-    ReLUs), no shift separates them and 1[z' > 0] would keep fewer pixels, or none; such an image's
-    ties are broken by a constant ramp over the pixel index, 10⁻³ of its logit spread in size.
+    Where the k-th and (k+1)-th values are equal, no shift separates them and 1[z' > 0] keeps
+    fewer than k pixels. A tie of a few pixels (bilinear upsampling makes some) is left as it is,
+    as every measured recipe ran. Where the cut would keep fewer than k/2 (a plateau of identical
+    logits, e.g. from dead ReLUs; the mask can come out empty), the image's ties are broken by a
+    constant ramp over the pixel index, 10⁻³ of its logit spread in size.
     """
 
     def __init__(self, net: nn.Module, area: torch.Tensor, noise: torch.Tensor | None = None) -> None:
@@ -542,13 +544,14 @@ class TopArea(nn.Module):
         n = logits[0].numel()
         k = (self.area.to(logits) * n).round().long().clamp(1, n - 1)[:, None]  # (B, 1)
         ranked = logits.detach().flatten(1).sort(1, descending=True).values  # (B, N)
-        tied = ranked.gather(1, k - 1) <= ranked.gather(1, k)  # (B, 1): the cut falls inside a plateau
+        t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2  # (B, 1)
+        tied = (ranked > t).sum(1, keepdim=True) < k / 2  # (B, 1): the cut falls inside a plateau
         if tied.any():
             spread = ranked.std(1, keepdim=True).clamp_min(1.0)
             ramp = torch.linspace(0, 1, n, device=logits.device, dtype=logits.dtype).view_as(logits[:1])
             logits = logits + (1e-3 * spread * tied).view(-1, 1, 1, 1) * ramp
             ranked = logits.detach().flatten(1).sort(1, descending=True).values
-        t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2  # (B, 1)
+            t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2
         return logits - t.view(-1, 1, 1, 1)
 
 
