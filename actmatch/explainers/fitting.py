@@ -207,13 +207,15 @@ class FitStrategy:
             raise ValueError(f"{type(self).__name__}: check_margin must be >= 0 (a logit margin), got {check_margin}")
         if check_order not in ("random", "cycle"):
             raise ValueError(f"{type(self).__name__}: check_order is 'random' or 'cycle', got {check_order!r}")
-        self.check_kinds, self.check_margin, self.check_order = list(check_kinds), check_margin, check_order
         if verify_fallback not in ("smallest", "most_kept"):
             raise ValueError(f"{type(self).__name__}: verify_fallback is 'smallest' or 'most_kept', got {verify_fallback!r}")
+        self.check_kinds, self.check_margin, self.check_order = list(check_kinds), check_margin, check_order
         self.verify_fallback = verify_fallback
-        if not self.check_kinds or set(self.check_kinds) - set(BackgroundSampler.KINDS):
+        try:
+            self._check_sampler = BackgroundSampler(self.check_kinds)
+        except ValueError as err:
             raise ValueError(f"{type(self).__name__}: check_kinds takes background kinds from "
-                             f"{BackgroundSampler.KINDS}, got {self.check_kinds}")
+                             f"{BackgroundSampler.KINDS}, got {self.check_kinds}") from err
         self.scan, self.scan_min_area = scan, scan_min_area
         self.scan_draws, self.scan_noise = scan_draws, scan_noise
         self.lr, self.select, self.min_confidence = lr, select, min_confidence
@@ -258,7 +260,7 @@ class FitStrategy:
         drawn at random or cycled (``check_order``), from the global RNG (the fit's seed)."""
         if self.check_order == "cycle":
             return cycled_backgrounds(image, n, tuple(self.check_kinds), None)
-        return BackgroundSampler(self.check_kinds)(image.expand(n, -1, -1, -1))
+        return self._check_sampler(image.expand(n, -1, -1, -1))
 
     def _kept_on_background(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) bool: the label y is top-1 of logits (N, K), with a margin of ``check_margin``."""
@@ -530,7 +532,7 @@ class TopArea(nn.Module):
     fewer than k pixels. A tie of a few pixels (bilinear upsampling makes some) is left as it is,
     as every measured recipe ran. Where the cut would keep fewer than k/2 (a plateau of identical
     logits, e.g. from dead ReLUs; the mask can come out empty), the image's ties are broken by a
-    constant ramp over the pixel index, 10⁻³ of its logit spread in size.
+    constant ramp over the pixel index, 10⁻³ of its logit spread (at least 10⁻³) in size.
     """
 
     def __init__(self, net: nn.Module, area: torch.Tensor, noise: torch.Tensor | None = None) -> None:
@@ -545,11 +547,11 @@ class TopArea(nn.Module):
         k = (self.area.to(logits) * n).round().long().clamp(1, n - 1)[:, None]  # (B, 1)
         ranked = logits.detach().flatten(1).sort(1, descending=True).values  # (B, N)
         t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2  # (B, 1)
-        tied = (ranked > t).sum(1, keepdim=True) < k / 2  # (B, 1): the cut falls inside a plateau
-        if tied.any():
+        plateau = (ranked > t).sum(1, keepdim=True) < k / 2  # (B, 1): the cut falls inside a plateau
+        if plateau.any():
             spread = ranked.std(1, keepdim=True).clamp_min(1.0)
             ramp = torch.linspace(0, 1, n, device=logits.device, dtype=logits.dtype).view_as(logits[:1])
-            logits = logits + (1e-3 * spread * tied).view(-1, 1, 1, 1) * ramp
+            logits = logits + (1e-3 * spread * plateau).view(-1, 1, 1, 1) * ramp
             ranked = logits.detach().flatten(1).sort(1, descending=True).values
             t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2
         return logits - t.view(-1, 1, 1, 1)
