@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/explain/study/staged_cost.py IMAGE_DIR N
 
-Fits each of the first N images with ``experiments/explain/robust.yaml``'s recipe without its
+Fits each of the first N images with ``experiments/explain/study/robust_prune32_16_s80_all8.yaml``'s recipe without its
 pruning, then prunes the mask on [32, 16] px cells against the fill and 8 backgrounds of its own
 twice: with the fit's staged test (``FitStrategy.kept_masks``: the fill first, then 2 backgrounds
 at a time, only up to the first lost removal) and with every removal tested on every background.
@@ -21,7 +21,7 @@ from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.pruning import prune_cells
 
 torch.set_num_threads(2)
-ex = build_explainer("experiments/explain/robust.yaml", None, None, None)
+ex = build_explainer("experiments/explain/study/robust_prune32_16_s80_all8.yaml", None, None, None)
 strategy, cells = ex.fitting, list(ex.fitting.prune)
 strategy.prune = []  # fit without pruning; the pruning is timed below
 classified = []
