@@ -137,7 +137,7 @@ def plot_study(csv_path: Path, png_path: Path) -> None:
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    colors = plt.get_cmap("tab20").colors  # one colour per row (up to 20 before they repeat)
+    colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors  # one colour per row (40 before they repeat)
     for i, r in enumerate(rows):
         x, y = float(r["area_median"]), float(r["robust_median"])
         ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7, color=colors[i % len(colors)],
