@@ -26,7 +26,7 @@ from actmatch.datamodules.images import expand_image_paths
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.metrics import robustness
 
-__all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
+__all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_band", "border_kept", "STUDY_FIELDS"]
 
 STUDY_FIELDS = [
     "config", "images", "kept", "area_median", "area_p25", "area_p75", "robust_median", "robust_mean",
@@ -79,13 +79,18 @@ def forward_backward_seconds(classifier: FrozenClassifier, size: tuple[int, int]
     return statistics.median(times)
 
 
-def border_kept(mask: torch.Tensor, band: float = 0.03) -> float:
-    """Fraction of the pixels within ``band`` × short side of the border that ``mask`` (H, W) keeps."""
+def border_band(mask: torch.Tensor, band: float = 0.03) -> torch.Tensor:
+    """Boolean map, shaped as ``mask``, of the pixels within ``band`` × short side of the image border."""
     height, width = mask.shape[-2:]
     k = max(1, round(band * min(height, width)))
-    inner = torch.zeros_like(mask, dtype=torch.bool)
-    inner[..., k:-k, k:-k] = True
-    return float(mask[~inner].float().mean())
+    outer = torch.ones_like(mask, dtype=torch.bool)
+    outer[..., k:-k, k:-k] = False
+    return outer
+
+
+def border_kept(mask: torch.Tensor, band: float = 0.03) -> float:
+    """Fraction of the pixels within ``band`` × short side of the border that ``mask`` (H, W) keeps."""
+    return float(mask[border_band(mask, band)].float().mean())
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -4,7 +4,7 @@
 
 Reads each folder's ``summary.json`` and ``mask_input.png`` (the mask as classified) and prints, for the
 mean fill: the label's probability and rank on the original, on the explanation, on the explanation
-with the border band (3 % of the short side, as ``actmatch study``'s border column) removed, and on the
+with the border band (``actmatch.commands.study.border_band``, as the study's border column) removed, and on the
 fill alone.
 """
 import json
@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from actmatch.commands.explain import build_explainer
+from actmatch.commands.study import border_band
 from actmatch.datamodules.images import load_image
 from actmatch.explainers.backgrounds import make_fill
 
@@ -35,9 +36,7 @@ for folder in map(Path, sys.argv[1:]):
     x = load_image(Path(summary["image"]), ex.classifier.input_size)[0][None]
     mask = torch.from_numpy(np.array(Image.open(folder / "mask_input.png").convert("L")) > 127).float()[None, None]
     assert mask.shape[-2:] == x.shape[-2:], f"{folder}: mask_input.png is {tuple(mask.shape[-2:])}, the input {tuple(x.shape[-2:])}"
-    band = max(1, round(0.03 * min(mask.shape[-2:])))
-    inner = torch.zeros_like(mask)
-    inner[..., band:-band, band:-band] = 1
+    inner = (~border_band(mask)).float()
     fill = make_fill(x, ex.fill, ex.classifier.data_config["mean"])
     masks = torch.cat([torch.ones_like(mask), mask, mask * inner, torch.zeros_like(mask)])
     stats = label_stats(masks * x + (1 - masks) * fill, summary["label"])
