@@ -294,3 +294,45 @@ def test_top_area_keeps_the_requested_fraction_on_a_plateau_of_equal_logits():
     ranked = reference.flatten().sort(descending=True).values
     k = round(0.3 * 48 * 40)
     assert torch.allclose(out[1], reference - (ranked[k - 1] + ranked[k]) / 2)
+
+
+def test_border_free_replaces_a_border_strip_the_interior_can_replace(rng_images, monkeypatch):
+    """Class 0 is kept by the top border rows or by a centre block. The ranking prefers the border:
+    border_free returns a mask that keeps no band pixel and still keeps the label; where only the
+    border carries the label, the mask stays as it was."""
+    from actmatch.explainers.metrics import border_band
+
+    tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    image = rng_images[:1]
+    strategy = AreaContinuation(select="smallest_kept", scan=16, prune=[8], border_free=3.0)
+    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
+                                  steps=2, restarts=1, fitting=strategy)
+
+    def evidence(x, centre: bool):
+        top = (x[:, :, :2, :] - image[:, :, :2, :]).abs().mean((1, 2, 3)) < 1e-6
+        middle = (x[:, :, 24:40, 24:40] - image[:, :, 24:40, 24:40]).abs().mean((1, 2, 3)) < 1e-6
+        score = (top | (middle & centre)).float()
+        return torch.stack([score, 0.5 * torch.ones_like(score)], 1)
+
+    soft = torch.full((1, 1, 64, 64), 0.2)
+    soft[..., :8, :] = 0.9
+    band = border_band(soft)
+    for centre, freed in ((True, True), (False, False)):
+        monkeypatch.setattr(tiny_classifier, "forward", lambda x, c=centre: evidence(x, c))
+        logits = tiny_classifier(image)
+        target = logits.argmax(-1)
+        masks = torch.zeros(1, 1, 64, 64)
+        masks[..., :2, :] = 1  # the top strip: kept
+        strategy._border_freed(explainer, image, target, logits, masks, soft)
+        assert ((masks == 0) | (masks == 1)).all()
+        assert explainer.evaluate(image, masks).label_kept.all()
+        assert (not masks[band].any()) == freed
+        if freed:
+            assert masks.mean() <= 3.0 * (2 / 64)
+
+
+def test_border_free_needs_the_scan():
+    with pytest.raises(ValueError, match="border_free cuts the ranking as the scan does"):
+        AreaContinuation(select="smallest_kept", border_free=1.5)
+    with pytest.raises(ValueError, match="border_free is 0"):
+        AreaContinuation(select="smallest_kept", scan=8, border_free=0.5)

@@ -24,7 +24,7 @@ import torch
 
 from actmatch.datamodules.images import expand_image_paths
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
-from actmatch.explainers.metrics import robustness
+from actmatch.explainers.metrics import border_band, robustness
 
 __all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_band", "border_kept", "STUDY_FIELDS"]
 
@@ -77,15 +77,6 @@ def forward_backward_seconds(classifier: FrozenClassifier, size: tuple[int, int]
         if i >= 2:  # warm-up
             times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def border_band(mask: torch.Tensor, band: float = 0.03) -> torch.Tensor:
-    """Boolean map, shaped as ``mask``, of the pixels within ``band`` × short side of the image border."""
-    height, width = mask.shape[-2:]
-    k = max(1, round(band * min(height, width)))
-    outer = torch.ones_like(mask, dtype=torch.bool)
-    outer[..., k:-k, k:-k] = False
-    return outer
 
 
 def border_kept(mask: torch.Tensor, band: float = 0.03) -> float:

@@ -28,7 +28,7 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import BackgroundSampler, make_fill
 from actmatch.explainers.losses import logit_margin
-from actmatch.explainers.metrics import cycled_backgrounds, top_fraction_mask
+from actmatch.explainers.metrics import border_band, cycled_backgrounds, top_fraction_mask
 from actmatch.explainers.pruning import prune_cells
 
 __all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS", "default_fitting"]
@@ -134,6 +134,14 @@ class FitStrategy:
             (:func:`~actmatch.explainers.pruning.prune_cells`; forward passes only). Empty: off.
         prune_batch: the most removals tested in one forward pass while pruning.
         prune_border_first: prune the cells on the image's border before the others.
+        border_free: 0 (off), or s >= 1: where the returned mask still keeps pixels of the border
+            band (``border_width`` × the short side, :func:`~actmatch.explainers.metrics.border_band`),
+            also cut the same ranking with the band removed at ``scan`` areas up to the whole
+            image (one forward pass), prune the smallest kept cut as the mask was pruned, and
+            return it instead if it is at most s times the mask's area: a mask that leaves the
+            border alone. Where no band-free mask that small keeps the label (evidence only the
+            border holds, e.g. a watermark in the corner) the mask stays as it was. Needs ``scan``.
+        border_width: the band's width as a fraction of the image's short side.
         prune_backgrounds: with > 0, a removal (and the mask pruned) must also keep the label on at
             least ``verify_keep`` of this many random backgrounds of the fit's own (solid, uniform,
             gaussian, drawn once per image): pruning that keeps a robust mask robust. Allowed with
@@ -170,6 +178,8 @@ class FitStrategy:
         check_margin: float = 0.0,
         check_order: str = "random",
         verify_fallback: str = "smallest",
+        border_free: float = 0.0,
+        border_width: float = 0.03,
     ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
@@ -203,6 +213,13 @@ class FitStrategy:
                              f"robust masks robust")
         self.prune, self.prune_batch, self.prune_border_first = prune, prune_batch, prune_border_first
         self.prune_backgrounds = prune_backgrounds
+        if not (border_free == 0 or border_free >= 1) or not 0 < border_width < 0.5:
+            raise ValueError(f"{type(self).__name__}: border_free is 0 (off) or a size factor >= 1, and 0 < border_width "
+                             f"< 0.5, got border_free={border_free}, border_width={border_width}")
+        if border_free and not scan:
+            raise ValueError(f"{type(self).__name__}: border_free cuts the ranking as the scan does; it needs scan > 0 "
+                             f"(e.g. scan: 24)")
+        self.border_free, self.border_width = border_free, border_width
         if check_margin < 0:
             raise ValueError(f"{type(self).__name__}: check_margin must be >= 0 (a logit margin), got {check_margin}")
         if check_order not in ("random", "cycle"):
@@ -363,7 +380,36 @@ class FitStrategy:
             self._scanned(explainer, images, target, reference[0], masks, soft_masks, ~kept_best.found)
         if self.prune:
             self._pruned(explainer, images, target, reference[0], masks, soft_masks)
+        if self.border_free:
+            self._border_freed(explainer, images, target, reference[0], masks, soft_masks)
         return FitResult(masks, soft_masks, history)
+
+    @torch.no_grad()
+    def _border_freed(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
+        """Replace each mask that keeps border-band pixels by the smallest kept cut of its ranking
+        with the band removed, pruned as the fit prunes, where that is at most ``border_free`` × its
+        area (in place)."""
+        fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
+        band = border_band(masks[:1], self.border_width)  # (1, 1, H, W)
+        for i in range(images.shape[0]):
+            one = slice(i, i + 1)
+            if not masks[one][band].any():
+                continue
+            area = masks[i].mean().item()
+            grid = torch.logspace(math.log10(min(self.scan_min_area, area)), 0.0, self.scan, device=images.device)
+            ranking = soft_masks[one].masked_fill(band, -1.0)  # band pixels rank last
+            cut = self.smallest_kept_cut(explainer, images[one], fill[one], ranking, logits_x[one], target[one], grid)
+            if cut is None:
+                continue  # only with the border is the label kept: the mask stays
+            cut = cut[None] * (~band)  # a cut larger than the interior reaches into the band
+            kept = partial(self.kept_masks, explainer, images[one], fill[one], logits_x[one], target[one])
+            if not kept(cut)[0]:
+                continue
+            for cell in self.prune:
+                cut = prune_cells(kept, cut, soft_masks[one], cell, self.prune_batch)[0]
+            if cut.mean().item() > self.border_free * area:
+                continue  # the interior alone needs a much larger mask: the mask stays
+            masks[one] = cut
 
     @torch.no_grad()
     def _pruned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
@@ -588,7 +634,7 @@ class AreaContinuation(FitStrategy):
             of only at it.
         select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
             scan_noise, prune, prune_batch, prune_border_first, prune_backgrounds, check_kinds,
-            check_margin, check_order, verify_fallback: as in :class:`FitStrategy`.
+            check_margin, check_order, verify_fallback, border_free, border_width: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -619,12 +665,14 @@ class AreaContinuation(FitStrategy):
         check_margin: float = 0.0,
         check_order: str = "random",
         verify_fallback: str = "smallest",
+        border_free: float = 0.0,
+        border_width: float = 0.03,
     ) -> None:
         super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
                          scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch,
                          prune_border_first=prune_border_first, prune_backgrounds=prune_backgrounds,
                          check_kinds=check_kinds, check_margin=check_margin, check_order=check_order,
-                         verify_fallback=verify_fallback)
+                         verify_fallback=verify_fallback, border_free=border_free, border_width=border_width)
         if not 0 <= explore < 1:
             raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
         self.explore = explore

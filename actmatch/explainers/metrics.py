@@ -57,6 +57,7 @@ __all__ = [
     "DeactivationMasker",
     "rank_pixels",
     "top_fraction_mask",
+    "border_band",
     "cycled_backgrounds",
     "mask_area",
     "label_kept",
@@ -261,6 +262,16 @@ def top_fraction_mask(saliency: torch.Tensor, fraction: float | torch.Tensor, se
     """
     b, _, h, w = saliency.shape
     return _cut(_ranks(saliency, seed), _keep_count(fraction, h * w, b, saliency.device), (h, w))
+
+
+def border_band(mask: torch.Tensor, band: float = 0.03) -> torch.Tensor:
+    """Boolean map, shaped as ``mask`` (..., H, W), of the pixels within ``band`` × short side of the
+    image border (at least 1 pixel): where a frame along the border shows up."""
+    height, width = mask.shape[-2:]
+    k = max(1, round(band * min(height, width)))
+    outer = torch.ones_like(mask, dtype=torch.bool)
+    outer[..., k:-k, k:-k] = False
+    return outer
 
 
 # ---------------------------------------------------------------------------------- per-image functions
