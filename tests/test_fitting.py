@@ -10,6 +10,7 @@ import torch
 from actmatch.explainers import losses as terms
 from actmatch.explainers.classifier import load_classifier, state_fingerprint
 from actmatch.explainers.fitting import AreaContinuation, ConstrainedFit, PenaltyFit, TopArea
+from actmatch.explainers.metrics import border_band
 from actmatch.explainers.module import ActMatchExplainer
 from actmatch.explainers.taps import hook_count
 from actmatch.explainers.unet import MaskUNet
@@ -300,8 +301,6 @@ def test_border_free_replaces_a_border_strip_the_interior_can_replace(rng_images
     """Class 0 is kept by the top border rows or by a centre block. The ranking prefers the border:
     border_free returns a mask that keeps no band pixel and still keeps the label; where only the
     border carries the label, the mask stays as it was."""
-    from actmatch.explainers.metrics import border_band
-
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
     image = rng_images[:1]
     strategy = AreaContinuation(select="smallest_kept", scan=16, prune=[8], border_free=3.0)
@@ -336,3 +335,5 @@ def test_border_free_needs_the_scan():
         AreaContinuation(select="smallest_kept", border_free=1.5)
     with pytest.raises(ValueError, match="border_free is 0"):
         AreaContinuation(select="smallest_kept", scan=8, border_free=0.5)
+    with pytest.raises(ValueError, match="cannot be combined with prune_backgrounds"):
+        AreaContinuation(select="smallest_kept", scan=8, prune=[8], prune_backgrounds=4, border_free=1.5)

@@ -137,7 +137,8 @@ class FitStrategy:
         border_free: 0 (off), or s >= 1: where the returned mask still keeps pixels of the border
             band (``border_width`` × the short side, :func:`~actmatch.explainers.metrics.border_band`),
             also cut the same ranking with the band removed at ``scan`` areas up to the whole
-            image (one forward pass), prune the smallest kept cut as the mask was pruned, and
+            image (one forward pass), prune the smallest kept cut on the ``prune`` grids (least
+            probable cell first, with the fill), and
             return it instead if it is at most s times the mask's area: a mask that leaves the
             border alone. Where no band-free mask that small keeps the label (evidence only the
             border holds, e.g. a watermark in the corner) the mask stays as it was. Needs ``scan``.
@@ -219,6 +220,9 @@ class FitStrategy:
         if border_free and not scan:
             raise ValueError(f"{type(self).__name__}: border_free cuts the ranking as the scan does; it needs scan > 0 "
                              f"(e.g. scan: 24)")
+        if border_free and prune_backgrounds:
+            raise ValueError(f"{type(self).__name__}: border_free checks its band-free mask with the fill only; it "
+                             f"cannot be combined with prune_backgrounds > 0")
         self.border_free, self.border_width = border_free, border_width
         if check_margin < 0:
             raise ValueError(f"{type(self).__name__}: check_margin must be >= 0 (a logit margin), got {check_margin}")
@@ -387,7 +391,7 @@ class FitStrategy:
     @torch.no_grad()
     def _border_freed(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
         """Replace each mask that keeps border-band pixels by the smallest kept cut of its ranking
-        with the band removed, pruned as the fit prunes, where that is at most ``border_free`` × its
+        with the band removed, pruned on the ``prune`` grids, where that is at most ``border_free`` × its
         area (in place)."""
         fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
         band = border_band(masks[:1], self.border_width)  # (1, 1, H, W)
