@@ -176,3 +176,15 @@ def test_every_explain_recipe_fits(path, tiny_classifier):
     result = explainer.fit_images(torch.rand(1, 3, 48, 56), seed=0)
     assert result.masks.shape == (1, 1, 48, 56)
     assert set(result.masks.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_the_minimal_preset_is_the_built_in_default(tiny_classifier):
+    """``--preset minimal`` (experiments/explain/minimal.yaml) and ``actmatch explain`` without a config
+    build the same recipe: classifier, U-Net, loss terms, fitting strategy and its settings, steps."""
+    from actmatch.commands.explain import build_explainer, preset_path, recipe_digest
+    from actmatch.explainers.module import ActMatchExplainer
+
+    preset = build_explainer(preset_path("minimal"), classifier=tiny_classifier)
+    built_in = ActMatchExplainer(classifier=tiny_classifier)
+    assert repr(preset.fitting) == repr(built_in.fitting)
+    assert recipe_digest(preset, None, 0) == recipe_digest(built_in, None, 0)
