@@ -132,15 +132,16 @@ def plot_study(csv_path: Path, png_path: Path) -> None:
 
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors  # one colour per row (40 before they repeat)
     for i, r in enumerate(rows):
         x, y = float(r["area_median"]), float(r["robust_median"])
         ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7, color=colors[i % len(colors)],
                    edgecolors="black", linewidths=0.5,
                    marker="s" if int(r["images"]) >= 100 else "o", label=f"{r['config']} (n={r['images']})")
-    ax.legend(fontsize=7, loc="upper left", markerscale=0.5, labelspacing=0.4, title="squares: 100 or more images",
-              title_fontsize=7)
+    # beside the axes, so it never hides the points (the smallest masks sit in the lower left)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=0.5, labelspacing=0.4,
+              title="squares: 100 or more images", title_fontsize=7)
     ax.axvline(0.05, color="grey", ls=":", lw=1)
     ax.axhline(0.8, color="grey", ls=":", lw=1)
     ax.set_xlabel("median mask area (lower is better)")
