@@ -178,13 +178,15 @@ def test_every_explain_recipe_fits(path, tiny_classifier):
     assert set(result.masks.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_the_minimal_preset_is_the_built_in_default(tiny_classifier):
-    """``--preset minimal`` (experiments/explain/minimal.yaml) and ``actmatch explain`` without a config
-    build the same recipe: classifier, U-Net, loss terms, fitting strategy and its settings, steps."""
-    from actmatch.commands.explain import build_explainer, preset_path, recipe_digest
+@pytest.mark.parametrize("path", ["experiments/explain/minimal.yaml", "experiments/explain_folder.yaml"])
+def test_the_default_recipe_files_are_the_built_in_default(path, tiny_classifier):
+    """``--preset minimal`` and ``actmatch predict --config experiments/explain_folder.yaml`` spell out the
+    built-in default (``actmatch explain`` without a config): the same loss terms, fitting strategy and
+    settings, U-Net and steps, so a change of the default cannot miss one of them."""
+    from actmatch.commands.explain import build_explainer, recipe_digest
     from actmatch.explainers.module import ActMatchExplainer
 
-    preset = build_explainer(preset_path("minimal"), classifier=tiny_classifier)
+    from_file = build_explainer(str(ROOT / path), classifier=tiny_classifier)
     built_in = ActMatchExplainer(classifier=tiny_classifier)
-    assert repr(preset.fitting) == repr(built_in.fitting)
-    assert recipe_digest(preset, None, 0) == recipe_digest(built_in, None, 0)
+    assert repr(from_file.fitting) == repr(built_in.fitting)
+    assert recipe_digest(from_file, None, 0) == recipe_digest(built_in, None, 0)

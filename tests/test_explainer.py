@@ -164,8 +164,8 @@ def test_shipped_recipes_on_the_espresso_photo_keep_the_label_with_small_masks(l
     """The default per-image fit and ``--preset smallest`` on scikit-image's coffee photo keep the
     espresso label with at most a tenth of the image (the issue's bound, with a margin).
 
-    Measured with 2 threads: the default 0.048 of the image, ``smallest`` 0.038; with 1 thread the
-    default gives 0.036 (the fit depends on the thread count, README "Determinism").
+    Measured with 2 threads: the default 0.032 of the image (session 15, ``make demo``), ``smallest``
+    0.038; the fit depends on the thread count (README "Determinism").
     """
     from actmatch.commands.explain import build_explainer, preset_path
 
