@@ -26,7 +26,7 @@ from actmatch.datamodules.images import expand_image_paths
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.metrics import border_band, robustness
 
-__all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_band", "border_kept", "STUDY_FIELDS"]
+__all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
 
 STUDY_FIELDS = [
     "config", "images", "kept", "area_median", "area_p25", "area_p75", "robust_median", "robust_mean",
