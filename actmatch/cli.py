@@ -8,14 +8,17 @@
 * ``study``: per-image fit configs side by side on a fixed image list (actmatch.commands.study)
 * ``fit``, ``validate``, ``test``, ``predict``: LightningCLI over experiments/ configs
   (actmatch.commands.lightning)
+
+``actmatch --version`` prints the installed package's version (pyproject.toml's ``version``).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 
-__all__ = ["main", "SUBCOMMANDS"]
+__all__ = ["main", "SUBCOMMANDS", "version"]
 
 SUBCOMMANDS = {
     "explain": ("actmatch.commands.explain", "explain images with per-image activation-matching masks"),
@@ -32,8 +35,16 @@ SUBCOMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed actmatch's version, from its package metadata (pyproject.toml's ``version``)."""
+    try:
+        return importlib.metadata.version("actmatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (actmatch is not installed: run `pip install -e .` in the repository)"
+
+
 def usage() -> str:
-    lines = ["usage: actmatch COMMAND [ARGS]", "", "commands:"]
+    lines = ["usage: actmatch COMMAND [ARGS]", "       actmatch --version", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     lines += ["", "`actmatch COMMAND --help` describes each command."]
     return "\n".join(lines)
@@ -43,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"actmatch {version()}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:

@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_rgb, resize_for_model, to_tensor
+from actmatch.datamodules.images import (
+    ImageReadError,
+    expand_image_paths,
+    open_image,
+    read_rgb,
+    resize_for_model,
+    to_tensor,
+)
 from actmatch.explainers.circuits import (
     ABLATIONS,
     DEFAULT_FRACTIONS,
@@ -144,10 +151,9 @@ def _read_binary(path: Path) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such mask (run `actmatch explain` on this image first, or drop --masks-from)")
     try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("L"), dtype=np.float32)
-    except OSError as err:
-        raise ImageReadError(f"{path}: unreadable mask ({err})") from err
+        array = np.asarray(open_image(path).convert("L"), dtype=np.float32)
+    except ImageReadError as err:
+        raise ImageReadError(f"unreadable mask: {err}") from err
     return torch.from_numpy((array > 127).astype(np.float32))[None, None]
 
 

@@ -5,24 +5,35 @@ Policy for sizes: the image is resized so that its short side equals the backbon
 so the mask covers every pixel of the file. Models with a fixed input size (ViT, DeiT) get
 exactly (size, size). Files whose short side is under :data:`MIN_SIDE` pixels are refused:
 upsampling so little evidence says nothing about the image.
+
+Every image file the package reads goes through :func:`open_image`: the picture as viewers show
+it (a phone photo's EXIF orientation applied, so masks are drawn on the upright picture), and a
+refusal, naming the file, of files over Pillow's decompression-bomb limit (raise it for files
+you trust with the environment variable ``ACTMATCH_MAX_IMAGE_PIXELS``).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "ImageReadError",
     "MIN_SIDE",
     "IMAGE_SUFFIXES",
+    "PIXEL_LIMIT_ENV",
+    "pixel_limit",
+    "open_image",
     "read_rgb",
     "to_tensor",
     "resize_for_model",
@@ -36,31 +47,88 @@ __all__ = [
 
 MIN_SIDE = 16
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+PIXEL_LIMIT_ENV = "ACTMATCH_MAX_IMAGE_PIXELS"
 
 
 class ImageReadError(ValueError):
     """An image file is missing, unreadable, truncated, not an image or too small."""
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """Open ``path`` fully and convert it to 8-bit RGB.
+def pixel_limit() -> int | None:
+    """The most pixels an image file may have: Pillow's decompression-bomb limit.
 
-    Grayscale, palette, RGBA/LA (alpha composited on white), CMYK and 16/32-bit integer or
-    float images are converted. Errors name the file.
+    That is ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million pixels by default; None: no limit),
+    unless the environment variable ``ACTMATCH_MAX_IMAGE_PIXELS`` holds a whole number: then
+    that number, which also becomes Pillow's limit (so that Pillow's own checks agree).
+
+    Raises:
+        ImageReadError: the variable is set but not a positive whole number.
+    """
+    value = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not value:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        limit = int(value.replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise ImageReadError(f"{PIXEL_LIMIT_ENV}={value!r} is not a positive whole number of pixels; "
+                             f"set it to the pixel count (width x height) of the largest image to read, or unset it")
+    Image.MAX_IMAGE_PIXELS = limit
+    return limit
+
+
+def _too_large(path: Path, limit: int, pixels: int | None, size: str = "") -> ImageReadError:
+    found = f"its {size}{pixels:,} pixels" if pixels else "its pixel count"
+    return ImageReadError(
+        f"{path}: refused, {found} is over the limit of {limit:,} pixels (Pillow's guard against "
+        f"decompression bombs); if you trust the file, set {PIXEL_LIMIT_ENV}={pixels or 'PIXELS'} (or more)")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open ``path`` fully, upright: the picture as image viewers show it.
+
+    The file's EXIF orientation (a phone photo stores its pixels sideways plus this tag) is
+    applied with ``PIL.ImageOps.exif_transpose``, so the pixels, the size and everything drawn
+    on them are those of the upright picture. The mode is the file's (see :func:`read_rgb`).
+
+    Raises:
+        ImageReadError: naming the file, when it is missing, not a file, not an image PIL can
+            read, truncated, or over :func:`pixel_limit` (the message says how to raise it).
     """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
     if not path.is_file():
         raise ImageReadError(f"{path}: not a file")
+    limit = pixel_limit()
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not later
-            return _to_rgb(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by name
+            with Image.open(path) as img:
+                width, height = img.size
+                if limit is not None and width * height > limit:
+                    raise _too_large(path, limit, width * height, f"{width}x{height} = ")
+                img.load()  # decode now: a truncated file fails here, not later
+                return ImageOps.exif_transpose(img)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as err:  # over twice Pillow's limit: refused by Image.open
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise _too_large(path, limit, int(found[1]) if found else None) from err
     except UnidentifiedImageError as err:
         raise ImageReadError(f"{path}: not an image PIL can read") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: unreadable or truncated image ({err})") from err
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """Open ``path`` fully, upright (see :func:`open_image`), and convert it to 8-bit RGB.
+
+    Grayscale, palette, RGBA/LA (alpha composited on white), CMYK and 16/32-bit integer or
+    float images are converted. Errors name the file.
+    """
+    return _to_rgb(open_image(path))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
