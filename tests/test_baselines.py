@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -71,6 +73,84 @@ def test_rise_favours_the_region_the_model_depends_on():
     maps = B.RISE(LeftBright(), masks=200, cells=4).attribute(images, torch.tensor([1]))
     assert maps[..., :16].mean() > maps[..., 16:].mean()
 
+
+
+class RedPatchNet(torch.nn.Module):
+    """A hand-built CNN whose evidence is exactly the saturated red pixels.
+
+    detect = ReLU(r − g − b − 0.5) (1×1 conv: 0.5 on pure red, 0 on every desaturated colour of the
+    synthetic images), a 3×3 mean filter, ReLU, and the global average: class 1's logit is 1000 × that
+    average, class 0's a constant 3. An 8×8 red patch on 64×64 gives 1000 · 0.5 · 64 / 4096 = 7.8 > 3."""
+
+    data_config = {"mean": (0.485, 0.456, 0.406)}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detect = torch.nn.Conv2d(3, 1, 1)
+        self.smooth = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.global_pool = torch.nn.AdaptiveAvgPool2d(1)
+        with torch.no_grad():
+            self.detect.weight.copy_(torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1))
+            self.detect.bias.fill_(-0.5)
+            self.smooth.weight.fill_(1 / 9)
+            self.smooth.bias.zero_()
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = self.global_pool(torch.relu(self.smooth(torch.relu(self.detect(x))))).flatten(1)
+        return torch.cat([torch.full_like(red, 3.0), 1000 * red], 1)
+
+
+# a handful of passes each on 3 images of 64×64
+LOCALISING = {
+    "saliency": lambda net: B.Saliency(net),
+    "gradcam": lambda net: B.GradCAM(net, layer="smooth"),
+    "occlusion": lambda net: B.Occlusion(net, window=8, stride=4),
+    "ig": lambda net: B.IntegratedGradients(net, steps=16),
+    "rise": lambda net: B.RISE(net, masks=200, cells=8, batch=100),
+    "convad": lambda net: ConvADOcclusion(net, window=8, stride=4),
+}
+
+
+@pytest.fixture(scope="module")
+def shortcut_images():
+    """Synthetic shortcut images of class 0, whose planted patch is pure red (``PATCH_COLOURS[0]``)."""
+    from actmatch.datamodules.synthetic import SyntheticEvidence
+
+    data = SyntheticEvidence(40, num_classes=4, image_size=64, variant="shortcut", background="clutter", seed=5)
+    items = list(itertools.islice((item for item in map(data.__getitem__, range(len(data))) if int(item["label"]) == 0), 3))
+    images = torch.stack([item["image"] for item in items])
+    patches = torch.stack([item["evidence_mask"] for item in items])
+    net = RedPatchNet()
+    with torch.no_grad():
+        assert (net(images).argmax(-1) == 1).all()  # the patch decides
+        assert (torch.relu(net.detect(images)) * (1 - patches)).max() == 0  # and nothing else is red
+    return net, images, patches
+
+
+def top_share_on_patch(maps: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """(B,) share of the map's top-|patch| pixels that lie on the patch (chance: the patch's area, 1/64)."""
+    k = int(patches[0].sum())
+    top = maps.flatten(1).argsort(1, descending=True)[:, :k]
+    return patches.flatten(1).gather(1, top).mean(1)
+
+
+@pytest.mark.parametrize("name", list(LOCALISING))
+def test_every_baseline_finds_the_planted_patch(shortcut_images, name):
+    from actmatch.evaluation.metrics import pointing_game
+
+    net, images, patches = shortcut_images
+    maps = LOCALISING[name](net).attribute(images, torch.ones(len(images), dtype=torch.long))
+    assert maps.shape == patches.shape
+    assert pointing_game(maps, patches, tolerance=0).all()  # the maximum is on the patch
+    area = patches.flatten(1).mean(1)
+    share = top_share_on_patch(maps, patches)
+    # measured: 1.0 for the gradient methods, 0.69-0.94 for occlusion, RISE and ConvAD occlusion
+    assert (share >= 0.5).all() and (share > 20 * area).all(), share
+    # the check can fail: a map that ignores the patch is at chance
+    noise = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
+    assert (top_share_on_patch(noise, patches) < 0.2).all()
 
 def test_bad_inputs_are_named(resnet):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
