@@ -12,6 +12,7 @@ from actmatch.explainers import losses as terms
 from actmatch.explainers.classifier import load_classifier, state_fingerprint
 from actmatch.explainers.fitting import AreaContinuation, PenaltyFit
 from actmatch.explainers.module import ActMatchExplainer, StepOutput
+from actmatch.explainers.stages import Scan
 from actmatch.explainers.taps import hook_count
 from actmatch.explainers.unet import MaskUNet
 
@@ -44,7 +45,7 @@ def test_per_image_masks_are_binary_input_sized_and_weights_untouched(tiny_class
     # prunes that cut, so its mask lies inside it
     assert result.soft_masks.shape == result.masks.shape
     assert ((result.soft_masks >= 0) & (result.soft_masks <= 1)).all()
-    unpruned = tiny_explainer(tiny_classifier, fitting=AreaContinuation(scan=24, lookahead=12, lookahead_every=5))
+    unpruned = tiny_explainer(tiny_classifier, fitting=AreaContinuation(stages=[Scan(24)], lookahead=12, lookahead_every=5))
     cut = unpruned.fit_images(rng_images)
     assert torch.equal(cut.soft_masks, result.soft_masks)  # the same fit: pruning only removes cells
     assert (result.masks <= cut.masks).all()
@@ -160,6 +161,7 @@ def test_invalid_configuration_fails_before_any_work(tiny_classifier, kwargs, me
         tiny_explainer(tiny_classifier, **kwargs)
 
 
+@pytest.mark.behaviour  # two full fits at the model's input size
 def test_shipped_recipes_on_the_espresso_photo_keep_the_label_with_small_masks(lite0, coffee_path):
     """The default per-image fit and ``--preset smallest`` on scikit-image's coffee photo keep the
     espresso label with at most a tenth of the image (the issue's bound, with a margin).

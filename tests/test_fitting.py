@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from actmatch.explainers import losses as terms
 from actmatch.explainers.classifier import load_classifier, state_fingerprint
+from actmatch.explainers.criteria import AllOf, Confident, RobustOn, Sufficient
 from actmatch.explainers.fitting import AreaContinuation, ConstrainedFit, PenaltyFit, TopArea
-from actmatch.explainers.metrics import border_band
+from actmatch.explainers.masks import border_band
 from actmatch.explainers.module import ActMatchExplainer
+from actmatch.explainers.stages import BorderFree, FitState, Prune, Scan, Verify
 from actmatch.explainers.taps import hook_count
 from actmatch.explainers.unet import MaskUNet
 
@@ -74,9 +77,6 @@ def test_verification_returns_the_smallest_candidate_that_survives_more_backgrou
             intact = (x[:, :, :32] == rng_images[:1, :, :32]).flatten(1).all(1).float()
             return torch.stack([intact, 1 - intact], 1)
 
-    class Explainer:
-        classifier = Stub()
-
     small, large = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
     small[:, :16] = 1
     large[:, :32] = 1
@@ -84,7 +84,10 @@ def test_verification_returns_the_smallest_candidate_that_survives_more_backgrou
     candidates.offer(small[None], small[None], torch.tensor([True]))
     candidates.offer(large[None], large[None], torch.tensor([True]))
     masks, soft = small[None].clone(), small[None].clone()
-    PenaltyFit(verify=4)._verified(Explainer(), rng_images[:1], torch.tensor([0]), candidates, masks, soft)
+    image = rng_images[:1]
+    criterion = AllOf([Sufficient(), RobustOn(n=4)])
+    Verify().run(FitState(Stub(), image, Stub()(image), torch.tensor([0]), masks, soft, criterion,
+                          candidates=candidates.items))
     assert torch.equal(masks[0], large)
 
 
@@ -110,7 +113,7 @@ def test_continuation_shrinks_while_satisfied_and_grows_on_failure():
     assert fit._area.tolist() == pytest.approx([0.1, 1.0])  # clipped to [min_area, 1]
 
 
-def test_min_confidence_demands_a_confident_explanation():
+def test_confident_demands_a_confident_explanation():
     class Evidence:
         logits = torch.tensor([[2.0, 0.0]])  # p_x(y=0) = 0.88
         logits_e = torch.tensor([[0.5, 0.0]])  # top-1 kept, p_e(y) = 0.62
@@ -119,8 +122,9 @@ def test_min_confidence_demands_a_confident_explanation():
         evidence = Evidence()
 
     target = torch.tensor([0])
-    assert PenaltyFit(min_confidence=0.5).kept(Out(), target).item()
-    assert not PenaltyFit(min_confidence=0.8).kept(Out(), target).item()
+    assert Confident(0.5).accepts_step(Out(), target).item()
+    assert not Confident(0.8).accepts_step(Out(), target).item()
+    assert Sufficient().accepts_step(Out(), target).item()
 
 
 def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
@@ -136,22 +140,25 @@ def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
     [
         (lambda: PenaltyFit(select="biggest"), "unknown select"),
         (lambda: PenaltyFit(lr=0), "lr must be > 0"),
-        (lambda: PenaltyFit(min_confidence=2), "min_confidence"),
+        (lambda: Confident(ratio=2), "ratio must be in"),
         (lambda: ConstrainedFit(lambda_init=0), "lambda_init > 0"),
         (lambda: ConstrainedFit(dual_up=-1), "dual steps"),
         (lambda: AreaContinuation(shrink=1.5), "shrink < 1"),
         (lambda: AreaContinuation(min_area=0.9, start_area=0.5), "min_area <= start_area"),
         (lambda: terms.LabelMargin(num_backgrounds=-1), "num_backgrounds >= 0"),
-        (lambda: PenaltyFit(verify=8, select="smallest_kept"), "needs select='smallest_robust'"),
-        (lambda: PenaltyFit(verify=-1), "verify >= 0"),
-        (lambda: PenaltyFit(scan=8), "scan checks cuts with the fill only"),
-        (lambda: AreaContinuation(scan=-1), "scan >= 0"),
+        (lambda: PenaltyFit(select="smallest_kept", criterion=AllOf([Sufficient(), RobustOn()]), stages=[Verify()]),
+         "needs select='smallest_robust'"),
+        (lambda: PenaltyFit(stages=[Verify()]), "the criterion Sufficient.* has none"),
+        (lambda: Verify(candidates=0), "1 <= candidates"),
+        (lambda: PenaltyFit(stages=[Scan(8)]), "checks cuts with the fill only"),
+        (lambda: Scan(areas=-1), "1 <= areas"),
         (lambda: AreaContinuation(lookahead_every=0), "lookahead_every >= 1"),
         (lambda: AreaContinuation(explore=1.0), "explore must be 0"),
         (lambda: AreaContinuation(noise=-0.1), "noise must be >= 0"),
-        (lambda: AreaContinuation(scan_draws=4), "scan > 0 for draws"),
-        (lambda: AreaContinuation(scan=8, scan_draws=-1), "scan_draws >= 0"),
-        (lambda: PenaltyFit(verify_fallback="largest"), "verify_fallback is"),
+        (lambda: Scan(areas=8, draws=-1), "0 <= draws"),
+        (lambda: Verify(fallback="largest"), "fallback is"),
+        (lambda: PenaltyFit(criterion="sufficient"), "criterion must be a Criterion"),
+        (lambda: PenaltyFit(stages=["scan"]), "stages is a list of Stage"),
     ],
 )
 def test_bad_strategy_settings_are_named(make, message):
@@ -162,8 +169,9 @@ def test_bad_strategy_settings_are_named(make, message):
 def test_scan_returns_a_smaller_kept_cut_of_the_same_ranking(tiny_classifier, rng_images):
     """The scan may only shrink the selected mask, along its own ranking, and keeps the label."""
     def fit(scan):
+        stages = [Scan(scan)] if scan else []
         explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                      steps=6, fitting=AreaContinuation(select="smallest_kept", scan=scan))
+                                      steps=6, fitting=AreaContinuation(select="smallest_kept", stages=stages))
         return explainer.fit_images(rng_images, seed=2)
 
     plain, scanned = fit(0), fit(16)
@@ -230,7 +238,7 @@ def test_scan_draws_only_shrink_the_mask_and_keep_the_label(rng_images):
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
 
     def fit(draws):
-        strategy = AreaContinuation(select="smallest_kept", scan=8, scan_draws=draws, scan_noise=1.0)
+        strategy = AreaContinuation(select="smallest_kept", stages=[Scan(areas=8, draws=draws, noise=1.0)])
         explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
                                       steps=4, restarts=1, fitting=strategy)
         return explainer.fit_images(rng_images, seed=2)
@@ -253,24 +261,22 @@ def test_verification_fallback_when_no_candidate_survives(rng_images, fallback):
         def forward(self, x):
             return torch.stack([x.flatten(1).mean(1) - 0.45, torch.zeros(x.shape[0])], 1)
 
-    class Explainer:
-        classifier = Bright()
-
     small, large = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
     small[:, :6] = 1  # ~0.1 of the image: on a background of mean 0.5 its margin is < 0.1
     large[:, :48] = 1  # 0.75: a margin of 0.1 on mid-grey and brighter backgrounds
     candidates = _Candidates(1, k=4)
     candidates.offer(small[None], small[None], torch.tensor([True]))
     candidates.offer(large[None], large[None], torch.tensor([True]))
-    strategy = PenaltyFit(verify=8, verify_keep=1.0, check_kinds=["solid", "uniform"], check_order="cycle",
-                          check_margin=0.1, verify_fallback=fallback)
+    robust = RobustOn(kinds=["solid", "uniform"], n=8, rate=1.0, margin=0.1, order="cycle")
     torch.manual_seed(0)
-    rates = [strategy._kept_on_background(Bright()(m * image + (1 - m) * strategy.own_backgrounds(image, 8)),
-                                          torch.tensor(0)).float().mean().item() for m in (small, large)]
+    rates = [robust.kept_on(Bright()(m * image + (1 - m) * robust.backgrounds(image)), torch.tensor(0)).float().mean()
+             for m in (small, large)]
     assert rates[0] < rates[1] < 1  # neither survives every background; the large mask more of them
     torch.manual_seed(0)
     masks, soft = small[None].clone(), small[None].clone()
-    strategy._verified(Explainer(), image, torch.tensor([0]), candidates, masks, soft)
+    fit = FitState(Bright(), image, Bright()(image), torch.tensor([0]), masks, soft, AllOf([Sufficient(), robust]),
+                   candidates=candidates.items)
+    Verify(candidates=4, fallback=fallback).run(fit)
     assert torch.equal(masks[0], small if fallback == "smallest" else large)
 
 
@@ -303,9 +309,7 @@ def test_border_free_replaces_a_border_strip_the_interior_can_replace(rng_images
     border carries the label, the mask stays as it was."""
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
     image = rng_images[:1]
-    strategy = AreaContinuation(select="smallest_kept", scan=16, prune=[8], border_free=3.0)
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  steps=2, restarts=1, fitting=strategy)
+    stages = [Scan(areas=16), Prune(cells=[8]), BorderFree(factor=3.0)]
 
     def evidence(x, centre: bool):
         top = (x[:, :, :2, :] - image[:, :, :2, :]).abs().mean((1, 2, 3)) < 1e-6
@@ -322,18 +326,21 @@ def test_border_free_replaces_a_border_strip_the_interior_can_replace(rng_images
         target = logits.argmax(-1)
         masks = torch.zeros(1, 1, 64, 64)
         masks[..., :2, :] = 1  # the top strip: kept
-        strategy._border_freed(explainer, image, target, logits, masks, soft)
+        stages[-1].run(FitState(tiny_classifier, image, logits, target, masks, soft, Sufficient(), stages))
         assert ((masks == 0) | (masks == 1)).all()
-        assert explainer.evaluate(image, masks).label_kept.all()
+        assert Sufficient().accepts(tiny_classifier, image, masks, logits, target).all()
         assert (not masks[band].any()) == freed
         if freed:
             assert masks.mean() <= 3.0 * (2 / 64)
 
 
 def test_border_free_needs_the_scan():
-    with pytest.raises(ValueError, match="border_free cuts the ranking as the scan does"):
-        AreaContinuation(select="smallest_kept", border_free=1.5)
-    with pytest.raises(ValueError, match="border_free is 0"):
-        AreaContinuation(select="smallest_kept", scan=8, border_free=0.5)
-    with pytest.raises(ValueError, match="cannot be combined with prune_backgrounds"):
-        AreaContinuation(select="smallest_kept", scan=8, prune=[8], prune_backgrounds=4, border_free=1.5)
+    with pytest.raises(ValueError, match="BorderFree cuts the ranking as the scan does"):
+        AreaContinuation(select="smallest_kept", stages=[BorderFree(1.5)])
+    with pytest.raises(ValueError, match="factor >= 1"):
+        BorderFree(factor=0.5)
+    with pytest.raises(ValueError, match="checks its band-free mask with the fill only"):
+        BorderFree(1.5).check(SimpleNamespace(select="smallest_robust", criterion=Sufficient(), stages=[Scan(8)]))
+    # with a robust criterion every cut and removal is checked on the backgrounds too: allowed
+    AreaContinuation(select="smallest_robust", criterion=AllOf([Sufficient(), RobustOn(n=4)]),
+                     stages=[Scan(8), Prune([8]), BorderFree(1.5)])

@@ -9,6 +9,7 @@ from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.fitting import AreaContinuation
 from actmatch.explainers.independent import IndependentNets
 from actmatch.explainers.module import ActMatchExplainer
+from actmatch.explainers.stages import Prune, Scan
 from actmatch.explainers.unet import MaskUNet
 
 
@@ -41,8 +42,8 @@ def test_batch_size_mismatch_is_named():
 
 @pytest.mark.parametrize(
     "fitting",
-    [None, AreaContinuation(scan=24, lookahead=6, lookahead_every=3), AreaContinuation(explore=0.5, noise=0.5),
-     AreaContinuation(scan=8, prune=[16, 8, 4])],
+    [None, AreaContinuation(stages=[Scan(24)], lookahead=6, lookahead_every=3), AreaContinuation(explore=0.5, noise=0.5),
+     AreaContinuation(stages=[Scan(8), Prune([16, 8, 4])])],
     ids=["default", "lookahead", "explore+noise", "scan+prune"],
 )
 def test_batched_fit_equals_one_image_at_a_time(tiny_classifier, fitting):

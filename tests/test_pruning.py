@@ -1,14 +1,17 @@
-"""Backward elimination of kept masks (prune_cells) and the fit's ``prune`` option."""
+"""Backward elimination of kept masks (prune_cells), the Prune stage and the staged criterion test it reads."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.criteria import AllOf, RobustOn, Sufficient
 from actmatch.explainers.fitting import AreaContinuation
 from actmatch.explainers.module import ActMatchExplainer
 from actmatch.explainers.pruning import prune_cells
+from actmatch.explainers.stages import FitState, Prune, Scan
 from actmatch.explainers.unet import MaskUNet
 
 H, W = 20, 28  # not multiples of the cell sizes: the padded border cells must work too
@@ -26,6 +29,17 @@ def _setup(seed: int = 0):
 def on_masks(kept, image, fill):
     """The mask test prune_cells takes, from a test of explanations m ⊙ image + (1 − m) ⊙ fill."""
     return lambda masks: kept(masks * image + (1 - masks) * fill)
+
+
+class FixedBackgrounds(RobustOn):
+    """RobustOn on given backgrounds (n, 3, H, W) instead of drawn ones."""
+
+    def __init__(self, backgrounds: torch.Tensor, **kwargs) -> None:
+        super().__init__(n=backgrounds.shape[0], **kwargs)
+        self._fixed = backgrounds
+
+    def backgrounds(self, image: torch.Tensor) -> torch.Tensor:
+        return self._fixed
 
 
 def _reference(kept, image, fill, mask, soft, cell):
@@ -117,13 +131,14 @@ def test_border_first_removes_a_frame_the_centre_can_replace():
 
 
 def test_bad_pruning_settings_are_named():
-    with pytest.raises(ValueError, match="prune takes cell sizes >= 1"):
-        AreaContinuation(prune=[8, 0])
-    with pytest.raises(ValueError, match="prune checks removals with the fill only"):
-        AreaContinuation(prune=[8], select="smallest_robust")
-    with pytest.raises(ValueError, match="prune_backgrounds >= 0"):
-        AreaContinuation(prune=[8], prune_backgrounds=-1)
-    AreaContinuation(prune=[8], select="smallest_robust", prune_backgrounds=4)  # robust pruning is allowed
+    with pytest.raises(ValueError, match="cell sizes >= 1"):
+        Prune(cells=[8, 0])
+    with pytest.raises(ValueError, match="Prune checks removals with the fill only"):
+        AreaContinuation(stages=[Prune([8])], select="smallest_robust")
+    with pytest.raises(ValueError, match="1 <= n <= 1024"):
+        RobustOn(n=-1)
+    # robust pruning is allowed
+    AreaContinuation(stages=[Prune([8])], select="smallest_robust", criterion=AllOf([Sufficient(), RobustOn(n=4)]))
     image, fill, mask, soft, _ = _setup()
     with pytest.raises(ValueError, match="cell >= 1"):
         prune_cells(lambda m: torch.ones(m.shape[0], dtype=torch.bool), mask, soft, cell=0)
@@ -134,7 +149,7 @@ def test_pruned_fit_masks_are_kept_subsets_of_the_unpruned_masks(rng_images):
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
 
     def fit(prune):
-        strategy = AreaContinuation(select="smallest_kept", scan=8, prune=prune)
+        strategy = AreaContinuation(select="smallest_kept", stages=[Scan(8)] + ([Prune(prune)] if prune else []))
         explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
                                       steps=4, restarts=1, fitting=strategy)
         return explainer.fit_images(rng_images, seed=2)
@@ -150,9 +165,8 @@ def test_pruned_fit_masks_are_kept_subsets_of_the_unpruned_masks(rng_images):
 def test_a_fit_that_never_kept_the_label_is_scanned_up_to_a_kept_cut(rng_images, monkeypatch):
     """The fit's mask loses the label: the scan cuts the ranking above it, up to the whole image."""
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
-    strategy = AreaContinuation(select="smallest_kept", scan=8)
     explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  steps=2, restarts=1, fitting=strategy)
+                                  steps=2, restarts=1)
     # class 0 needs texture (pixel std > 0.2), the flat fill is class 1
     monkeypatch.setattr(tiny_classifier, "forward",
                         lambda x: torch.stack([x.flatten(1).std(1) - 0.2, torch.zeros(x.shape[0])], 1))
@@ -164,7 +178,7 @@ def test_a_fit_that_never_kept_the_label_is_scanned_up_to_a_kept_cut(rng_images,
     masks[..., :2, :2] = 1  # a tiny mask: the explanation is almost the fill
     lost = ~explainer.evaluate(rng_images, masks).label_kept
     assert lost.all()
-    strategy._scanned(explainer, rng_images, target, logits, masks, soft, lost)
+    Scan(8).run(FitState(tiny_classifier, rng_images, logits, target, masks, soft, Sufficient(), kept_found=~lost))
     result = explainer.evaluate(rng_images, masks)
     assert result.label_kept.all()
     assert ((masks == 0) | (masks == 1)).all() and (result.area < 1).all()  # a cut, not the whole image
@@ -172,7 +186,7 @@ def test_a_fit_that_never_kept_the_label_is_scanned_up_to_a_kept_cut(rng_images,
 
 def test_pruning_on_own_backgrounds_keeps_the_evidence_the_fill_happens_to_supply(rng_images, monkeypatch):
     """Where the fill equals the image (block B), pruning with the fill drops B: the fill supplies
-    it. With ``prune_backgrounds`` the label must also survive random backgrounds, so B stays."""
+    it. With a robust criterion the label must also survive random backgrounds, so B stays."""
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
     image = rng_images[:1].clone()
     mean = torch.tensor(tiny_classifier.data_config["mean"]).view(1, 3, 1, 1)
@@ -184,16 +198,14 @@ def test_pruning_on_own_backgrounds_keeps_the_evidence_the_fill_happens_to_suppl
         return torch.stack([same.float() * 2 - 1, torch.zeros(x.shape[0])], 1)
 
     monkeypatch.setattr(tiny_classifier, "forward", classify)
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  steps=2, restarts=1, fill="mean")
     logits = tiny_classifier(image)
     target = logits.argmax(-1)
     soft = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
     pruned = {}
     for backgrounds in (0, 4):
-        strategy = AreaContinuation(select="smallest_kept", prune=[8], prune_backgrounds=backgrounds)
+        criterion = AllOf([Sufficient(), RobustOn(n=backgrounds)]) if backgrounds else Sufficient()
         masks = torch.ones(1, 1, 64, 64)
-        strategy._pruned(explainer, image, target, logits, masks, soft.clone())
+        Prune(cells=[8]).run(FitState(tiny_classifier, image, logits, target, masks, soft.clone(), criterion))
         pruned[backgrounds] = masks
     needed_a, needed_b = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
     needed_a[a], needed_b[b] = 1, 1
@@ -201,8 +213,8 @@ def test_pruning_on_own_backgrounds_keeps_the_evidence_the_fill_happens_to_suppl
     assert torch.equal(pruned[4], needed_a + needed_b)  # the own backgrounds do not
 
 
-def test_pruning_backgrounds_are_drawn_from_check_kinds(rng_images, monkeypatch):
-    """The fit's own pruning backgrounds are of the kinds in ``check_kinds``, and only those."""
+def test_pruning_backgrounds_are_drawn_from_the_criterions_kinds(rng_images, monkeypatch):
+    """The fit's own pruning backgrounds are of the RobustOn's kinds, and only those."""
     from actmatch.explainers.backgrounds import BackgroundSampler
 
     drawn = []
@@ -210,27 +222,28 @@ def test_pruning_backgrounds_are_drawn_from_check_kinds(rng_images, monkeypatch)
     monkeypatch.setattr(BackgroundSampler, "sample_kind",
                         lambda self, images, kind: drawn.append(kind) or sample_kind(self, images, kind))
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  steps=2, restarts=1, fill="mean")
     image = rng_images[:1]
     logits = tiny_classifier(image)
-    strategy = AreaContinuation(select="smallest_kept", prune=[32], prune_backgrounds=4, check_kinds=["solid", "solid"])
-    strategy._pruned(explainer, image, logits.argmax(-1), logits, torch.ones(1, 1, 64, 64), torch.rand(1, 1, 64, 64))
+
+    def prune(robust):
+        state = FitState(tiny_classifier, image, logits, logits.argmax(-1), torch.ones(1, 1, 64, 64),
+                         torch.rand(1, 1, 64, 64), AllOf([Sufficient(), robust]))
+        Prune(cells=[32]).run(state)
+
+    prune(RobustOn(kinds=["solid", "solid"], n=4))
     assert drawn and set(drawn) == {"solid"}
-    drawn.clear()  # cycled: background j is of kind check_kinds[j % 2], every kind covered
-    strategy = AreaContinuation(select="smallest_kept", prune=[32], prune_backgrounds=4, check_kinds=["solid", "uniform"],
-                                check_order="cycle")
-    strategy._pruned(explainer, image, logits.argmax(-1), logits, torch.ones(1, 1, 64, 64), torch.rand(1, 1, 64, 64))
+    drawn.clear()  # cycled: background j is of kind kinds[j % 2], every kind covered
+    prune(RobustOn(kinds=["solid", "uniform"], n=4, order="cycle"))
     assert drawn == ["solid", "uniform", "solid", "uniform"]
-    with pytest.raises(ValueError, match="check_kinds takes background kinds"):
-        AreaContinuation(check_kinds=["checkerboard"])
-    with pytest.raises(ValueError, match="check_order is 'random' or 'cycle'"):
-        AreaContinuation(check_order="sorted")
+    with pytest.raises(ValueError, match="kinds takes background kinds"):
+        RobustOn(kinds=["checkerboard"])
+    with pytest.raises(ValueError, match="order is 'random' or 'cycle'"):
+        RobustOn(order="sorted")
 
 
-@pytest.mark.parametrize("verify_keep", [1.0, 0.75])
-def test_staged_kept_test_reads_like_testing_every_background(rng_images, monkeypatch, verify_keep):
-    """The fit's staged test (fill first, then backgrounds in stages, only up to the first lost
+@pytest.mark.parametrize("rate", [1.0, 0.75])
+def test_staged_kept_test_reads_like_testing_every_background(rng_images, monkeypatch, rate):
+    """AllOf's staged test (fill first, then backgrounds in stages, only up to the first lost
     mask) agrees with testing every mask on every background up to the first lost one, and the
     pruned mask is the same; it classifies fewer images when removals fail."""
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=2)
@@ -242,20 +255,20 @@ def test_staged_kept_test_reads_like_testing_every_background(rng_images, monkey
         return torch.stack([x.flatten(1).mean(1) - 0.45, torch.zeros(x.shape[0])], 1)
 
     monkeypatch.setattr(tiny_classifier, "forward", classify)
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  steps=2, restarts=1, fill="mean")
     target, logits_x = torch.tensor([0]), classify(image)
-    strategy = AreaContinuation(select="smallest_robust", prune=[8], prune_backgrounds=6, verify_keep=verify_keep)
     dark = torch.full_like(image, 0.2)  # two dark backgrounds: removals fail on them first
-    backgrounds = torch.cat([torch.full_like(image, 0.5), dark, dark, torch.rand(4, *image.shape[1:])])
+    own = torch.cat([dark, dark, torch.rand(4, *image.shape[1:])])
+    fill = make_fill(image, "mean", tiny_classifier.data_config["mean"])
+    backgrounds = torch.cat([fill, own])
+    criterion = AllOf([Sufficient(), FixedBackgrounds(own, rate=rate)])
 
     def every_background(masks):  # the unstaged reference: (n,) kept, then cut at the first lost
         planted = masks[:, None] * image[None] + (1 - masks[:, None]) * backgrounds[None]
         labels = classify(planted.flatten(0, 1)).argmax(-1).view(masks.shape[0], -1)
-        kept = (labels[:, 0] == target) & ((labels[:, 1:] == target).float().mean(1) >= verify_keep)
+        kept = (labels[:, 0] == target) & ((labels[:, 1:] == target).float().mean(1) >= rate)
         return torch.arange(len(kept)) < (int(kept.float().argmin()) if not kept.all() else len(kept))
 
-    staged = lambda masks: strategy.kept_masks(explainer, image, backgrounds, logits_x, target, masks)
+    staged = criterion.bind(tiny_classifier, image, logits_x, target).accepted_prefix
     generator = torch.Generator().manual_seed(3)
     for _ in range(4):  # cumulative removals from a full mask, as prune_cells tests them
         masks = torch.ones(8, 1, 64, 64)
@@ -281,17 +294,14 @@ def test_check_margin_keeps_the_cells_a_margin_on_own_backgrounds_needs(rng_imag
     image = rng_images[:1].clamp(0.4, 1.0)
     monkeypatch.setattr(tiny_classifier, "forward",
                         lambda x: torch.stack([x.flatten(1).mean(1) - 0.45, torch.zeros(x.shape[0])], 1))
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  steps=2, restarts=1, fill="mean")
-    backgrounds = torch.cat([torch.full_like(image, 0.5), torch.full_like(image, 0.2)])
     soft = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     pruned = {}
     for margin in (0.0, 0.05):
-        strategy = AreaContinuation(select="smallest_robust", prune=[8], prune_backgrounds=1, check_margin=margin)
-        kept = lambda masks: strategy.kept_masks(explainer, image, backgrounds, tiny_classifier(image), torch.tensor([0]), masks)
+        criterion = AllOf([Sufficient(), FixedBackgrounds(torch.full_like(image, 0.2), margin=margin)])
+        kept = criterion.bind(tiny_classifier, image, tiny_classifier(image), torch.tensor([0])).accepted_prefix
         pruned[margin] = prune_cells(kept, torch.ones(1, 1, 64, 64), soft, cell=8)[0]
     on_dark = {margin: (m * image + (1 - m) * 0.2).mean().item() for margin, m in pruned.items()}
     assert 0.45 < on_dark[0.0] < 0.5 <= on_dark[0.05]  # top-1 is kept by both, the margin only by one
     assert pruned[0.05].mean() > pruned[0.0].mean()
-    with pytest.raises(ValueError, match="check_margin must be >= 0"):
-        AreaContinuation(check_margin=-1.0)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        RobustOn(margin=-1.0)

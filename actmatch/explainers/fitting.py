@@ -2,36 +2,42 @@
 
 The explainer owns the computation of one step (mask, explanation, every loss term, one batched
 classifier pass, :meth:`ActMatchExplainer.step`). A strategy owns everything around it: what
-is minimised with the step's terms, how the U-Net is updated, and which of the masks seen
-during the fit is returned. Each is chosen by ``class_path`` in a config, so every row of a
-study is a file under ``experiments/explain/``.
+is minimised with the step's terms, how the U-Net is updated, which of the masks seen during the
+fit is selected, and the post-fit stages that refine it. Each is chosen by ``class_path`` in a
+config, so every row of a study is a file under ``experiments/explain/``.
 
 * :class:`PenaltyFit`: a fixed weighted sum of the terms (with their warm-ups), Adam.
 * :class:`ConstrainedFit`: minimise the other terms (area first) subject to the constraint
   term (:class:`~actmatch.explainers.losses.LabelMargin`: the label kept with a logit margin on
   the fill and on random backgrounds), with one Lagrange multiplier per image updated by dual
   ascent (GECO-style, multiplicative) instead of a fixed weight and a warm-up.
+* :class:`AreaContinuation`: each step keeps exactly a target fraction of the pixels, which
+  shrinks while the step's mask is accepted.
 
-Override points: :meth:`FitStrategy.objective` (the per-image loss of a step) and
-:meth:`FitStrategy.after_step` (state updates such as the multipliers).
+What counts as keeping the decision is the strategy's ``criterion``
+(:mod:`actmatch.explainers.criteria`); what happens after the loop is its list of ``stages``
+(:mod:`actmatch.explainers.stages`), each asking that criterion.
+
+Override points: :meth:`FitStrategy.objective` (the per-image loss of a step),
+:meth:`FitStrategy.mask_model` (the module whose logits a step binarises),
+:meth:`FitStrategy.after_step` (state updates such as the multipliers) and
+:meth:`FitStrategy.found_masks` (masks the strategy checked itself, offered to the selection).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from actmatch.explainers.backgrounds import BackgroundSampler, make_fill
-from actmatch.explainers.losses import logit_margin
-from actmatch.explainers.metrics import border_band, cycled_backgrounds, top_fraction_mask
-from actmatch.explainers.pruning import prune_cells
+from actmatch.explainers.criteria import CountedClassifier, Criterion, Sufficient
+from actmatch.explainers.stages import (BorderFree, FitState, Prune, Scan, Stage, areas_below, logistic_blobs,
+                                        smallest_accepted_cut)
 
-__all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS", "default_fitting"]
+__all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS",
+           "default_fitting"]
 
 #: which of the masks seen during a fit is returned, per image
 SELECTIONS = ("smallest_robust", "smallest_kept", "last")
@@ -39,11 +45,22 @@ SELECTIONS = ("smallest_robust", "smallest_kept", "last")
 
 @dataclass
 class FitResult:
-    """The selected masks of a fit and its per-step record."""
+    """The selected masks of a fit, its per-step record and the images it classified.
+
+    ``passes``: ``steps`` (the loop's batches, forward and backward), ``step_images`` (the images
+    in them) and, per lookahead and stage (``lookahead``, ``verify``, ``scan``, ``prune``,
+    ``border_free``), the images it classified forward-only.
+    """
 
     masks: torch.Tensor  # (B, 1, H, W) hard
     soft: torch.Tensor  # (B, 1, H, W) the U-Net's probabilities at the selected step
     history: list[dict[str, float]] = field(default_factory=list)
+    passes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def forward_only(self) -> int:
+        """The images classified forward-only (lookahead and stages), over the whole batch."""
+        return sum(count for key, count in self.passes.items() if key not in ("steps", "step_images"))
 
 
 class _Best:
@@ -79,168 +96,52 @@ class _Candidates:
                 self.items[i] = sorted(self.items[i], key=lambda item: item[0])[: self.k]
 
 
-def logistic_blobs(size: tuple[int, int], seed: int, scale: float) -> torch.Tensor:
-    """(1, 1, H, W) logistic noise of the given scale, drawn at a quarter of the resolution and
-    upsampled bilinearly (blobs, not speckle); the same for the same seed."""
-    h, w = size
-    generator = torch.Generator().manual_seed(1_000_003 * (seed + 1))
-    u = torch.rand((1, 1, max(1, h // 4), max(1, w // 4)), generator=generator).clamp(1e-6, 1 - 1e-6)
-    noise = scale * (u.log() - (-u).log1p())
-    return torch.nn.functional.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def _areas_below(top: float, low: float, count: int, device) -> torch.Tensor:
-    """``count`` areas from ``low`` up to (not including) ``top``, geometrically spaced, increasing."""
-    return torch.logspace(math.log10(low), math.log10(top), count + 1, device=device)[:-1]
-
-
 class FitStrategy:
-    """Base class: Adam on the U-Net for ``steps`` steps, then a selection among the step masks.
+    """Base class: Adam on the U-Net for ``steps`` steps, a selection among the step masks, then
+    the post-fit stages.
+
+    Each step's mask is *kept* when the criterion accepts it from the step's own logits
+    (:meth:`~actmatch.explainers.criteria.Criterion.accepts_step`: the fill) and *robust* when it is
+    kept and the label also survives every random background the step's loss terms drew.
 
     Args:
         lr: Adam learning rate of the U-Net.
-        select: which mask to return per image: ``smallest_robust`` (the smallest whose
-            explanation keeps the label with the fill and on every random background the fit's
-            terms drew at that step; falls back to ``smallest_kept``), ``smallest_kept`` (with
-            the fill only) or ``last``. Images never kept return their last mask.
-        min_confidence: a mask counts as kept only when its explanation (with the fill) has the
-            original top-1 label y and p_f(e)(y) ≥ min_confidence · p_f(x)(y) (0: top-1 is enough).
-        verify: with ``smallest_robust``, check the ``candidates`` smallest robust masks of the fit
-            on this many more random backgrounds of the fit's own (solid, uniform, gaussian; one
-            batched forward pass each, no gradient) and return the smallest that keeps the label
-            on at least ``verify_keep`` of them (0: no check). Filters masks that passed a step's
-            few backgrounds by luck.
-        verify_keep: the fraction of the verification backgrounds that must keep the label.
-        verify_fallback: where no candidate passes the check, return the smallest robust mask
-            (``smallest``) or the candidate that kept the label on the most verification backgrounds
-            (``most_kept``, the smallest of those).
-        candidates: how many of the smallest robust masks are kept for the check.
-        scan: after the fit, cut the selected step's ranking (the U-Net's probabilities) at this
-            many areas between ``scan_min_area`` and the selected mask's area (geometric grid,
-            one batched forward pass per image, no gradient) and return the smallest cut that
-            is kept (label and ``min_confidence``, with the fill). Where the fit never kept the
-            label, the ranking is first cut at as many areas above the mask, up to the whole
-            image, and the smallest kept cut taken. 0: no scan. Not with ``smallest_robust``: a
-            cut is only checked with the fill.
-        scan_min_area: the smallest area the scan tries.
-        scan_draws: after the scan, cut this many noisy copies of the selected ranking below the
-            current mask's area (the ranking's logits plus logistic noise, ``scan_noise`` times
-            their spread, drawn at a quarter of the resolution and seeded by the draw) and keep
-            the smallest kept cut: cheap extra candidates (forward passes only) near the ranking.
-        scan_noise: the noise scale of those draws.
-        prune: after the scan, cell sizes in pixels, coarse to fine (e.g. ``[16, 8]``): for each,
-            drop every grid cell of the mask whose removal keeps the label, visiting the cells
-            from the least to the most probable under the U-Net
-            (:func:`~actmatch.explainers.pruning.prune_cells`; forward passes only). Empty: off.
-        prune_batch: the most removals tested in one forward pass while pruning.
-        prune_border_first: prune the cells on the image's border before the others.
-        border_free: 0 (off), or s >= 1: where the returned mask still keeps pixels of the border
-            band (``border_width`` × the short side, :func:`~actmatch.explainers.metrics.border_band`),
-            also cut the same ranking with the band removed at ``scan`` areas up to the whole
-            image (one forward pass), prune the smallest kept cut on the ``prune`` grids (least
-            probable cell first, with the fill), and
-            return it instead if it is at most s times the mask's area: a mask that leaves the
-            border alone. Where no band-free mask that small keeps the label (evidence only the
-            border holds, e.g. a watermark in the corner) the mask stays as it was. Needs ``scan``.
-        border_width: the band's width as a fraction of the image's short side.
-        prune_backgrounds: with > 0, a removal (and the mask pruned) must also keep the label on at
-            least ``verify_keep`` of this many random backgrounds of the fit's own (solid, uniform,
-            gaussian, drawn once per image): pruning that keeps a robust mask robust. Allowed with
-            ``smallest_robust``.
-        check_kinds: the kinds of the fit's own verification and pruning backgrounds, each drawn
-            uniformly from this list (:class:`~actmatch.explainers.backgrounds.BackgroundSampler`;
-            a repeated kind is drawn more often, e.g. ``[solid, solid, solid, uniform, gaussian]``).
-        check_order: ``random`` (each background's kind drawn from ``check_kinds``) or ``cycle``
-            (background j is of kind ``check_kinds[j % len]``, as the evaluation draws them: every
-            kind is covered, however few backgrounds there are).
-        check_margin: on those backgrounds, the label counts as kept only with a logit margin
-            z_y − max_{k≠y} z_k ≥ check_margin (0: top-1 is enough). A mask that passes its own
-            backgrounds with a margin is more likely to pass backgrounds it never saw.
+        select: which mask to return per image: ``smallest_robust`` (the smallest robust one;
+            falls back to ``smallest_kept``), ``smallest_kept`` or ``last``. Images never kept
+            return their last mask.
+        criterion: what keeps the decision (:mod:`actmatch.explainers.criteria`); None:
+            :class:`~actmatch.explainers.criteria.Sufficient` with the mean fill. Every stage and
+            the lookahead ask it.
+        stages: post-fit stages, run in order on the selected masks (:mod:`actmatch.explainers.stages`:
+            ``Verify``, ``Scan``, ``Prune``, ``BorderFree``); None: none.
     """
 
-    def __init__(
-        self,
-        lr: float = 0.002,
-        select: str = "smallest_robust",
-        min_confidence: float = 0.0,
-        verify: int = 0,
-        verify_keep: float = 0.875,
-        candidates: int = 6,
-        scan: int = 0,
-        scan_min_area: float = 0.005,
-        *,
-        scan_draws: int = 0,
-        scan_noise: float = 0.5,
-        prune: list[int] | tuple[int, ...] = (),
-        prune_batch: int = 8,
-        prune_border_first: bool = False,
-        prune_backgrounds: int = 0,
-        check_kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
-        check_margin: float = 0.0,
-        check_order: str = "random",
-        verify_fallback: str = "smallest",
-        border_free: float = 0.0,
-        border_width: float = 0.03,
-    ) -> None:
+    def __init__(self, lr: float = 0.002, select: str = "smallest_robust", criterion: Criterion | None = None,
+                 stages: list[Stage] | None = None) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
-        if not 0 <= min_confidence <= 1:
-            raise ValueError(f"{type(self).__name__}: min_confidence must be in [0, 1], got {min_confidence}")
-        if verify < 0 or candidates < 1 or not 0 < verify_keep <= 1:
-            raise ValueError(f"{type(self).__name__}: need verify >= 0, candidates >= 1 and 0 < verify_keep <= 1, got "
-                             f"verify={verify}, candidates={candidates}, verify_keep={verify_keep}")
-        if verify and select != "smallest_robust":
-            raise ValueError(f"{type(self).__name__}: verify checks robust masks; it needs select='smallest_robust', "
-                             f"got {select!r}")
-        if scan < 0 or not 0 < scan_min_area < 1:
-            raise ValueError(f"{type(self).__name__}: need scan >= 0 and 0 < scan_min_area < 1, got scan={scan}, "
-                             f"scan_min_area={scan_min_area}")
-        if scan and select == "smallest_robust":
-            raise ValueError(f"{type(self).__name__}: scan checks cuts with the fill only; use select='smallest_kept' "
-                             f"(or 'last') with scan, or scan=0 with 'smallest_robust'")
-        if scan_draws < 0 or scan_noise < 0 or (scan_draws and not scan):
-            raise ValueError(f"{type(self).__name__}: need scan_draws >= 0, scan_noise >= 0, and scan > 0 for draws, got "
-                             f"scan_draws={scan_draws}, scan_noise={scan_noise}, scan={scan}")
-        prune = [int(size) for size in prune]
-        if any(size < 1 for size in prune) or prune_batch < 1 or prune_backgrounds < 0:
-            raise ValueError(f"{type(self).__name__}: prune takes cell sizes >= 1 (pixels, e.g. [16, 8]), "
-                             f"prune_batch >= 1 and prune_backgrounds >= 0, got prune={prune}, "
-                             f"prune_batch={prune_batch}, prune_backgrounds={prune_backgrounds}")
-        if prune and select == "smallest_robust" and not prune_backgrounds:
-            raise ValueError(f"{type(self).__name__}: prune checks removals with the fill only; use "
-                             f"select='smallest_kept' (or 'last') with prune, or prune_backgrounds > 0 to keep "
-                             f"robust masks robust")
-        self.prune, self.prune_batch, self.prune_border_first = prune, prune_batch, prune_border_first
-        self.prune_backgrounds = prune_backgrounds
-        if not (border_free == 0 or border_free >= 1) or not 0 < border_width < 0.5:
-            raise ValueError(f"{type(self).__name__}: border_free is 0 (off) or a size factor >= 1, and 0 < border_width "
-                             f"< 0.5, got border_free={border_free}, border_width={border_width}")
-        if border_free and not scan:
-            raise ValueError(f"{type(self).__name__}: border_free cuts the ranking as the scan does; it needs scan > 0 "
-                             f"(e.g. scan: 24)")
-        if border_free and prune_backgrounds:
-            raise ValueError(f"{type(self).__name__}: border_free checks its band-free mask with the fill only; it "
-                             f"cannot be combined with prune_backgrounds > 0")
-        self.border_free, self.border_width = border_free, border_width
-        if check_margin < 0:
-            raise ValueError(f"{type(self).__name__}: check_margin must be >= 0 (a logit margin), got {check_margin}")
-        if check_order not in ("random", "cycle"):
-            raise ValueError(f"{type(self).__name__}: check_order is 'random' or 'cycle', got {check_order!r}")
-        if verify_fallback not in ("smallest", "most_kept"):
-            raise ValueError(f"{type(self).__name__}: verify_fallback is 'smallest' or 'most_kept', got {verify_fallback!r}")
-        self.check_kinds, self.check_margin, self.check_order = list(check_kinds), check_margin, check_order
-        self.verify_fallback = verify_fallback
-        try:
-            self._check_sampler = BackgroundSampler(self.check_kinds)
-        except ValueError as err:
-            raise ValueError(f"{type(self).__name__}: check_kinds takes background kinds from "
-                             f"{BackgroundSampler.KINDS}, got {self.check_kinds}") from err
-        self.scan, self.scan_min_area = scan, scan_min_area
-        self.scan_draws, self.scan_noise = scan_draws, scan_noise
-        self.lr, self.select, self.min_confidence = lr, select, min_confidence
-        self.verify, self.verify_keep, self.candidates = verify, verify_keep, candidates
+        criterion = Sufficient() if criterion is None else criterion
+        if not isinstance(criterion, Criterion):
+            raise ValueError(f"{type(self).__name__}: criterion must be a Criterion (actmatch.explainers.criteria, "
+                             f"e.g. Sufficient()), got {criterion!r}")
+        stages = list(stages or [])
+        if not all(isinstance(stage, Stage) for stage in stages):
+            raise ValueError(f"{type(self).__name__}: stages is a list of Stage (actmatch.explainers.stages, e.g. "
+                             f"[Scan(), Prune()]), got {stages!r}")
+        self.lr, self.select, self.criterion, self.stages = lr, select, criterion, stages
+        for stage in stages:
+            try:
+                stage.check(self)
+            except ValueError as err:
+                raise ValueError(f"{type(self).__name__}: {err}") from None
+
+    @property
+    def families(self) -> frozenset[str]:
+        """The perturbation families the criterion and the stages use (the loss terms' and the
+        explainer's fill are the explainer's)."""
+        return frozenset(self.criterion.families).union(*(stage.families for stage in self.stages))
 
     # ---------------------------------------------------------------- override points
     def start(self, images: torch.Tensor) -> None:
@@ -264,101 +165,37 @@ class FitStrategy:
         (mask (B, 1, H, W), soft (B, 1, H, W), kept (B,)) for the smallest-kept selection."""
         return []
 
-    def kept(self, out, target: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: e has the label y and p_f(e)(y) ≥ min_confidence · p_f(x)(y)."""
-        return self._kept(out.evidence.logits_e.detach(), out.evidence.logits, target)
-
-    def _kept(self, logits_e: torch.Tensor, logits_x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        kept = logits_e.argmax(-1) == target
-        if self.min_confidence > 0:
-            p_e = logits_e.softmax(-1).gather(1, target[:, None]).squeeze(1)
-            p_x = logits_x.softmax(-1).gather(1, target[:, None]).squeeze(1)
-            kept &= p_e >= self.min_confidence * p_x
-        return kept
-
-    def own_backgrounds(self, image: torch.Tensor, n: int) -> torch.Tensor:
-        """(n, 3, H, W) backgrounds of the fit's own for one image (1, 3, H, W): ``check_kinds``
-        drawn at random or cycled (``check_order``), from the global RNG (the fit's seed)."""
-        if self.check_order == "cycle":
-            return cycled_backgrounds(image, n, tuple(self.check_kinds), None)
-        return self._check_sampler(image.expand(n, -1, -1, -1))
-
-    def _kept_on_background(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(N,) bool: the label y is top-1 of logits (N, K), with a margin of ``check_margin``."""
-        target = target.expand(logits.shape[0])
-        if self.check_margin > 0:
-            return logit_margin(logits, target) >= self.check_margin
-        return logits.argmax(-1) == target
-
-    @torch.no_grad()
-    def smallest_kept_cut(self, explainer, image, fill, scores, logits_x, target, fractions) -> torch.Tensor | None:
-        """The smallest of the cuts top_a(scores), a in ``fractions`` (increasing), whose explanation
-        a ⊙ x + (1 − a) ⊙ fill is kept; None if none is. One batched forward pass, no gradient.
-
-        Shapes: image, fill (1, 3, H, W); scores (1, 1, H, W); logits_x (1, K); target (1,).
-        """
-        n = fractions.shape[0]
-        cuts = top_fraction_mask(scores.expand(n, -1, -1, -1), fractions)  # (n, 1, H, W)
-        kept = self.kept_explanations(explainer, cuts * image + (1 - cuts) * fill, logits_x, target)
-        return cuts[int(kept.float().argmax())] if kept.any() else None
-
-    @torch.no_grad()
-    def kept_explanations(self, explainer, explanations, logits_x, target) -> torch.Tensor:
-        """(n,) bool: which of n explanations (n, 3, H, W) of one image (logits_x (1, K), target (1,))
-        are kept. One forward pass, no gradient."""
-        n = explanations.shape[0]
-        return self._kept(explainer.classifier(explanations), logits_x.expand(n, -1), target.expand(n))
-
-    @torch.no_grad()
-    def _scanned(self, explainer, images, target, logits_x, masks, soft_masks, lost: torch.Tensor) -> None:
-        """Replace each mask by the smallest kept cut of its own ranking below its area (in place).
-        Where the fit never kept the label (``lost``), first by the smallest kept cut above its area,
-        up to the whole image (which is always kept)."""
-        fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
-        for i in range(images.shape[0]):
-            one = slice(i, i + 1)
-            if lost[i]:
-                low = max(masks[i].mean().item(), self.scan_min_area)
-                grid = torch.logspace(math.log10(low), 0.0, self.scan + 1, device=images.device)[1:]
-                cut = self.smallest_kept_cut(explainer, images[one], fill[one], soft_masks[one], logits_x[one], target[one], grid)
-                if cut is not None:
-                    masks[i] = cut
-            area = masks[i].mean().item()
-            if area <= self.scan_min_area:
-                continue
-            grid = _areas_below(area, self.scan_min_area, self.scan, images.device)
-            cut = self.smallest_kept_cut(explainer, images[one], fill[one], soft_masks[one], logits_x[one], target[one], grid)
-            if cut is not None:
-                masks[i] = cut
-            ranking = torch.logit(soft_masks[one].clamp(1e-6, 1 - 1e-6))
-            for draw in range(self.scan_draws):
-                area = masks[i].mean().item()
-                if area <= self.scan_min_area:
-                    break
-                noisy = ranking + logistic_blobs(ranking.shape[-2:], draw, self.scan_noise).to(ranking) * ranking.std()
-                grid = _areas_below(area, self.scan_min_area, self.scan, images.device)
-                cut = self.smallest_kept_cut(explainer, images[one], fill[one], noisy, logits_x[one], target[one], grid)
-                if cut is not None:
-                    masks[i] = cut
-
     # ---------------------------------------------------------------- the loop
+    def counted(self, explainer, key: str) -> CountedClassifier:
+        """The explainer's classifier, counting the images it classifies under ``passes[key]``."""
+        return CountedClassifier(explainer.classifier, self._passes, key)
+
     def fit(self, explainer, images: torch.Tensor, unet: nn.Module, reference, steps: int, progress=None) -> FitResult:
-        """Fit ``unet`` on ``images`` (B, 3, H, W) and return the selected masks."""
+        """Fit ``unet`` on ``images`` (B, 3, H, W), select a mask per image and run the stages."""
+        fills = self.criterion.fills - {explainer.fill}
+        if fills:
+            raise ValueError(f"{type(self).__name__}: the criterion {self.criterion!r} checks with the fill "
+                             f"{sorted(fills)}, but the explainer's steps fill with {explainer.fill!r}; set the "
+                             f"criterion's fill to {explainer.fill!r} (or the explainer's fill to match)")
         optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
         target = reference[0].argmax(-1)
         robust_best, kept_best = _Best(images), _Best(images)
-        candidates = _Candidates(images.shape[0], self.candidates)
+        k = max((stage.candidates for stage in self.stages), default=0)
+        candidates = _Candidates(images.shape[0], max(k, 1))
         history = []
+        self._passes = {"steps": 0, "step_images": 0}
         self.start(images)
         with torch.enable_grad():
             for i in range(steps):
                 out = explainer.step(images, self.mask_model(unet), reference, progress=i / steps)
                 mask, soft = out.evidence.mask.detach(), out.evidence.soft_mask.detach()
-                kept = self.kept(out, target)
+                self._passes["steps"] += 1
+                self._passes["step_images"] += len(mask) + sum(len(v) for v in out.perturbed.values())
+                kept = self.criterion.accepts_step(out, target)
                 robust = kept & explainer.kept_on_backgrounds(out, target)
                 kept_best.offer(mask, soft, kept)
                 robust_best.offer(mask, soft, robust)
-                if self.verify:
+                if k:
                     candidates.offer(mask, soft, robust)
                 loss = self.objective(explainer, out, i / steps)
                 record = {"loss": loss.mean().item(), "area": mask.flatten(1).mean(1).mean().item(),
@@ -378,113 +215,12 @@ class FitStrategy:
         rules = {"smallest_robust": [kept_best, robust_best], "smallest_kept": [kept_best], "last": []}[self.select]
         for rule in rules:
             masks[rule.found], soft_masks[rule.found] = rule.masks[rule.found], rule.soft[rule.found]
-        if self.verify:
-            self._verified(explainer, images, target, candidates, masks, soft_masks)
-        if self.scan:
-            self._scanned(explainer, images, target, reference[0], masks, soft_masks, ~kept_best.found)
-        if self.prune:
-            self._pruned(explainer, images, target, reference[0], masks, soft_masks)
-        if self.border_free:
-            self._border_freed(explainer, images, target, reference[0], masks, soft_masks)
-        return FitResult(masks, soft_masks, history)
-
-    @torch.no_grad()
-    def _border_freed(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
-        """Replace each mask that keeps border-band pixels by the smallest kept cut of its ranking
-        with the band removed, pruned on the ``prune`` grids, where that is at most ``border_free`` × its
-        area (in place)."""
-        fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
-        band = border_band(masks[:1], self.border_width)  # (1, 1, H, W)
-        for i in range(images.shape[0]):
-            one = slice(i, i + 1)
-            if not masks[one][band].any():
-                continue
-            area = masks[i].mean().item()
-            grid = torch.logspace(math.log10(min(self.scan_min_area, area)), 0.0, self.scan, device=images.device)
-            ranking = soft_masks[one].masked_fill(band, -1.0)  # band pixels rank last
-            cut = self.smallest_kept_cut(explainer, images[one], fill[one], ranking, logits_x[one], target[one], grid)
-            if cut is None:
-                continue  # only with the border is the label kept: the mask stays
-            cut = cut[None] * (~band)  # a cut larger than the interior reaches into the band
-            cut = self._pruned_one(explainer, images[one], fill[one], logits_x[one], target[one], cut, soft_masks[one])
-            if cut is None or cut.mean().item() > self.border_free * area:
-                continue  # the interior alone needs a much larger mask: the mask stays
-            masks[one] = cut
-
-    @torch.no_grad()
-    def _pruned(self, explainer, images, target, logits_x, masks, soft_masks) -> None:
-        """Drop, per kept mask, the cells the label does not need, coarse to fine (in place)."""
-        fill = make_fill(images, explainer.fill, explainer.classifier.data_config["mean"])
-        for i in range(images.shape[0]):
-            one = slice(i, i + 1)
-            backgrounds = fill[one]
-            if self.prune_backgrounds:
-                backgrounds = torch.cat([backgrounds, self.own_backgrounds(images[one], self.prune_backgrounds)])
-            pruned = self._pruned_one(explainer, images[one], backgrounds, logits_x[one], target[one], masks[one],
-                                      soft_masks[one], self.prune_border_first)
-            if pruned is not None:  # only a kept mask is pruned
-                masks[one] = pruned
-
-    def _pruned_one(self, explainer, image, backgrounds, logits_x, target, mask, soft, border_first=False):
-        """``mask`` (1, 1, H, W) pruned on the ``prune`` grids, coarse to fine; None if it is not kept."""
-        kept = partial(self.kept_masks, explainer, image, backgrounds, logits_x, target)
-        if not kept(mask)[0]:
-            return None
-        for cell in self.prune:
-            mask = prune_cells(kept, mask, soft, cell, self.prune_batch, border_first)[0]
-        return mask
-
-    @torch.no_grad()
-    def kept_masks(self, explainer, image, backgrounds, logits_x, target, masks, stage: int = 2) -> torch.Tensor:
-        """(n,) bool for a sequence of masks (n, 1, H, W) of one image: True for every mask before
-        the first that is not kept, False from there on. Kept: the label (and ``min_confidence``)
-        with ``backgrounds[0]`` (the fill) and, given more backgrounds b_1..b_k, the label on at
-        least ``verify_keep`` of m ⊙ x + (1 − m) ⊙ b_j.
-
-        This is all :func:`~actmatch.explainers.pruning.prune_cells` reads (the first removal that
-        loses the label), so the masks are tested in stages: the fill, then ``stage`` backgrounds at
-        a time, each stage only on the masks before the first one already lost. The answer is the
-        same as testing every mask on every background; a removal that fails early costs less.
-        """
-        n, k = masks.shape[0], backgrounds.shape[0] - 1
-        allowed = max(f for f in range(k + 1) if k == 0 or (k - f) / k >= self.verify_keep)  # failures allowed
-
-        def classify(upto: int, group: torch.Tensor) -> torch.Tensor:  # (upto, len(group), K) logits
-            m = masks[:upto, None]
-            planted = m * image[None] + (1 - m) * group[None]
-            return rearrange(explainer.classifier(planted.flatten(0, 1)), "(n k) c -> n k c", n=upto)
-
-        kept = self._kept(classify(n, backgrounds[:1])[:, 0], logits_x.expand(n, -1), target.expand(n))
-        alive = int(kept.float().argmin()) if not kept.all() else n  # masks before the first lost one
-        failures = torch.zeros(n, dtype=torch.long, device=masks.device)
-        for start in range(1, k + 1, stage):
-            if not alive:
-                break
-            logits = classify(alive, backgrounds[start : start + stage])
-            failures[:alive] += (~self._kept_on_background(logits.flatten(0, 1), target)).view(alive, -1).sum(1)
-            lost = failures[:alive] > allowed
-            alive = int(lost.float().argmax()) if lost.any() else alive
-        return torch.arange(n, device=masks.device) < alive
-
-    @torch.no_grad()
-    def _verified(self, explainer, images, target, candidates: _Candidates, masks, soft_masks) -> None:
-        """Replace each image's mask by its smallest candidate that survives ``verify`` more of the
-        fit's own backgrounds (in place). Images without such a candidate keep their mask, or with
-        ``verify_fallback: most_kept`` take the candidate that kept the label on the most of them."""
-        for i, items in enumerate(candidates.items):
-            x = images[i : i + 1]
-            best_rate, best = -1.0, None
-            for _, mask, soft in items:
-                planted = mask * x + (1 - mask) * self.own_backgrounds(x, self.verify)  # (verify, 3, H, W)
-                kept = self._kept_on_background(explainer.classifier(planted), target[i]).float().mean().item()
-                if kept >= self.verify_keep:
-                    masks[i], soft_masks[i] = mask, soft
-                    break
-                if kept > best_rate:  # the smallest of the most-kept so far
-                    best_rate, best = kept, (mask, soft)
-            else:
-                if self.verify_fallback == "most_kept" and best is not None:
-                    masks[i], soft_masks[i] = best
+        state = FitState(explainer.classifier, images, reference[0], target, masks, soft_masks, self.criterion,
+                         self.stages, kept_best.found, candidates.items)
+        for stage in self.stages:
+            state.classifier = self.counted(explainer, stage.name)
+            stage.run(state)
+        return FitResult(state.masks, state.soft, history, dict(self._passes))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -520,8 +256,7 @@ class ConstrainedFit(FitStrategy):
         dual_down: η_down, log-step of λ while it holds.
         lambda_min: lower clip of λ.
         lambda_max: upper clip of λ.
-        select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area: as in
-            :class:`FitStrategy`.
+        select, criterion, stages: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -534,14 +269,10 @@ class ConstrainedFit(FitStrategy):
         lambda_min: float = 1e-3,
         lambda_max: float = 1e3,
         select: str = "smallest_robust",
-        min_confidence: float = 0.0,
-        verify: int = 0,
-        verify_keep: float = 0.875,
-        candidates: int = 6,
-        scan: int = 0,
-        scan_min_area: float = 0.005,
+        criterion: Criterion | None = None,
+        stages: list[Stage] | None = None,
     ) -> None:
-        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area)
+        super().__init__(lr, select, criterion, stages)
         if not (lambda_init > 0 and 0 < lambda_min <= lambda_max):
             raise ValueError(f"ConstrainedFit: need lambda_init > 0 and 0 < lambda_min <= lambda_max, got "
                              f"{lambda_init}, {lambda_min}, {lambda_max}")
@@ -631,17 +362,16 @@ class AreaContinuation(FitStrategy):
         grow: factor applied when it is violated (>= 1; 1 gives a fixed geometric schedule).
         min_area: a_min.
         lookahead: every ``lookahead_every`` steps, cut the step's ranking at this many areas
-            between a_min and a_i (one batched forward pass per image, no gradient) and jump a_i
-            to the smallest cut that is kept (a line search along the U-Net's own ranking; 0: off).
+            between a_min and a_i (one forward pass per image through the criterion, no gradient)
+            and jump a_i to the smallest cut the criterion accepts (a line search along the
+            U-Net's own ranking; 0: off). Counted as ``lookahead`` in the fit's passes.
         lookahead_every: steps between two lookaheads.
         explore: 0, or r in (0, 1): each step is taken at an area below the target, a_i · r^u with u
             from a low-discrepancy sequence over the steps (u_s = frac(s · φ), the same for every
             image, so batched fits equal one-image fits); a kept step moves the target to
             min(a_i · shrink, that area). Trains the ranking on cuts below the frontier instead
             of only at it.
-        select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area, scan_draws,
-            scan_noise, prune, prune_batch, prune_border_first, prune_backgrounds, check_kinds,
-            check_margin, check_order, verify_fallback, border_free, border_width: as in :class:`FitStrategy`.
+        select, criterion, stages: as in :class:`FitStrategy`.
     """
 
     def __init__(
@@ -652,34 +382,14 @@ class AreaContinuation(FitStrategy):
         grow: float = 1.0,
         min_area: float = 0.002,
         select: str = "smallest_kept",
-        min_confidence: float = 0.0,
-        verify: int = 0,
-        verify_keep: float = 0.875,
-        candidates: int = 6,
-        scan: int = 0,
-        scan_min_area: float = 0.005,
+        criterion: Criterion | None = None,
+        stages: list[Stage] | None = None,
         lookahead: int = 0,
         lookahead_every: int = 10,
         explore: float = 0.0,
         noise: float = 0.0,
-        scan_draws: int = 0,
-        scan_noise: float = 0.5,
-        prune: list[int] | tuple[int, ...] = (),
-        prune_batch: int = 8,
-        prune_border_first: bool = False,
-        prune_backgrounds: int = 0,
-        check_kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
-        check_margin: float = 0.0,
-        check_order: str = "random",
-        verify_fallback: str = "smallest",
-        border_free: float = 0.0,
-        border_width: float = 0.03,
     ) -> None:
-        super().__init__(lr, select, min_confidence, verify, verify_keep, candidates, scan, scan_min_area,
-                         scan_draws=scan_draws, scan_noise=scan_noise, prune=prune, prune_batch=prune_batch,
-                         prune_border_first=prune_border_first, prune_backgrounds=prune_backgrounds,
-                         check_kinds=check_kinds, check_margin=check_margin, check_order=check_order,
-                         verify_fallback=verify_fallback, border_free=border_free, border_width=border_width)
+        super().__init__(lr, select, criterion, stages)
         if not 0 <= explore < 1:
             raise ValueError(f"AreaContinuation: explore must be 0 (off) or in (0, 1), got {explore}")
         self.explore = explore
@@ -735,15 +445,17 @@ class AreaContinuation(FitStrategy):
     def _look_ahead(self, explainer, ev) -> None:
         """Jump each a_i to the smallest kept cut of the step's ranking below it (and offer the cut
         for the selection: it is a kept mask the fit has checked)."""
-        masks, kept = ev.mask.detach().clone(), torch.zeros(ev.images.shape[0], dtype=torch.bool, device=ev.images.device)
+        masks = ev.mask.detach().clone()
+        kept = torch.zeros(ev.images.shape[0], dtype=torch.bool, device=ev.images.device)
         for i in range(ev.images.shape[0]):
             top = self._area[i].item()
             if top <= self.min_area * 1.01:
                 continue
-            grid = _areas_below(top, self.min_area, self.lookahead, ev.images.device)
+            grid = areas_below(top, self.min_area, self.lookahead, ev.images.device)
             one = slice(i, i + 1)
-            cut = self.smallest_kept_cut(explainer, ev.images[one], ev.fill[one].detach(), ev.soft_mask[one].detach(),
-                                         ev.logits[one], ev.target[one], grid)
+            classifier = self.counted(explainer, "lookahead")
+            check = self.criterion.bind(classifier, ev.images[one], ev.logits[one], ev.target[one])
+            cut = smallest_accepted_cut(check.accepts, ev.soft_mask[one].detach(), grid)
             if cut is not None:
                 self._area[i] = cut.mean()
                 masks[i], kept[i] = cut, True
@@ -757,6 +469,6 @@ def default_fitting() -> FitStrategy:
     smallest kept cut of the selected step's ranking at 24 areas, then backward elimination of
     the cells the label does not need on grids of 32, 16 and 8 pixels, the image's border cells
     first, and a band-free cut of the same ranking where it needs at most 1.5 × the area
-    (``border_free``: fewer masks keep pixels of the image's border band)."""
-    return AreaContinuation(scan=24, lookahead=12, lookahead_every=5, prune=[32, 16, 8], prune_border_first=True,
-                            border_free=1.5)
+    (fewer masks keep pixels of the image's border band). Kept: the label with the mean fill."""
+    stages = [Scan(areas=24), Prune(cells=[32, 16, 8], border_first=True), BorderFree(factor=1.5)]
+    return AreaContinuation(lookahead=12, lookahead_every=5, criterion=Sufficient(), stages=stages)

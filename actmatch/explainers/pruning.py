@@ -12,8 +12,9 @@ one whose removal keeps the label:
 as the order). The result is the same as testing one removal at a time; the tests are batched
 speculatively: ``n`` cumulative removals m \\ c_1, m \\ {c_1, c_2}, ... in one forward pass; the
 first that loses the label marks its cell as needed, and the removals after it are tested again.
-Only forward passes, no gradient; each kept test is the fit's own (the fill, the label, and where
-asked the fit's own random backgrounds).
+Only forward passes, no gradient; the kept test is the recipe's criterion
+(:class:`~actmatch.explainers.stages.Prune` passes its check for one image:
+:meth:`~actmatch.explainers.criteria.Check.accepted_prefix`).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def prune_cells(kept, mask: torch.Tensor, soft: torch.Tensor, cell: int, batch: 
     """The mask with every cell dropped whose removal keeps the label (one greedy pass).
 
     Args:
-        kept: ``kept(masks (n, 1, H, W)) -> (n,) bool``, the fit's own test of a mask (it builds
-            the explanations, e.g. m ⊙ x + (1 − m) ⊙ fill). Only read up to its first False (the
+        kept: ``kept(masks (n, 1, H, W)) -> (n,) bool``, the test of a mask (it builds the
+            explanations, e.g. m ⊙ x + (1 − m) ⊙ fill). Only read up to its first False (the
             first removal that loses the label), so it may skip testing the masks after it.
         mask: (1, 1, H, W) binary, kept.
         soft: (1, 1, H, W) the U-Net's probabilities: cells with lower values are tried first.

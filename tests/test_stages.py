@@ -1,0 +1,150 @@
+"""Post-fit stages, on the hand-worked classifier of test_criteria (class 0 iff 2 r̄ − 1.2 > 0, r̄ the
+mean red; a pure red image with the mean fill (0.5, 0.4, 0.3) keeps class 0 iff more than a fifth
+of it is kept), and the fit's count of the images they classify."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_criteria import H, W, FixedBackgrounds, RedMeter, rows, solid_reds
+
+from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.criteria import AllOf, CountedClassifier, RobustOn, Sufficient
+from actmatch.explainers.fitting import AreaContinuation, _Candidates
+from actmatch.explainers.independent import IndependentNets
+from actmatch.explainers.masks import border_band, top_fraction_mask
+from actmatch.explainers.module import ActMatchExplainer
+from actmatch.explainers.stages import BorderFree, FitState, Prune, Scan, Verify, areas_below
+from actmatch.explainers.unet import MaskUNet
+
+
+@pytest.fixture()
+def red():
+    image = torch.zeros(1, 3, H, W)
+    image[:, 0] = 1
+    return image, RedMeter()(image), torch.tensor([0])
+
+
+def state(red, masks, soft, criterion=None, **kwargs) -> tuple[FitState, dict]:
+    image, logits_x, target = red
+    passes = {}
+    fit = FitState(CountedClassifier(RedMeter(), passes, "stage"), image, logits_x, target, masks, soft,
+                   criterion or Sufficient(), **kwargs)
+    return fit, passes
+
+
+def raster_ranking() -> torch.Tensor:
+    """(1, 1, H, W) probabilities decreasing in raster order: a top-k cut keeps the first k pixels."""
+    return torch.linspace(1, 0, H * W).view(1, 1, H, W)
+
+
+def test_scan_returns_the_smallest_grid_cut_above_a_fifth(red):
+    soft = raster_ranking()
+    masks = torch.ones(1, 1, H, W)
+    fit, passes = state(red, masks, soft)
+    Scan(areas=24).run(fit)
+    grid = areas_below(1.0, 0.005, 24, "cpu")
+    kept_areas = [k / (H * W) for k in (grid * H * W).round().long().tolist() if k / (H * W) > 0.2]
+    assert masks.mean().item() == pytest.approx(min(kept_areas))  # the smallest cut with a > 0.2
+    assert torch.equal(masks, top_fraction_mask(soft, masks.mean().item()))  # a top set of the ranking
+    assert passes == {"stage": 24}  # one pass of 24 cuts
+
+
+def test_scan_of_a_fit_that_never_kept_the_label_goes_up_first(red):
+    soft = raster_ranking()
+    masks = rows(0.0625)  # a = 1/16: lost
+    fit, passes = state(red, masks, soft, kept_found=torch.tensor([False]))
+    Scan(areas=8).run(fit)
+    assert 0.2 < masks.mean().item() < 1  # kept now, and a cut below the whole image
+    assert passes["stage"] == 8 + 8  # up to the whole image, then down from the cut
+
+
+def test_prune_keeps_the_most_probable_cells_the_label_needs(red):
+    """Cells of 4 px are 1/16 of the image: the fill keeps the label with 4 of them (0.25 > 0.2), not 3;
+    on a black background it takes 10 (2a − 1.2 > 0: a > 0.6)."""
+    soft = torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(0))
+    cell_soft = soft.view(4, 4, 4, 4).permute(0, 2, 1, 3).reshape(16, 16).mean(1)  # (16,) per 4 x 4 cell
+    black = FixedBackgrounds(solid_reds(0.0), rate=1.0)
+    for criterion, cells in ((Sufficient(), 4), (AllOf([Sufficient(), black]), 10)):
+        masks = torch.ones(1, 1, H, W)
+        fit, passes = state(red, masks, soft, criterion)
+        Prune(cells=[4]).run(fit)
+        kept_cells = masks.view(4, 4, 4, 4).permute(0, 2, 1, 3).reshape(16, 16).amax(1).bool()
+        assert kept_cells.sum() == cells and masks.sum() == cells * 16
+        assert set(kept_cells.nonzero().flatten().tolist()) == set(cell_soft.topk(cells).indices.tolist())
+        assert 0 < passes["stage"] <= (1 + 16 * 8) * criterion.bind(RedMeter(), *red).cost  # a pass of <= 8 per cell
+
+
+class BandMeter(torch.nn.Module):
+    """Class 0 iff the border band (1 px) of the image is red on average: only the border holds it."""
+
+    data_config = RedMeter.data_config
+
+    def forward(self, x):
+        band = border_band(x[:, :1])
+        red = x[:, :1][band.expand(x.shape[0], -1, -1, -1)].view(x.shape[0], -1).mean(1)
+        return torch.stack([2 * red - 1.2, torch.zeros_like(red)], 1)
+
+
+def test_border_free_replaces_a_band_mask_where_the_interior_keeps_the_label(red):
+    image, logits_x, target = red
+    band = border_band(torch.zeros(1, 1, H, W))  # 1 px: 60 of 256 pixels (0.234 > 0.2: kept)
+    soft = torch.where(band, 0.9, 0.2) + 1e-3 * raster_ranking()  # the U-Net prefers the band
+    stages = [Scan(areas=24), BorderFree(factor=1.5)]
+    masks = band.float()
+    fit, passes = state(red, masks, soft, stages=stages)
+    stages[1].run(fit)
+    assert not masks[band].any() and 0.2 < masks.mean() <= 1.5 * band.float().mean()
+    assert Sufficient().accepts(RedMeter(), image, masks, logits_x, target).all()
+    # where only the band holds the evidence, the mask stays
+    masks = band.float()
+    fit = FitState(BandMeter(), image, BandMeter()(image), target, masks, soft, Sufficient(), stages)
+    stages[1].run(fit)
+    assert torch.equal(masks, band.float())
+
+
+def test_verify_returns_the_smallest_candidate_that_passes_the_criterions_backgrounds(red):
+    """On a solid red c, a = 0.25 keeps the label iff c > 0.467, a = 0.5 iff c > 0.2."""
+    small, large = rows(0.25), rows(0.5)
+    candidates = _Candidates(1, k=4)
+    for mask in (large, small):
+        candidates.offer(mask, mask, torch.tensor([True]))
+    for backgrounds, fallback, expected in (((0.3, 0.9), "smallest", large), ((0.1, 0.3, 0.9), "smallest", small),
+                                            ((0.1, 0.3, 0.9), "most_kept", large)):
+        masks, soft = small.clone(), small.clone()
+        criterion = AllOf([Sufficient(), FixedBackgrounds(solid_reds(*backgrounds), rate=1.0)])
+        fit, passes = state(red, masks, soft, criterion, candidates=candidates.items)
+        Verify(candidates=4, fallback=fallback).run(fit)
+        assert torch.equal(masks, expected) and torch.equal(soft, expected)
+        assert passes["stage"] == 2 * len(backgrounds)  # the small candidate fails first: both are checked
+
+
+def test_stages_refuse_recipes_they_cannot_serve():
+    robust = AllOf([Sufficient(), RobustOn(n=4)])
+    with pytest.raises(ValueError, match="Verify .* must be the first stage"):
+        AreaContinuation(select="smallest_robust", criterion=robust, stages=[Prune([8]), Verify()])
+    with pytest.raises(ValueError, match="Scan checks cuts with the fill only"):
+        AreaContinuation(select="smallest_robust", stages=[Scan(8)])
+    AreaContinuation(select="smallest_robust", criterion=robust, stages=[Verify(), Scan(8), Prune([8])])  # robust: fine
+
+
+def test_the_fit_counts_every_image_it_classifies(rng_images):
+    """passes: the loop's batches and their images, and per lookahead and stage the images classified
+    forward-only; together, every image the classifier saw after the reference pass."""
+    torch.manual_seed(0)  # this classifier keeps its label on small cuts of these images
+    classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    strategy = AreaContinuation(shrink=0.9, min_area=0.05, lookahead=4, lookahead_every=2,
+                                stages=[Scan(8), Prune([16]), BorderFree(1.5)])
+    explainer = ActMatchExplainer(classifier=classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=6,
+                                  fitting=strategy)
+    reference = explainer.reference(rng_images)
+    unet = IndependentNets([explainer.fresh_unet(0) for _ in range(2)])
+    seen = []
+    handle = classifier.model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].shape[0]))
+    try:
+        result = strategy.fit(explainer, rng_images, unet, reference, steps=6)
+    finally:
+        handle.remove()
+    assert result.passes["steps"] == 6 and result.passes["step_images"] == 6 * 2
+    assert result.passes["lookahead"] > 0 and result.passes["scan"] > 0 and result.passes["prune"] > 0
+    assert sum(seen) == result.passes["step_images"] + result.forward_only
