@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
 from PIL import Image
 
 from actmatch.commands import benchmark
+from actmatch.evaluation.benchmark import add_derived, compare_pairs, headline, result_fields, score_image, sufficient_with_cut
+from actmatch.evaluation.batching import PassCounter
+from actmatch.evaluation.benchmark import BenchImage
+from actmatch.evaluation.families import default_exam
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.unet import MaskUNet
 
-CHEAP = ["--steps", "2", "--rise-masks", "4", "--window", "80", "--ig-steps", "2", "--curve-steps", "2", "--backgrounds", "2"]
+CHEAP = ["--steps", "2", "--rise-masks", "4", "--window", "24", "--ig-steps", "2", "--curve-steps", "2", "--sanity-images", "1",
+         "--input-size", "48"]
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +37,18 @@ def setup(tmp_path_factory):
     torch.save(load_classifier("test_efficientnet", pretrained=False).model.state_dict(), weights)
     ckpt = root / "fit.ckpt"
     torch.save({"state_dict": {f"unet.{k}": v for k, v in MaskUNet().state_dict().items()}}, ckpt)
-    return photos, weights, ckpt
+    pool = root / "pool"
+    pool.mkdir()
+    Image.fromarray(skimage.data.astronaut()).resize((90, 90)).save(pool / "astronaut.png")
+    Image.fromarray(skimage.data.rocket()).resize((60, 90)).save(pool / "rocket.png")
+    return photos, weights, ckpt, pool
 
 
 def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys):
-    photos, weights, ckpt = setup
+    photos, weights, ckpt, pool = setup
     methods = "am,am-amortized,saliency,gradcam,occlusion,ig,rise,convad"
     argv = ["--images", str(photos), "--methods", methods, "--out", str(tmp_path), "--backbone", "test_efficientnet",
-            "--weights", str(weights), "--checkpoint", str(ckpt), "--gallery", "2", *CHEAP]  # fmt: skip
+            "--weights", str(weights), "--checkpoint", str(ckpt), "--gallery", "2", "--exam-photos", str(pool), *CHEAP]  # fmt: skip
     assert benchmark.main("benchmark", argv) == 0
     for name in ("results.csv", "summary.csv", "paired.csv", "summary.png", "comparison.png", "report.html"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -49,27 +59,47 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     assert len(rows) == 2 * 8
     assert not any(r["error"] for r in rows)
     assert set(rows[0]) >= {"kept_equal_area", "smallest_sufficient_area", "insertion_auc", "deletion_auc", "robustness", "seconds",
-                            "kept_at_5", "kept_at_10", "kept_at_20"}  # fmt: skip
+                            "kept_at_5", "kept_at_10", "kept_at_20", "robust_sufficient_area", "robust_photos", "robust_road",
+                            "insertion_auc_rise", "dg_score", "dg_score_fill", "kept_dilated", "ratio_dilated", "kept_shift",
+                            "kept_readback", "kept_resampled", "ratio_equal_area", "ratio_at_10", "sanity_spearman"}  # fmt: skip
     for r in rows:
         assert 0 <= float(r["insertion_auc"]) <= 1 and 0 < float(r["smallest_sufficient_area"]) <= 1
-        assert {r["kept_at_5"], r["kept_at_10"], r["kept_at_20"], r["kept_equal_area"]} <= {"0", "1"}
+        assert 0 <= float(r["insertion_auc_rise"]) <= 1 and 0 < float(r["robust_sufficient_area"]) <= 1
+        assert {r["kept_at_5"], r["kept_at_10"], r["kept_at_20"], r["kept_equal_area"], r["kept_dilated"]} <= {"0", "1"}
+        assert 0 <= float(r["robustness"]) <= 1 and 0 <= float(r["kept_shift"]) <= 1
+        # the region that keeps the label under the mean fill is never smaller than the smallest robust-sufficient one by more
+        # than the grid allows: a robust cut also keeps the label on most draws, not necessarily with the fill
+        assert float(r["dg_score"]) >= math.log(0.05) - 1e-6  # log max(a, 0.05) − log p with p <= 1
+    sanity = [r for r in rows if r["image"].endswith("chelsea.png")]  # the first image (sorted) gets the sanity check
+    assert all(r["sanity_spearman"] not in ("", None) for r in sanity)
+    assert all(r["sanity_spearman"] in ("", None) for r in rows if r not in sanity)
     am_area = {r["image"]: r["area"] for r in rows if r["method"] == "am"}
     assert all(r["area"] == am_area[r["image"]] for r in rows)  # every map cut to actmatch's area
     summary = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [r["method"] for r in summary] == methods.split(",")
-    for r in summary:  # every metric has its interval, and the interval holds the estimate
+    for r in summary:  # every metric has its interval, and the interval holds the estimate (n/a: no value, e.g. a constant map's ρ)
         for key, *_ in benchmark.SUMMARY_METRICS:
+            if math.isnan(float(r[key])):
+                assert math.isnan(float(r[f"{key}_ci_low"])), key
+                continue
             assert float(r[f"{key}_ci_low"]) <= float(r[key]) + 1e-9 <= float(r[f"{key}_ci_high"]) + 2e-9, key
     paired = list(csv.DictReader((tmp_path / "paired.csv").open()))
     assert len(paired) == 7 * len(benchmark.PAIRED_METRICS)  # am against the 7 others, per metric
     for r in paired:
-        assert r["reference"] == "am" and int(r["wins"]) + int(r["ties"]) + int(r["losses"]) == int(r["n"]) == 2
-        assert 0 <= float(r["p_value"]) <= 1 and r["test"] in ("sign", "wilcoxon", "none")
+        # the sanity check ran on the first image only (and a constant map, e.g. an untrained U-Net's, has no ρ)
+        n = (0, 1) if r["metric"].startswith("sanity") else (2,)
+        assert r["reference"] == "am" and int(r["wins"]) + int(r["ties"]) + int(r["losses"]) == int(r["n"]) and int(r["n"]) in n
+        if r["group"] == "construction":
+            assert r["test"] == "by construction" and r["p_value"] == "nan" and r["significant"] == "False"
+        elif int(r["n"]) == 0:  # no pair to test
+            assert r["test"] == "none" and r["p_value"] == "nan"
+        else:
+            assert 0 <= float(r["p_value"]) <= float(r["p_holm"]) <= 1 and r["test"] in ("sign", "wilcoxon", "none")
         assert r["significant"] == "False"  # two images can never reach p < 0.05
     out = capsys.readouterr().out
     assert "kept@area" in out and "kept@10%" in out and "rise" in out and "median equal-area cut" in out
-    assert "am vs" in out and "p<0.05" in out and " [" in out
-    assert max(len(line) for line in out.splitlines() if not line.startswith(("wrote", "label kept", "am against", "metrics"))) <= 120
+    assert "am vs" in out and "p<0.05" in out and " [" in out and "On the exam" in out and "p(Holm)" in out
+    assert max(len(line) for line in out.splitlines() if not line.startswith(("wrote", "label kept", "am against", "metrics", "On the"))) <= 120
     assert "images classified = floor" in out
 
     # --from-results: the same tables from the rows on disk, for all images or the first N
@@ -88,7 +118,7 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
 
 
 def test_resume_runs_only_the_images_an_interrupted_run_did_not_finish(setup, tmp_path, capsys):
-    photos, weights, _ = setup
+    photos, weights, _, pool = setup
     argv = ["--images", str(photos), "--methods", "saliency,gradcam", "--out", str(tmp_path), "--backbone",
             "test_efficientnet", "--weights", str(weights), *CHEAP]  # fmt: skip
     assert benchmark.main("benchmark", argv) == 0
@@ -97,7 +127,7 @@ def test_resume_runs_only_the_images_an_interrupted_run_did_not_finish(setup, tm
     first = full[0]["image"]
     # an interrupted run: only the first image's rows, and one of them failed
     kept = [r for r in full if r["image"] == first]
-    benchmark.write_csv(results, kept, benchmark.RESULT_FIELDS)
+    benchmark.write_csv(results, kept, result_fields())
     capsys.readouterr()
     assert benchmark.main("benchmark", [*argv, "--resume"]) == 0
     err = capsys.readouterr().err
@@ -107,14 +137,14 @@ def test_resume_runs_only_the_images_an_interrupted_run_did_not_finish(setup, tm
     assert [r for r in again if r["image"] == first] == kept  # taken over as written, not recomputed
     # a failed row is run again
     kept[1]["error"] = "RuntimeError: out of memory"
-    benchmark.write_csv(results, kept, benchmark.RESULT_FIELDS)
+    benchmark.write_csv(results, kept, result_fields())
     assert benchmark.main("benchmark", [*argv, "--resume"]) == 0
     assert "resume: 0 of 2 image(s)" in capsys.readouterr().err
     # rows of other settings are not taken over: the resume is refused and nothing is touched
     before = results.read_text()
-    assert benchmark.main("benchmark", [*argv, "--resume", "--backgrounds", "3"]) == 2
+    assert benchmark.main("benchmark", [*argv, "--resume", "--exam-seed", "7"]) == 2
     err = capsys.readouterr().err
-    assert "other settings (backgrounds differ" in err and "settings.json" in err
+    assert "other settings (exam differ" in err and "settings.json" in err
     assert results.read_text() == before
 
 
@@ -138,7 +168,7 @@ def test_from_results_names_a_missing_or_foreign_file(tmp_path, capsys):
 
 
 def test_unknown_method_is_named(setup, tmp_path, capsys):
-    photos, weights, _ = setup
+    photos, weights, _, pool = setup
     code = benchmark.main("benchmark", ["--images", str(photos), "--methods", "saliency,lime", "--out", str(tmp_path)])
     assert code == 2
     err = capsys.readouterr().err
@@ -146,7 +176,7 @@ def test_unknown_method_is_named(setup, tmp_path, capsys):
 
 
 def test_amortized_without_checkpoint_and_unreadable_image_are_named(setup, tmp_path, capsys):
-    photos, weights, _ = setup
+    photos, weights, _, pool = setup
     common = ["--out", str(tmp_path), "--backbone", "test_efficientnet", "--weights", str(weights)]
     assert benchmark.main("benchmark", ["--images", str(photos), "--methods", "am-amortized", *common]) == 2
     assert "--checkpoint" in capsys.readouterr().err
@@ -189,7 +219,7 @@ def test_benchmark_logs_its_tables_to_an_offline_wandb_run(setup, tmp_path):
     import subprocess
     import sys
 
-    photos, weights, _ = setup
+    photos, weights, _, pool = setup
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     env.update(WANDB_SILENT="true", WANDB_DATA_DIR=str(tmp_path / "wandb-data"))  # artifact staging, off the home folder
     argv = ["--images", str(photos), "--methods", "am,saliency,gradcam", "--out", "out", "--backbone", "test_efficientnet",
@@ -214,17 +244,15 @@ def test_benchmark_logs_its_tables_to_an_offline_wandb_run(setup, tmp_path):
 
 def test_a_map_that_cannot_be_scored_fails_alone():
     """All maps of an image are scored together; a bad one is found and only its row gets the error."""
-    import argparse
-
     classifier = load_classifier("test_resnet", pretrained=False)
-    image = torch.rand(1, 3, 40, 40)
-    logits = classifier(image)
-    args = argparse.Namespace(curve_steps=2, backgrounds=2, tau=0.5, seed=0, chunk=8)
+    item = BenchImage("one.png", torch.rand(3, 40, 40))
+    logits = classifier(item.image[None])
     maps = {"good": torch.rand(1, 1, 40, 40), "bad": torch.rand(1, 1, 20, 20), "also_good": torch.rand(1, 1, 40, 40)}
-    counter = benchmark.M.PassCounter()
-    scores = benchmark._score(classifier, image, maps, logits, 0.2, None, args, counter)
+    counter = PassCounter()
+    settings = {"steps": 2, "tau": 0.5, "seed": 0, "chunk": 8}
+    scores = score_image(classifier, item, maps, logits, 0.2, default_exam(None), settings, counter)
     assert isinstance(scores["bad"], ValueError) and "maps must be" in str(scores["bad"])
-    assert set(scores["good"]) == set(scores["also_good"]) == set(benchmark.M.SCORE_KEYS)
+    assert set(scores["good"]) == set(scores["also_good"]) >= {"robust_sufficient_area", "robust_road", "dg_score"}
     assert counter.images > 0
 
 
@@ -233,11 +261,11 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
     classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
     config = tmp_path / "am.yaml"
     config.write_text("model:\n  init_args:\n    fitting:\n      class_path: actmatch.explainers.fitting.AreaContinuation\n"
-                      "      init_args: {scan: 8, lookahead: 4}\n")
+                      "      init_args: {lookahead: 4}\n")
 
     def settings(*extra):
         args = benchmark.parse_args("benchmark", ["--images", str(tmp_path), "--out", str(tmp_path), *extra])
-        return benchmark.run_settings(args, {"am": benchmark.ActMatchMethod(classifier, config=args.config)}, classifier)
+        return benchmark.run_settings(args, {"am": benchmark.ActMatchMethod(classifier, config=args.config)}, classifier, "exam")
 
     saved = tmp_path / "settings.json"
     saved.write_text(json.dumps(settings()))
@@ -249,10 +277,66 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
 def test_sufficient_area_with_cut_takes_the_equal_area_cut_when_it_keeps_the_label():
     """The scan can miss a two-part map's own mask; the equal-area cut is one more candidate, for every method."""
     missed = {"smallest_sufficient_area": "0.956", "area": "0.109", "kept_equal_area": "1"}
-    assert benchmark.sufficient_with_cut(missed) == pytest.approx(0.109)
+    assert sufficient_with_cut(missed) == pytest.approx(0.109)
     lost = {"smallest_sufficient_area": "0.08", "area": "0.03", "kept_equal_area": "0"}
-    assert benchmark.sufficient_with_cut(lost) == pytest.approx(0.08)
+    assert sufficient_with_cut(lost) == pytest.approx(0.08)
     found = {"smallest_sufficient_area": 0.02, "area": 0.03, "kept_equal_area": 1}
-    assert benchmark.sufficient_with_cut(found) == pytest.approx(0.02)
-    rows = benchmark.add_derived([dict(missed), {"image": "x", "error": "RuntimeError: failed"}])
+    assert sufficient_with_cut(found) == pytest.approx(0.02)
+    rows = add_derived([dict(missed), {"image": "x", "error": "RuntimeError: failed"}])
     assert rows[0]["sufficient_area_with_cut"] == pytest.approx(0.109) and "sufficient_area_with_cut" not in rows[1]
+
+
+def _rows(values: dict[str, list[float]], column: str) -> list[dict]:
+    """results.csv-like rows: one per image and method, ``column`` set from ``values[method]``."""
+    return [{"image": f"{i}.png", "method": method, "error": "", column: v} for method, vs in values.items() for i, v in enumerate(vs)]
+
+
+def test_the_paired_table_never_counts_a_column_true_by_construction():
+    """am keeps the label at its own area on every image (its mask is the equal-area cut): the row is shown, not tested."""
+    rows = _rows({"am": [1.0] * 12, "gradcam": [0.0] * 12}, "kept_equal_area")
+    for r in rows:
+        r["robust_sufficient_area"] = 0.1 if r["method"] == "am" else 0.3  # an exam column am wins on every image
+    paired = compare_pairs(rows)
+    construction = [r for r in paired if r["metric"] == "kept_equal_area"]
+    assert construction and all(r["wins"] == 12 and math.isnan(r["p_value"]) and not r["significant"] for r in construction)
+    robust = next(r for r in paired if r["metric"] == "robust_sufficient_area")
+    assert robust["significant"] and robust["p_holm"] >= robust["p_value"]
+    text = headline(paired)
+    assert "better than every baseline (gradcam) on robust.area" in text
+    assert "kept@area" not in text  # the headline is computed from exam columns only
+
+
+def test_holm_corrects_over_every_counted_comparison():
+    """Two exam columns, one baseline: p(Holm) of the smaller p is 2 x p (m = 2)."""
+    rows = _rows({"am": [0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2], "rise": [0.3] * 12}, "robust_sufficient_area")
+    for r in rows:
+        r["dg_score"] = -1.0 if r["method"] == "am" else 0.5
+    paired = [r for r in compare_pairs(rows) if r["n"]]
+    assert len(paired) == 2
+    smaller = min(paired, key=lambda r: r["p_value"])
+    assert smaller["p_holm"] == pytest.approx(min(1.0, 2 * smaller["p_value"]))
+
+
+def test_a_recipe_that_fits_on_a_held_out_exam_family_is_refused(setup, tmp_path, capsys):
+    """Photos (a fit's `shuffle` backgrounds) are held out: a recipe whose robustness term draws them is refused by name."""
+    photos, weights, _, pool = setup
+    config = tmp_path / "photo_fit.yaml"
+    config.write_text("losses:\n  - {class_path: actmatch.explainers.losses.CrossEntropy, init_args: {weight: 1.0}}\n"
+                      "  - {class_path: actmatch.explainers.losses.Robustness, init_args: {weight: 1.0, backgrounds: [shuffle]}}\n")
+    argv = ["--images", str(photos), "--methods", "am,saliency", "--out", str(tmp_path / "out"), "--backbone", "test_efficientnet",
+            "--weights", str(weights), "--config", str(config), "--exam-photos", str(pool), *CHEAP]  # fmt: skip
+    assert benchmark.main("benchmark", argv) == 2
+    err = capsys.readouterr().err
+    assert "held-out exam family photos (losses: robustness)" in err
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_exam_seed_and_photo_pool_must_be_disjoint_from_the_fit(setup, tmp_path, capsys):
+    photos, weights, _, pool = setup
+    common = ["--images", str(photos), "--methods", "saliency", "--out", str(tmp_path), "--backbone", "test_efficientnet",
+              "--weights", str(weights)]  # fmt: skip
+    with pytest.raises(SystemExit):
+        benchmark.main("benchmark", [*common, "--seed", "5", "--exam-seed", "5"])
+    assert "--exam-seed must differ from --seed" in capsys.readouterr().err
+    assert benchmark.main("benchmark", [*common, "--exam-photos", str(photos)]) == 2  # the explained images as backgrounds
+    assert "holds 2 of the explained images" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def test_row_on_two_tiny_images_has_every_column(two_images, tiny_config, tmp_pa
     md = tmp_path / "table.md"
     png = tmp_path / "plot.png"
     code = study.main("study", [str(two_images), "--config", str(tiny_config), "--out", str(out),
-                                "--robustness", "4", "--markdown", str(md), "--plot", str(png)])
+                                "--markdown", str(md), "--plot", str(png)])
     assert code == 0
     with (out / "study.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -49,6 +49,9 @@ def test_row_on_two_tiny_images_has_every_column(two_images, tiny_config, tmp_pa
     assert row["config"] == "tiny" and row["images"] == "2"
     assert all(row[key] != "" for key in STUDY_FIELDS)
     assert 0 <= float(row["kept"]) <= 1 and 0 <= float(row["robust_median"]) <= 1
+    for key in ("robust_photos_mean", "dilated_kept", "shift_kept", "readback_kept", "resampled_kept"):
+        assert key == "robust_photos_mean" and row[key] == "nan" or 0 <= float(row[key]) <= 1, key  # no photos given: nan
+    assert "16 draws" in row["exam"] and "road" in row["exam"]
     assert float(row["area_p25"]) <= float(row["area_median"]) <= float(row["area_p75"])
     assert float(row["fwd_bwd_ms"]) > 0 and float(row["x_fwd_bwd_median"]) > 0
     assert md.read_text().count("| tiny |") == 1 and png.stat().st_size > 0
@@ -65,9 +68,17 @@ def test_bad_config_is_named(two_images, tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
 
 
-def test_eval_seed_must_differ_from_the_fit_seed(two_images):
+def test_exam_seed_must_differ_from_the_fit_seed(two_images, capsys):
     with pytest.raises(SystemExit):
-        study.main("study", [str(two_images), "--seed", "3", "--eval-seed", "3"])
+        study.main("study", [str(two_images), "--seed", "3", "--exam-seed", "3"])
+    assert "--exam-seed must differ from --seed" in capsys.readouterr().err
+
+
+def test_a_recipe_fitted_on_a_held_out_family_is_refused(two_images, tmp_path, capsys):
+    config = tmp_path / "blurred.yaml"
+    config.write_text("model:\n  init_args:\n    fill: blur\n    steps: 2\n")
+    assert study.main("study", [str(two_images), "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "held-out exam family blur (fill: blur)" in capsys.readouterr().err
 
 
 def test_border_kept_by_hand():
@@ -79,7 +90,7 @@ def test_border_kept_by_hand():
 
 def test_resume_keeps_scored_images_and_names_other_settings(two_images, tiny_config, tmp_path, capsys):
     out = tmp_path / "out"
-    base = [str(two_images), "--config", str(tiny_config), "--out", str(out), "--robustness", "4"]
+    base = [str(two_images), "--config", str(tiny_config), "--out", str(out)]
     assert study.main("study", base) == 0
     summary = out / "tiny" / "a" / "summary.json"
     written = summary.read_text()
@@ -93,8 +104,8 @@ def test_resume_keeps_scored_images_and_names_other_settings(two_images, tiny_co
     for key in ("images", "kept", "area_median", "robust_median", "conf_ratio_median", "seconds_median"):
         assert again[key] == first[key]
 
-    # scored with 4 backgrounds: resuming with 8 would mix two metrics in one row
-    assert study.main("study", [*base[:-1], "8", "--resume"]) == 2
+    # scored with the exam's seed 1000: resuming with seed 7 would mix two exams in one row
+    assert study.main("study", [*base, "--exam-seed", "7", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "4 backgrounds, seed 1000" not in err and "8 backgrounds, seed 1000" in err and "another --out" in err
+    assert "(seed 1000)" not in err and "(seed 7)" in err and "another --out" in err
     assert summary.read_text() == written

@@ -1,205 +1,104 @@
 """``actmatch benchmark``: actmatch against the baseline explainers, same model, same images.
 
-Every method returns a relevance map per image (actmatch: its binary mask). Each map is scored
-with the same metrics (:func:`actmatch.explainers.metrics.score_maps`, all methods of an image
-in one batched pass):
+A thin command over :mod:`actmatch.evaluation`: every method returns a relevance map per image
+(actmatch: its binary mask plus the U-Net's ranking), and every map is graded by the exam
+(:func:`actmatch.evaluation.exam.score_maps`, all methods of an image in one batched pass). The
+exam's columns fall in three groups (docs/benchmark.md, "Protocol"):
 
-* ``kept_equal_area``: the map's top pixels, cut to the area of actmatch's mask for that image
-  (``--area`` when ``am`` is not run), keep the label with the mean-colour fill;
-  ``kept_equal_area_convad``: the same cut evaluated by ConvAD deactivation instead of fill;
-* ``kept_at_5`` / ``kept_at_10`` / ``kept_at_20``: the map's top 5 / 10 / 20 % keep the label
-  (an area that no method chooses, unlike the equal-area cut, which is ``am``'s own mask);
-* ``smallest_sufficient_area``: smallest top-k fraction of the map that keeps the label;
-* ``sufficient_area_with_cut``: the same, with the equal-area cut as one more candidate area
-  (the smaller of the two when that cut keeps the label). The scan assumes that larger cuts
-  keep the label once a smaller one does; a two-part map such as ``am``'s (mask, then the
-  U-Net's ranking outside it) breaks that, so its scan can miss its own mask. Every method gets
-  the same extra area per image, chosen by ``am``;
-* ``insertion_auc`` / ``deletion_auc``: RISE protocol, ``--curve-steps`` steps;
-* ``robustness``: the equal-area cut planted on ``--backgrounds`` random backgrounds (solid
-  colours, noise, the other benchmark images): fraction that keeps the label;
-* ``seconds``: wall time of the method on the image.
+* judged with what no fit sees (the exam): the robust-sufficient area (the smallest top-k cut
+  that keeps the label on at least 80 % of 16 exam draws: other photos from ``--exam-photos``,
+  heavy blurs of the image, ROAD's noisy linear imputation, solid colours and noise from the
+  exam's own seed ``--exam-seed``), robustness of the equal-area cut per family, insertion AUC
+  (heavy blur start and RISE's published start), the Dabkowski–Gal saliency score, the region
+  dilated by 3×3, shifted by one pixel, read back from a mask file and applied to the photo
+  resized with another filter, and the model-randomisation sanity check (``--sanity-images``);
+* judged with the mean fill, which ``am`` fits with (marked ``*``): label kept at the equal-area
+  cut (``am``'s own mask) and at 5/10/20 %, p(e)/p(x), the smallest sufficient area, deletion AUC;
+* true for ``am`` by construction (marked ``†``, never counted): ``kept@area``, ``suff+cut``.
+
+A recipe of ``am`` that fits, selects or prunes on a held-out exam family (photos, blur, ROAD) is
+refused, and ``--exam-seed`` must differ from ``--seed`` (the fit's).
 
 Outputs in ``--out``: ``results.csv`` (one row per image × method), ``summary.csv`` (one row
-per method: means or medians with 95 % bootstrap intervals over images, ``<metric>_ci_low`` /
-``<metric>_ci_high``), ``paired.csv`` (``am`` against each baseline, per metric, paired by
-image: wins / ties / losses and a Wilcoxon or sign-test p-value), ``summary.png`` (bar chart of
-the summary with the intervals), ``comparison.png`` (a gallery of the first ``--gallery``
-images × methods); both tables are printed, with the classifier passes the metrics needed
-against the time they took. ``--wandb`` logs the summary, the paired table and a gallery of
-every map as W&B Tables (offline unless ``WANDB_MODE`` says otherwise).
+per method with 95 % bootstrap intervals over images, ``<metric>_ci_low`` / ``<metric>_ci_high``),
+``paired.csv`` (``am`` against each baseline, per column, paired by image: wins / ties / losses,
+a Wilcoxon or sign-test p-value and its Holm-corrected value), ``summary.png``, ``comparison.png``,
+``maps/`` and ``report.html``; the tables and the headline (from the exam's columns only) are
+printed. ``--wandb`` logs the summary, the paired table and a gallery of every map as W&B
+Tables (offline unless ``WANDB_MODE`` says otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from actmatch.datamodules.images import ImageReadError, expand_image_paths, load_image
-from actmatch.explainers.baselines import (
-    RISE,
-    AttributionMethod,
-    ExtremalPerturbation,
-    GradCAM,
-    IntegratedGradients,
-    Occlusion,
-    Saliency,
-    torchray_available,
+from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_for_model, resize_for_model, to_tensor
+from actmatch.evaluation import metrics as M
+from actmatch.evaluation.benchmark import (
+    ALPHA,
+    HEADERS,
+    PAIRED_FIELDS,
+    PAIRED_METRICS,
+    SUMMARY_FIELDS,
+    SUMMARY_METRICS,
+    TABLE_BLOCKS,
+    BenchImage,
+    MetricTime,
+    add_derived,
+    compare_pairs,
+    format_paired,
+    format_table,
+    headline,
+    result_fields,
+    run_benchmark,
+    summarize,
+    sufficient_with_cut,
 )
+from actmatch.evaluation.families import EXAM_SEED, Exam, default_exam, held_out_leaks
+from actmatch.evaluation.methods import (
+    DEFAULT_METHODS,
+    METHODS,
+    ActMatchMethod,
+    AmortizedActMatchMethod,
+    randomized_top,
+    recipe_families,
+)
+from actmatch.explainers.baselines import torchray_available
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier, load_classifier
-from actmatch.explainers.convad import ConvADOcclusion
-from actmatch.explainers import metrics as M
 from actmatch.report import write_report
 from actmatch.report.maps import write_method_maps
-from actmatch.explainers.statistics import bootstrap_ci, paired_comparison
 
 __all__ = [
     "main",
     "METHODS",
     "ActMatchMethod",
     "AmortizedActMatchMethod",
-    "RESULT_FIELDS",
     "SUMMARY_FIELDS",
     "SUMMARY_METRICS",
     "PAIRED_FIELDS",
     "PAIRED_METRICS",
     "MetricTime",
-    "run_benchmark",
     "summarize",
     "compare_pairs",
     "format_table",
     "format_paired",
+    "headline",
     "log_to_wandb",
+    "load_images",
+    "load_photo_pool",
+    "check_exam",
 ]
-
-
-class ActMatchMethod(AttributionMethod):
-    """Per-image activation matching (:meth:`ActMatchExplainer.fit_images`).
-
-    The map is m + s: the binary mask m plus the U-Net's probability s at the kept step, so a
-    cut at the mask's area is exactly the mask, and smaller or larger cuts (smallest sufficient
-    area, insertion, deletion) follow the U-Net's own ranking instead of random tie-breaks.
-
-    Args:
-        classifier: the frozen classifier (shared with the explainer, loaded once).
-        steps: per-image optimisation steps (None: the explainer's default).
-        seed: U-Net initialisation seed.
-        checkpoint: unused here (see :class:`AmortizedActMatchMethod`).
-        config: explainer YAML (as ``actmatch explain --config``: loss terms, U-Net, lr, ...);
-            None uses the explainer's defaults. The benchmark's classifier is used either way.
-    """
-
-    mode = "per_image"
-
-    def __init__(
-        self,
-        classifier: FrozenClassifier,
-        steps: int | None = None,
-        seed: int = 0,
-        checkpoint: str | None = None,
-        config: str | None = None,
-    ) -> None:
-        from actmatch.commands.explain import build_explainer
-
-        super().__init__(classifier)
-        self.explainer = build_explainer(config, steps=steps, classifier=classifier, mode=self.mode)
-        self.steps, self.seed = steps, seed
-
-    @property
-    def name(self) -> str:
-        return "am"
-
-    def compute(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.explainer.to(images.device)
-        result = self.explainer.fit_images(images, steps=self.steps, seed=self.seed)
-        return (result.masks + result.soft_masks).to(images.device)
-
-
-class AmortizedActMatchMethod(ActMatchMethod):
-    """Amortized activation matching: the U-Net of an ``actmatch fit`` checkpoint, one forward pass."""
-
-    mode = "amortized"
-
-    def __init__(self, classifier: FrozenClassifier, checkpoint: str | None = None, **settings) -> None:
-        from actmatch.commands.explain import load_unet_state
-
-        if checkpoint is None:
-            raise ValueError("am-amortized needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-        super().__init__(classifier, **settings)
-        try:
-            self.explainer.unet.load_state_dict(load_unet_state(checkpoint))
-        except RuntimeError as err:
-            raise ValueError(f"{checkpoint}: its U-Net does not match the default MaskUNet ({err})") from err
-
-    @property
-    def name(self) -> str:
-        return "am-amortized"
-
-    def compute(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.explainer.to(images.device)
-        return self.explainer.explain(images).masks.to(images.device)
-
-
-#: method name -> class; every class takes (classifier, **settings)
-METHODS: dict[str, type[AttributionMethod]] = {
-    "am": ActMatchMethod,
-    "am-amortized": AmortizedActMatchMethod,
-    "saliency": Saliency,
-    "gradcam": GradCAM,
-    "occlusion": Occlusion,
-    "ig": IntegratedGradients,
-    "rise": RISE,
-    "convad": ConvADOcclusion,
-    "ep": ExtremalPerturbation,
-}
-DEFAULT_METHODS = "am,saliency,gradcam,occlusion,ig,rise,convad"
-
-RESULT_FIELDS = [
-    "image", "method", "label", "label_name", "confidence", "area", "kept_equal_area", "confidence_delta_equal_area",
-    "kept_equal_area_convad", "kept_at_5", "kept_at_10", "kept_at_20", "robustness", "smallest_sufficient_area",
-    "sufficient_area_with_cut", "insertion_auc", "deletion_auc", "seconds", "error",
-]  # fmt: skip
-#: summary columns: (key, results.csv column, statistic over images, header, higher is better)
-SUMMARY_METRICS = (
-    ("kept_equal_area", "kept_equal_area", "mean", "kept@area", True),
-    ("kept_equal_area_convad", "kept_equal_area_convad", "mean", "kept@area(AD)", True),
-    ("kept_at_5", "kept_at_5", "mean", "kept@5%", True),
-    ("kept_at_10", "kept_at_10", "mean", "kept@10%", True),
-    ("kept_at_20", "kept_at_20", "mean", "kept@20%", True),
-    ("median_smallest_sufficient_area", "smallest_sufficient_area", "median", "med.suff.area", False),
-    ("median_sufficient_area_with_cut", "sufficient_area_with_cut", "median", "med.suff+cut", False),
-    ("insertion_auc", "insertion_auc", "mean", "ins.AUC", True),
-    ("deletion_auc", "deletion_auc", "mean", "del.AUC", False),
-    ("robustness", "robustness", "mean", "robust", True),
-    ("median_seconds", "seconds", "median", "med.s/img", False),
-)
-SUMMARY_FIELDS = [
-    "method", "images", *(f"{key}{end}" for key, *_ in SUMMARY_METRICS for end in ("", "_ci_low", "_ci_high")), "errors",
-]  # fmt: skip
-HEADERS = {key: header for key, _, _, header, _ in SUMMARY_METRICS}
-#: the printed summary, in blocks that fit 120 columns
-TABLE_BLOCKS = (
-    ("kept_equal_area", "kept_equal_area_convad", "kept_at_5", "kept_at_10", "kept_at_20"),
-    ("median_smallest_sufficient_area", "median_sufficient_area_with_cut", "insertion_auc", "deletion_auc"),
-    ("robustness", "median_seconds"),
-)
-#: metrics of the paired comparison: (results.csv column, header, higher is better)
-PAIRED_METRICS = tuple((column, header.removeprefix("med."), better) for _, column, _, header, better in SUMMARY_METRICS[:-1])
-PAIRED_FIELDS = ["metric", "reference", "baseline", "n", "wins", "ties", "losses", "p_value", "test", "significant"]
-#: significance level of the ``significant`` column
-ALPHA = 0.05
 
 
 def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
@@ -213,11 +112,25 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--weights", default=None,
                         help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
                              "or a folder written by timm's save_for_hf (then --backbone is not needed)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="short side images are resized to for the classifier (default: its timm data config)")
     parser.add_argument("--steps", type=int, default=None, help="per-image steps of `am` (default: the explainer's)")
     parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint for `am-amortized`")
     parser.add_argument("--config", default=None, help="explainer YAML for `am` / `am-amortized` (as `actmatch explain --config`)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted within folders)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fits (am's U-Net and backgrounds) and of RISE's "
+                        "masks (default: %(default)s)")
+    parser.add_argument("--exam-seed", type=int, default=EXAM_SEED, help="seed of the exam's draws; must differ from "
+                        "--seed (default: %(default)s)")
+    parser.add_argument("--exam-photos", default=None, metavar="DIR",
+                        help="folder of background photos for the exam (e.g. ../shared/data/imagenet-train); it must not "
+                             "hold any of the --images. Without it the exam uses blur and ROAD draws in their place")
+    parser.add_argument("--robust-rate", type=float, default=0.8,
+                        help="share of the exam's 16 draws a cut must keep the label on to count as robust-sufficient "
+                             "(default: %(default)s)")
+    parser.add_argument("--sanity-images", type=int, default=20,
+                        help="explain the first N images again with a model whose top blocks are re-initialised (the "
+                             "sanity check; it doubles the methods' time on those images; 0: off; default: %(default)s)")
     parser.add_argument("--area", type=float, default=0.2, help="cut area when `am` is not run (default: %(default)s)")
     parser.add_argument("--rise-masks", type=int, default=1000, help="RISE masks per image (default: %(default)s)")
     parser.add_argument("--window", type=int, default=32, help="occlusion / convad window, px (default: %(default)s)")
@@ -225,7 +138,6 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tau", type=float, default=0.5, help="ConvAD threshold (default: %(default)s)")
     parser.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps (default: %(default)s)")
     parser.add_argument("--curve-steps", type=int, default=50, help="insertion/deletion steps (default: %(default)s)")
-    parser.add_argument("--backgrounds", type=int, default=16, help="robustness backgrounds (default: %(default)s)")
     parser.add_argument("--gallery", type=int, default=4, help="images in comparison.png (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--chunk", type=int, default=None,
@@ -247,12 +159,18 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         args.out = "outputs/benchmark"
     if args.chunk is None:
         args.chunk = 64 if str(args.device).startswith("cuda") else 8
-    for key in ("steps", "limit", "rise_masks", "window", "stride", "ig_steps", "curve_steps", "backgrounds", "chunk"):
+    for key in ("steps", "limit", "rise_masks", "window", "stride", "ig_steps", "curve_steps", "chunk", "input_size"):
         value = getattr(args, key)
         if value is not None and value < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {value}")
-    if not 0 < args.area <= 1 or not 0 <= args.tau < 1:
-        parser.error(f"--area must be in (0, 1] and --tau in [0, 1), got {args.area}, {args.tau}")
+    if not 0 < args.area <= 1 or not 0 <= args.tau < 1 or not 0 < args.robust_rate <= 1:
+        parser.error(f"--area and --robust-rate must be in (0, 1] and --tau in [0, 1), got {args.area}, {args.robust_rate}, "
+                     f"{args.tau}")
+    if args.sanity_images < 0:
+        parser.error(f"--sanity-images must be >= 0, got {args.sanity_images}")
+    if args.exam_seed == args.seed and not args.from_results:
+        parser.error(f"--exam-seed must differ from --seed (both {args.seed}): the exam's draws must come from a seed "
+                     "stream no fit uses")
     return args
 
 
@@ -283,7 +201,7 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict]:
     }
 
 
-def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClassifier) -> dict:
+def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClassifier, exam_description: str = "") -> dict:
     """What decides a run's rows, written to OUT/settings.json: a resumed run must match it.
     ``am``'s config file is replaced by its recipe (:func:`~actmatch.commands.explain.recipe_digest`),
     so an edited config or a changed default counts as a change."""
@@ -297,8 +215,10 @@ def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClas
         if isinstance(method, ActMatchMethod):
             settings["recipe"] = recipe_digest(method.explainer, method.steps, method.seed, method.mode == "amortized")
         per_method[name] = settings
-    return {"backbone": classifier.name, "weights": args.weights, "seed": args.seed, "area": args.area,
-            "curve_steps": args.curve_steps, "backgrounds": args.backgrounds, "methods": per_method}
+    return {"backbone": classifier.name, "weights": args.weights, "input_size": classifier.input_size, "seed": args.seed,
+            "area": args.area,
+            "curve_steps": args.curve_steps, "exam": exam_description, "robust_rate": args.robust_rate,
+            "sanity_images": args.sanity_images, "methods": per_method}
 
 
 def settings_changes(path: Path, current: dict) -> list[str]:
@@ -316,244 +236,6 @@ def settings_changes(path: Path, current: dict) -> list[str]:
         if name in saved_methods:
             changed += [f"methods.{name}.{k}" for k in settings if saved_methods[name].get(k) != settings[k]]
     return changed
-
-
-@dataclass
-class MetricTime:
-    """What the metrics cost: the images they classified (with the floor, see
-    :class:`~actmatch.explainers.metrics.PassCounter`) and the wall time they took."""
-
-    passes: M.PassCounter = field(default_factory=M.PassCounter)
-    took: float = 0.0
-
-    def add(self, other: MetricTime) -> None:
-        self.passes.merge(other.passes)
-        self.took += other.took
-
-    def line(self, per: int = 1) -> str:
-        """``metrics: N images classified = floor F s, took T s`` (per image when ``per`` > 1)."""
-        each = f" per image (over {per})" if per > 1 else ""
-        return (f"metrics{each}: {self.passes.images / per:.0f} images classified = floor {self.passes.floor / per:.1f} s, "
-                f"took {self.took / per:.1f} s")  # fmt: skip
-
-
-def _score_kwargs(args: argparse.Namespace, pool: torch.Tensor | None) -> dict:
-    return {"steps": args.curve_steps, "backgrounds": args.backgrounds, "pool": pool, "tau": args.tau, "seed": args.seed,
-            "chunk": args.chunk}  # fmt: skip
-
-
-def _score(
-    classifier: FrozenClassifier,
-    image: torch.Tensor,
-    maps: dict[str, torch.Tensor],
-    logits: torch.Tensor,
-    area: float,
-    pool: torch.Tensor | None,
-    args: argparse.Namespace,
-    counter: M.PassCounter,
-) -> dict[str, dict | Exception]:
-    """Every metric of every map (1, 1, H, W) of one image (1, 3, H, W): name -> values.
-
-    All maps are scored together (:func:`~actmatch.explainers.metrics.score_maps`); if that
-    fails, each map is scored alone so that the failure is named by its method.
-    """
-    if not maps:
-        return {}
-    kw = {"logits": logits, "counter": counter, **_score_kwargs(args, pool)}
-    target = logits.argmax(-1)
-    try:
-        stacked = M.score_maps(classifier, image, torch.cat(list(maps.values())), target, area, **kw)
-        return {name: {key: v[j].item() for key, v in stacked.items()} for j, name in enumerate(maps)}
-    except Exception:  # noqa: BLE001 - find the map that fails
-        out: dict[str, dict | Exception] = {}
-        for name, saliency in maps.items():
-            try:
-                out[name] = {key: v[0].item() for key, v in M.score_maps(classifier, image, saliency, target, area, **kw).items()}
-            except Exception as err:  # noqa: BLE001
-                out[name] = err
-        return out
-
-
-def sufficient_with_cut(row: dict) -> float:
-    """min(smallest sufficient area, the equal-area cut ``area``) when that cut keeps the label,
-    else the smallest sufficient area (values as numbers or as results.csv strings)."""
-    scanned = float(row["smallest_sufficient_area"])
-    return min(scanned, float(row["area"])) if int(float(row["kept_equal_area"])) else scanned
-
-
-def add_derived(rows: list[dict]) -> list[dict]:
-    """Fill ``sufficient_area_with_cut`` where it is missing (rows of runs that predate it), in place."""
-    needed = ("smallest_sufficient_area", "area", "kept_equal_area")
-    for row in rows:
-        if row.get("sufficient_area_with_cut") in (None, "") and all(row.get(k) not in (None, "") for k in needed):
-            row["sufficient_area_with_cut"] = sufficient_with_cut(row)
-    return rows
-
-
-def _as_row_values(scores: dict) -> dict:
-    """Metric values for results.csv: label-kept columns as 0/1 integers."""
-    return {k: int(round(v)) if k.startswith("kept") else v for k, v in scores.items()}
-
-
-def _pool(images: list[tuple[str, torch.Tensor]], i: int, size: tuple[int, int]) -> torch.Tensor | None:
-    """Up to 8 other benchmark images, resized to ``size``: robustness backgrounds of image i."""
-    others = [img for j, (_, img) in enumerate(images) if j != i][:8]
-    if not others:
-        return None
-    return torch.stack([torch.nn.functional.interpolate(o[None], size=size, mode="bilinear")[0] for o in others])
-
-
-def run_benchmark(
-    classifier: FrozenClassifier,
-    images: list[tuple[str, torch.Tensor]],
-    methods: dict[str, AttributionMethod],
-    args: argparse.Namespace,
-    log=print,
-    partial: Path | None = None,
-    timing: MetricTime | None = None,
-    done: dict[str, list[dict]] | None = None,
-) -> tuple[list[dict], dict[str, list[torch.Tensor]]]:
-    """Run every method on every image; rows for results.csv and the maps for the gallery.
-
-    Per image: every method explains it (timed alone), then all maps are scored in one batched
-    pass. With ``partial``, the rows so far are rewritten there after each image (long runs keep
-    their results if interrupted); ``timing`` accumulates what the metrics cost. Images in
-    ``done`` (path -> its rows from an earlier run, see :func:`completed_images`) are not run
-    again: their rows are kept and their maps are None.
-    """
-    rows, maps = [], {name: [] for name in methods}
-    for i, (path, image) in enumerate(images):
-        if done and path in done:
-            rows.extend(done[path])
-            for name in methods:
-                maps[name].append(None)
-            log(f"[{i + 1}/{len(images)}] {Path(path).name}: from the earlier run")
-            continue
-        x = image[None].to(args.device)  # (1, 3, H, W)
-        with torch.no_grad():
-            logits = classifier(x)  # (1, K), reused by every metric
-        probs = logits.softmax(-1)
-        target = probs.argmax(-1)
-        pool = _pool(images, i, tuple(x.shape[-2:]))
-        pool = pool.to(args.device) if pool is not None else None
-        area = args.area
-        base = {"image": path, "label": int(target), "label_name": classifier.class_name(int(target)), "confidence": probs.max().item()}
-        image_rows, image_maps = {}, {}
-        for name, method in methods.items():
-            row = image_rows[name] = {**base, "method": name, "error": ""}
-            try:
-                start = time.perf_counter()
-                saliency = method.attribute(x, target)  # (1, 1, H, W)
-                row["seconds"] = time.perf_counter() - start
-                if name == "am":
-                    area = M.mask_area(saliency >= 1).item() or args.area  # the binary mask inside m + s
-                image_maps[name] = saliency
-            except Exception as err:  # noqa: BLE001 - one failure must not lose the other rows
-                row["error"] = f"{type(err).__name__}: {err}"
-        cost = MetricTime()
-        start = time.perf_counter()
-        scores = _score(classifier, x, image_maps, logits, area, pool, args, cost.passes)
-        cost.took = time.perf_counter() - start
-        for name, row in image_rows.items():
-            result = scores.get(name)
-            if isinstance(result, Exception):
-                row["error"] = f"{type(result).__name__}: {result}"
-            elif result is not None:
-                row.update(_as_row_values(result))
-                add_derived([row])
-            if row["error"]:
-                log(f"  {name} failed on {path}: {row['error']}")
-            maps[name].append(image_maps[name].cpu() if name in image_maps and not row["error"] else None)
-            rows.append(row)
-        if timing is not None:
-            timing.add(cost)
-        log(f"[{i + 1}/{len(images)}] {Path(path).name}: {base['label_name']} ({base['confidence']:.2f}); {cost.line()}")
-        if partial is not None:
-            write_csv(partial, rows, RESULT_FIELDS)
-    return rows, maps
-
-
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else math.nan
-
-
-def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """One row per method: means (label kept, AUCs, robustness) and medians (area, seconds),
-    each with a 95 % percentile-bootstrap interval over images (``<key>_ci_low``, ``<key>_ci_high``)."""
-    out = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        ok = [r for r in rows if r["method"] == method and not r["error"]]
-        row = {"method": method, "images": len(ok)}
-        for key, column, stat, _, _ in SUMMARY_METRICS:
-            values = [float(r[column]) for r in ok if r.get(column) not in (None, "")]
-            row[key] = _mean(values) if stat == "mean" else _median(values)
-            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = bootstrap_ci(values, stat, n_boot=n_boot, seed=seed)
-        row["errors"] = sum(1 for r in rows if r["method"] == method and r["error"])
-        out.append(row)
-    return out
-
-
-def compare_pairs(rows: list[dict], reference: str = "am") -> list[dict]:
-    """``reference`` against every other method, per metric, paired by image
-    (:func:`~actmatch.explainers.statistics.paired_comparison`); [] when it was not run."""
-    by_method: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        if not r["error"]:
-            by_method.setdefault(r["method"], {})[r["image"]] = r
-    if reference not in by_method:
-        return []
-    out = []
-    for column, header, better in PAIRED_METRICS:
-        for baseline, theirs in by_method.items():
-            if baseline == reference:
-                continue
-            ours = by_method[reference]
-            shared = [img for img in ours if img in theirs]
-            a = [float(ours[img][column]) for img in shared]
-            b = [float(theirs[img][column]) for img in shared]
-            result = paired_comparison(a, b, higher_is_better=better)
-            out.append({"metric": column, "reference": reference, "baseline": baseline, **result,
-                        "significant": result["test"] != "none" and result["p_value"] < ALPHA})  # fmt: skip
-    return out
-
-
-def _cell(value: float, low: float, high: float, digits: int) -> str:
-    if math.isnan(value):
-        return "n/a"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _text_table(heads: list[str], cells: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
-    line = lambda items: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
-    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
-
-
-def format_table(summary: list[dict]) -> str:
-    """The summary as fixed-width text tables (two blocks of columns), ``value [ci_low, ci_high]``."""
-    blocks = []
-    for keys in TABLE_BLOCKS:
-        heads = ["method", "n", *(HEADERS[k] for k in keys)]
-        cells = [[r["method"], str(r["images"])] + [_cell(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"], 2) for k in keys] for r in summary]
-        blocks.append(_text_table(heads, cells))
-    return "\n\n".join(blocks)
-
-
-def format_paired(paired: list[dict]) -> str:
-    """The paired comparison as a fixed-width text table, one line per metric and baseline."""
-    headers = {column: header for column, header, _ in PAIRED_METRICS}
-    heads = ["metric", f"{paired[0]['reference']} vs" if paired else "vs", "n", "wins", "ties", "losses", "p", "test", f"p<{ALPHA:g}"]
-    cells, previous = [], None
-    for r in paired:
-        name = headers.get(r["metric"], r["metric"]) if r["metric"] != previous else ""
-        previous = r["metric"]
-        cells.append([name, r["baseline"], str(r["n"]), str(r["wins"]), str(r["ties"]), str(r["losses"]), f"{r['p_value']:.2g}",
-                      r["test"], "yes" if r["significant"] else "no"])  # fmt: skip
-    return _text_table(heads, cells)
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
@@ -593,7 +275,7 @@ def plot_summary(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_gallery(images: list[tuple[str, torch.Tensor]], maps: dict[str, list], rows: list[dict], path: Path, count: int) -> None:
+def plot_gallery(images: list[BenchImage], maps: dict[str, list], rows: list[dict], path: Path, count: int) -> None:
     """Grid: one row per image (the first ``count``), the photo then each method's map over it."""
     import matplotlib
 
@@ -605,7 +287,7 @@ def plot_gallery(images: list[tuple[str, torch.Tensor]], maps: dict[str, list], 
     fig, axes = plt.subplots(count, len(names) + 1, figsize=(1.9 * (len(names) + 1), 1.9 * count), squeeze=False)
     kept = {(r["image"], r["method"]): r.get("kept_equal_area") for r in rows}
     for i in range(count):
-        path_i, image = images[i]
+        path_i, image = images[i].path, images[i].image
         photo = image.permute(1, 2, 0).numpy()
         axes[i, 0].imshow(photo)
         axes[i, 0].set_title(Path(path_i).stem[:18], fontsize=6)
@@ -626,14 +308,54 @@ def plot_gallery(images: list[tuple[str, torch.Tensor]], maps: dict[str, list], 
     plt.close(fig)
 
 
-def load_images(items: list[str], classifier: FrozenClassifier, limit: int | None) -> list[tuple[str, torch.Tensor]]:
+def _bench_image(path: Path, classifier: FrozenClassifier) -> BenchImage:
+    """The file at the model's input (the loader's bicubic resize), its size, and the same photo
+    resized with bilinear instead (the exam's resampling check)."""
+    img, tensor = read_for_model(path, classifier.input_size, classifier.fixed_input_size)
+    width, height = img.size
+    photo = to_tensor(img)
+    size = tuple(tensor.shape[-2:])
+    other = torch.nn.functional.interpolate(photo[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return BenchImage(str(path), tensor, (height, width), other.clamp(0, 1))
+
+
+def load_images(items: list[str], classifier: FrozenClassifier, limit: int | None) -> list[BenchImage]:
     """The images, sized for the classifier; errors name the file."""
     paths = expand_image_paths(items)
     if limit is not None:
         paths = paths[:limit]
     if not paths:
         raise ImageReadError(f"no image found in {items}")
-    return [(str(p), load_image(p, classifier.input_size, classifier.fixed_input_size)[0]) for p in paths]
+    return [_bench_image(p, classifier) for p in paths]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_photo_pool(folder: str, images: list[BenchImage], short_side: int) -> list[torch.Tensor]:
+    """The exam's background photos from ``folder``, each at ``short_side`` on its short side.
+    Refused when the folder holds one of the explained images (the same file or the same bytes)."""
+    paths = expand_image_paths([folder])
+    if not paths:
+        raise ImageReadError(f"--exam-photos {folder}: no image found")
+    explained = {Path(item.path).resolve() for item in images}
+    contents = {_digest(Path(item.path)) for item in images}
+    shared = [p for p in paths if p.resolve() in explained or _digest(p) in contents]
+    if shared:
+        raise ValueError(f"--exam-photos {folder} holds {len(shared)} of the explained images (e.g. {shared[0]}): the "
+                         "exam's background photos must be other photos; pass a disjoint folder")
+    return [resize_for_model(to_tensor(read_for_model(p, short_side)[0]), short_side) for p in paths]
+
+
+def check_exam(methods: dict, exam: Exam) -> None:
+    """Refuse an activation-matching recipe that fits, selects or prunes on a held-out exam family."""
+    for name, method in methods.items():
+        leaks = held_out_leaks(recipe_families(method), exam)
+        if leaks:
+            raise ValueError(f"method {name!r}: its recipe uses the held-out exam famil{'ies' if len(leaks) > 1 else 'y'} "
+                             f"{', '.join(leaks)}; the exam cannot grade a fit on what it fitted. Use a recipe without "
+                             "those backgrounds or fills")
 
 
 def _overlay(image: torch.Tensor, saliency: torch.Tensor):
@@ -654,14 +376,14 @@ def log_to_wandb(
     summary: list[dict],
     paired: list[dict],
     rows: list[dict],
-    images: list[tuple[str, torch.Tensor]],
+    images: list[BenchImage],
     maps: dict[str, list],
 ) -> Path:
     """Log the benchmark to W&B as Tables and return the run's folder.
 
     ``benchmark/summary`` (``SUMMARY_FIELDS``, intervals included), ``benchmark/paired``
     (``PAIRED_FIELDS``) and ``benchmark/gallery`` (one row per image × method: the map over the
-    photo as a ``wandb.Image`` and the metrics of ``RESULT_FIELDS``). As the training runs: project
+    photo as a ``wandb.Image`` and the metrics of results.csv). As the training runs: project
     ``--wandb-project``, offline unless ``WANDB_MODE`` is set, quiet (``WANDB_SILENT``); the run
     goes to ``OUT/wandb/`` (``wandb sync`` it later).
     """
@@ -672,10 +394,11 @@ def log_to_wandb(
     run = wandb.init(project=args.wandb_project, dir=str(out), mode=os.environ.get("WANDB_MODE", "offline"),
                      job_type="benchmark", config=config)  # fmt: skip
     try:
-        metrics = [f for f in RESULT_FIELDS if f not in ("image", "method", "label_name", "error")]
+        metrics = [f for f in result_fields() if f not in ("image", "method", "label_name", "error")]
         gallery = wandb.Table(columns=["image", "method", "label_name", "map", *metrics, "error"])
         by_key = {(r["image"], r["method"]): r for r in rows}
-        for i, (path, image) in enumerate(images):
+        for i, item in enumerate(images):
+            path, image = item.path, item.image
             for name, method_maps in maps.items():
                 row, saliency = by_key.get((path, name), {}), method_maps[i] if i < len(method_maps) else None
                 picture = wandb.Image(_overlay(image, saliency), caption=f"{name}: {Path(path).stem}") if saliency is not None else None
@@ -722,9 +445,11 @@ def print_tables(summary: list[dict], paired: list[dict], header: str) -> None:
     print(header)
     print(format_table(summary))
     if paired:
+        counted = sum(r["group"] != "construction" for r in paired)
         print(f"\nam against each baseline, paired by image (wins: am better); two-sided p, Wilcoxon signed-rank or sign "
-              f"test, not corrected for the {len(paired)} comparisons")  # fmt: skip
+              f"test; p(Holm): Holm-corrected over the {counted} counted comparisons (by-construction rows are not tested)")
         print(format_paired(paired))
+        print("\n" + headline(paired))
 
 
 def summarize_earlier(args: argparse.Namespace) -> int:
@@ -757,10 +482,13 @@ def main(command: str, argv: list[str]) -> int:
         return summarize_earlier(args)
     try:
         names = parse_methods(args.methods, args.checkpoint)
-        classifier = load_classifier(args.backbone, args.weights).to(args.device)
+        classifier = load_classifier(args.backbone, args.weights, input_size=args.input_size).to(args.device)
         images = load_images(args.images, classifier, args.limit)
+        photos = load_photo_pool(args.exam_photos, images, classifier.input_size) if args.exam_photos else None
+        exam = default_exam(photos, args.exam_seed)
         settings = method_settings(args)
         methods = {name: METHODS[name](classifier, **settings.get(name, {})) for name in names}
+        check_exam(methods, exam)
     except (ValueError, ImageReadError, ClassifierLoadError, FileNotFoundError, ImportError) as err:
         print(f"actmatch {command}: error: {err}", file=sys.stderr)
         return 2
@@ -768,9 +496,11 @@ def main(command: str, argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"benchmark: {len(images)} image(s) x {len(methods)} method(s) on {classifier.name}")
+    exam_text = exam.describe() + (f", photos from {args.exam_photos} ({len(photos)})" if photos else ", no photos")
+    log(f"benchmark: {len(images)} image(s) x {len(methods)} method(s) on {classifier.name}; exam: {exam_text}")
+    fields = result_fields(exam)
     done = {}
-    settings_now = run_settings(args, methods, classifier)
+    settings_now = run_settings(args, methods, classifier, exam_text)
     if args.resume and (out / "results.csv").exists():
         try:
             changed = settings_changes(out / "settings.json", settings_now)
@@ -782,30 +512,38 @@ def main(command: str, argv: list[str]) -> int:
         except ValueError as err:
             print(f"actmatch {command}: error: --resume: {err}", file=sys.stderr)
             return 2
-        log(f"resume: {sum(path in done for path, _ in images)} of {len(images)} image(s) are in {out / 'results.csv'}")
+        log(f"resume: {sum(item.path in done for item in images)} of {len(images)} image(s) are in {out / 'results.csv'}")
     (out / "settings.json").write_text(json.dumps(settings_now, indent=2) + "\n")
     timing = MetricTime()
-    rows, maps = run_benchmark(classifier, images, methods, args, log, partial=out / "results.csv", timing=timing,
+    score_settings = {"steps": args.curve_steps, "tau": args.tau, "rate": args.robust_rate, "seed": args.seed, "chunk": args.chunk}
+
+    def sanity_methods() -> dict:
+        randomized = randomized_top(classifier, seed=args.exam_seed)
+        return {name: METHODS[name](randomized, **settings.get(name, {})) for name in names}
+
+    rows, maps = run_benchmark(classifier, images, methods, exam, score_settings, area=args.area, device=args.device,
+                               sanity_images=args.sanity_images, sanity_methods=sanity_methods, log=log,
+                               partial=lambda rows_: write_csv(out / "results.csv", rows_, fields), timing=timing,
                                done=done)  # fmt: skip
     summary = summarize(rows, seed=args.seed)
     paired = compare_pairs(rows, "am")
-    write_csv(out / "results.csv", rows, RESULT_FIELDS)
+    write_csv(out / "results.csv", rows, fields)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     write_csv(out / "paired.csv", paired, PAIRED_FIELDS)
     plot_summary(summary, out / "summary.png")
     plot_gallery(images, maps, rows, out / "comparison.png", args.gallery)
-    for i, (path, image) in enumerate(images):
-        if path not in done:  # an earlier run wrote the others' maps (if they are still there)
-            write_method_maps(out, path, image, {name: maps[name][i] for name in maps})
+    for i, item in enumerate(images):
+        if item.path not in done:  # an earlier run wrote the others' maps (if they are still there)
+            write_method_maps(out, item.path, item.image, {name: maps[name][i] for name in maps})
     report = write_report(out)
     area_note = "actmatch's mask area per image" if "am" in methods else f"area {args.area}"
     print_tables(summary, paired, f"label kept at equal area ({area_note}) and at 5/10/20 % of the image; "
-                 f"{args.curve_steps}-step insertion/deletion AUC; robustness over {args.backgrounds} backgrounds; "
-                 "[95 % bootstrap interval over images]")
+                 f"{args.curve_steps}-step insertion/deletion AUC; exam: {exam_text}; sanity check on the first "
+                 f"{min(args.sanity_images, len(images))} image(s); [95 % bootstrap interval over images]")
     areas = [float(r["area"]) for r in rows if not r["error"] and r["method"] == next(iter(methods))]
-    print(f"median equal-area cut: {_median(areas):.3f} of the image")
-    print(timing.line(per=max(1, sum(path not in done for path, _ in images))) + f"; in all {timing.passes.images} images, floor {timing.passes.floor:.0f} s, "
-          f"took {timing.took:.0f} s (chunk {args.chunk})")  # fmt: skip
+    print(f"median equal-area cut: {statistics.median(areas) if areas else math.nan:.3f} of the image")
+    print(timing.line(per=max(1, sum(item.path not in done for item in images))) + f"; in all {timing.passes.images} images, "
+          f"floor {timing.passes.floor:.0f} s, took {timing.took:.0f} s (chunk {args.chunk})")  # fmt: skip
     written = f"results.csv, summary.csv, paired.csv, summary.png, comparison.png, maps/, {report.name}"
     if args.wandb:
         written += f"; W&B run {log_to_wandb(out, args, summary, paired, rows, images, maps)}"

@@ -541,8 +541,9 @@ def explain_files(
         amortized: one forward pass of the explainer's U-Net instead of a fit.
         circuit: also write the channel circuit.
         show_progress: a progress bar on stderr.
-        measure: ``measure(images, result) -> dict`` adds fields to each image's row and summary
-            (called per image, with a batch of one).
+        measure: ``measure(images, result, original, path) -> dict`` adds fields to each image's row
+            and summary (called per image, with a batch of one; ``original`` is the file as an RGB
+            image, ``path`` the file).
         batch_size: images fitted together; > 1 resizes each to the model's square input (a
             failed fit, e.g. out of memory, fails its whole batch; an unreadable file only itself).
         resume: keep the images whose folder is already complete (their row is read from
@@ -562,8 +563,8 @@ def explain_files(
                   f"explained again", file=sys.stderr)
     measure_one = measure
 
-    def measure(images, result) -> dict:
-        return {**(measure_one(images, result) if measure_one else {}), "recipe": recipe}
+    def measure(images, result, original, path) -> dict:
+        return {**(measure_one(images, result, original, path) if measure_one else {}), "recipe": recipe}
     todo = [(index, item) for index, item in enumerate(items) if index not in rows]
     bar = tqdm(total=len(todo), desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
 
@@ -599,7 +600,7 @@ def _write_one(explainer, item: ImageItem, original, model_image, result: Explan
                out_dir: Path, seed: int, circuit: bool, measure) -> dict:
     """Write one image's folder; its row, or an error row if measuring or writing fails."""
     try:
-        extra = measure(images, result) if measure else None
+        extra = measure(images, result, original, item.path) if measure else None
         return write_result(explainer, item.path, original, model_image, result, out_dir, seed, circuit, item.folder, extra)
     except (ImageReadError, OSError, ValueError, RuntimeError) as err:
         return _error_row(item.path, err)

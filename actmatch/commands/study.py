@@ -1,14 +1,18 @@
 """``actmatch study``: one row per explainer config on a fixed image list.
 
 For each ``--config`` the per-image fit runs on every image exactly as ``actmatch explain``
-does (same files under ``OUT/<config stem>/``), then each mask is scored with measures the fit
-never saw: robustness on ``--robustness`` solid and noise backgrounds drawn from
-``--eval-seed`` (:func:`actmatch.explainers.metrics.robustness`), p_f(e)(y) / p_f(x)(y), and
-the fraction of the image's border band kept (a frame along the border shows up there). Time
-is reported in seconds and as a multiple of one forward+backward pass of the classifier at the
-same input size, measured in the same run. Rows are printed, appended to ``OUT/study.csv``
-and, with ``--markdown FILE``, appended to a Markdown table. ``--resume`` keeps the images a
-stopped run already fitted and scored with the same recipe and evaluation settings.
+does (same files under ``OUT/<config stem>/``), then each mask is graded by the exam
+(:func:`actmatch.evaluation.exam.judge_masks`): robustness on the exam's 16 draws (other photos
+from ``--exam-photos``, heavy blurs, ROAD imputation, solid colours and noise from
+``--exam-seed``, a seed stream the fit never uses), per family; p_f(e)(y) / p_f(x)(y) with the
+mean fill; the label after a 3×3 dilation of the mask, after one-pixel shifts, with the mask read
+back from ``mask.png``, and on the photo resized with another filter; and the fraction of the
+image's border band kept (a frame along the border shows up there). A recipe that fits on a
+held-out exam family is refused. Time is reported in seconds and as a multiple of one
+forward+backward pass of the classifier at the same input size, measured in the same run. Rows
+are printed, appended to ``OUT/study.csv`` and, with ``--markdown FILE``, appended to a Markdown
+table. ``--resume`` keeps the images a stopped run already fitted and scored with the same recipe
+and evaluation settings.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ from pathlib import Path
 
 import torch
 
-from actmatch.datamodules.images import expand_image_paths
+from actmatch.datamodules.images import expand_image_paths, to_tensor
+from actmatch.evaluation.exam import judge_masks
+from actmatch.evaluation.families import EXAM_SEED, default_exam, held_out_leaks
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
-from actmatch.explainers.metrics import border_band, robustness
+from actmatch.explainers.masks import border_band
 
 __all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
 
 STUDY_FIELDS = [
-    "config", "images", "kept", "area_median", "area_p25", "area_p75", "robust_median", "robust_mean",
-    "conf_ratio_median", "seconds_median", "x_fwd_bwd_median", "border_median", "fwd_bwd_ms",
+    "config", "recipe", "images", "kept", "area_median", "area_p25", "area_p75", "robust_median", "robust_mean",
+    "robust_photos_mean", "conf_ratio_median", "dilated_kept", "dilated_ratio_median", "shift_kept", "readback_kept",
+    "resampled_kept", "seconds_median", "x_fwd_bwd_median", "border_median", "border_over_5", "fwd_bwd_ms", "exam",
 ]
 
 
@@ -44,8 +51,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="explainer config YAML (repeat for several rows; default: the built-in defaults)")
     parser.add_argument("--out", default="outputs/study", help="output folder (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted)")
-    parser.add_argument("--robustness", type=int, default=16, help="evaluation backgrounds per image (default: 16)")
-    parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the evaluation backgrounds (default: 1000)")
+    parser.add_argument("--exam-photos", default=None, metavar="DIR",
+                        help="folder of background photos for the exam (e.g. ../shared/data/imagenet-train), disjoint "
+                             "from the images; without it the exam uses blur and ROAD draws in their place")
+    parser.add_argument("--exam-seed", type=int, default=EXAM_SEED, help="seed of the exam's draws (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit (default: 0)")
     parser.add_argument("--steps", type=int, default=None, help="override the configs' steps")
     parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
@@ -54,13 +63,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--plot", default=None, help="draw area vs robustness of every row in OUT/study.csv to this PNG")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the images OUT/<config> already has from a run with the same config, seed, steps, "
-                             "--robustness and --eval-seed; fit only the rest")
+                        help="keep the images OUT/<config> already has from a run with the same config, seed, steps "
+                             "and exam; fit only the rest")
     args = parser.parse_args(argv)
-    if args.robustness < 1:
-        parser.error(f"--robustness must be >= 1, got {args.robustness}")
-    if args.eval_seed == args.seed:
-        parser.error("--eval-seed must differ from --seed: the evaluation backgrounds must be ones the fit never saw")
+    if args.exam_seed == args.seed:
+        parser.error("--exam-seed must differ from --seed: the exam's draws must come from a seed stream the fit never uses")
     return args
 
 
@@ -88,14 +95,21 @@ def _quantile(values: list[float], q: float) -> float:
     return float(torch.tensor(values, dtype=torch.float64).quantile(q))
 
 
-def study_row(name: str, rows: list[dict], fwd_bwd: float) -> dict:
-    """Aggregate per-image rows (with ``robustness``, ``confidence_ratio``, ``border_kept``)."""
+def _rate(rows: list[dict], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key) is not None and r[key] == r[key]]
+    return round(statistics.fmean(values), 3) if values else float("nan")
+
+
+def study_row(name: str, rows: list[dict], fwd_bwd: float, exam: str = "") -> dict:
+    """Aggregate per-image rows (with the exam's ``robustness``, ``confidence_ratio``, ``kept_dilated``, ...,
+    and ``border_kept``)."""
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         raise ValueError(f"config {name}: no image was explained")
     area = [r["mask_area"] for r in ok]
     return {
         "config": name,
+        "recipe": ok[0].get("recipe_name") or name,
         "images": len(ok),
         "kept": round(sum(bool(r["label_kept"]) for r in ok) / len(ok), 3),
         "area_median": round(statistics.median(area), 4),
@@ -103,28 +117,45 @@ def study_row(name: str, rows: list[dict], fwd_bwd: float) -> dict:
         "area_p75": round(_quantile(area, 0.75), 4),
         "robust_median": round(statistics.median(r["robustness"] for r in ok), 3),
         "robust_mean": round(statistics.fmean(r["robustness"] for r in ok), 3),
+        "robust_photos_mean": _rate(ok, "robust_photos"),
         "conf_ratio_median": round(statistics.median(r["confidence_ratio"] for r in ok), 3),
+        "dilated_kept": _rate(ok, "kept_dilated"),
+        "dilated_ratio_median": round(statistics.median(r["ratio_dilated"] for r in ok), 3),
+        "shift_kept": _rate(ok, "kept_shift"),
+        "readback_kept": _rate(ok, "kept_readback"),
+        "resampled_kept": _rate(ok, "kept_resampled"),
         "seconds_median": round(statistics.median(r["seconds"] for r in ok), 2),
         "x_fwd_bwd_median": round(statistics.median(r["seconds"] for r in ok) / fwd_bwd, 1),
         "border_median": round(statistics.median(r["border_kept"] for r in ok), 3),
+        "border_over_5": sum(r["border_kept"] > 0.05 for r in ok),
         "fwd_bwd_ms": round(1000 * fwd_bwd, 1),
+        "exam": exam,
     }
+
+
+#: the printed columns: (header, key, format)
+PRINTED = (
+    ("n", "images", "{:>4}"), ("kept", "kept", "{:>5.2f}"), ("area", "area_median", "{:>6.3f}"), ("p25", "area_p25", "{:>6.3f}"),
+    ("p75", "area_p75", "{:>6.3f}"), ("robust", "robust_median", "{:>6.3f}"), ("photos", "robust_photos_mean", "{:>6.3f}"),
+    ("pe/px", "conf_ratio_median", "{:>6.3f}"), ("dil", "dilated_kept", "{:>5.2f}"), ("dil.r", "dilated_ratio_median", "{:>6.3f}"),
+    ("shift", "shift_kept", "{:>5.2f}"), ("file", "readback_kept", "{:>5.2f}"), ("sec", "seconds_median", "{:>6.1f}"),
+    ("×fb", "x_fwd_bwd_median", "{:>5.0f}"), ("b>5%", "border_over_5", "{:>4}"),
+)  # fmt: skip
 
 
 def _print_rows(rows: list[dict], stream=None) -> None:
     stream = stream or sys.stdout
-    header = (f"{'config':<28} {'n':>4} {'kept':>5} {'area':>6} {'p25':>6} {'p75':>6} {'robust':>6} "
-              f"{'pe/px':>6} {'sec':>6} {'×fb':>6} {'border':>6}")
+    widths = [len(fmt.format(0)) for _, _, fmt in PRINTED]
+    header = f"{'config':<28} " + " ".join(f"{h:>{w}}" for (h, _, _), w in zip(PRINTED, widths))
     print(header, file=stream)
     print("-" * len(header), file=stream)
     for r in rows:
-        print(f"{r['config'][:28]:<28} {r['images']:>4} {r['kept']:>5.2f} {r['area_median']:>6.3f} {r['area_p25']:>6.3f} "
-              f"{r['area_p75']:>6.3f} {r['robust_median']:>6.3f} {r['conf_ratio_median']:>6.3f} "
-              f"{r['seconds_median']:>6.1f} {r['x_fwd_bwd_median']:>6.0f} {r['border_median']:>6.3f}", file=stream)
+        print(f"{r['config'][:28]:<28} " + " ".join(fmt.format(r[key]) for _, key, fmt in PRINTED), file=stream)
 
 
 def plot_study(csv_path: Path, png_path: Path) -> None:
-    """Median area (x) against median robustness (y) of every row of a ``study.csv``."""
+    """The trade-off of every row of a ``study.csv``: median area (x) against median exam
+    robustness (left) and against median p(e)/p(x) (right); marker size ~ time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,23 +163,25 @@ def plot_study(csv_path: Path, png_path: Path) -> None:
 
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
-    fig, ax = plt.subplots(figsize=(10, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors  # one colour per row (40 before they repeat)
-    for i, r in enumerate(rows):
-        x, y = float(r["area_median"]), float(r["robust_median"])
-        ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7, color=colors[i % len(colors)],
-                   edgecolors="black", linewidths=0.5,
-                   marker="s" if int(r["images"]) >= 100 else "o", label=f"{r['config']} (n={r['images']})")
-    # beside the axes, so it never hides the points (the smallest masks sit in the lower left)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=0.5, labelspacing=0.4,
-              title="squares: 100 or more images", title_fontsize=7)
-    ax.axvline(0.05, color="grey", ls=":", lw=1)
-    ax.axhline(0.8, color="grey", ls=":", lw=1)
-    ax.set_xlabel("median mask area (lower is better)")
-    ax.set_ylabel("median robustness, 16 unseen backgrounds")
-    ax.set_title("per-image fit configs: minimality vs robustness (marker size ~ time)", fontsize=9)
-    ax.set_xlim(0, max(0.3, max(float(r["area_median"]) for r in rows) * 1.1))
-    ax.set_ylim(-0.05, 1.05)
+    for ax, key, label in ((axes[0], "robust_median", "median robustness, 16 exam draws"),
+                           (axes[1], "conf_ratio_median", "median p(e)/p(x), mean fill")):  # fmt: skip
+        for i, r in enumerate(rows):
+            x, y = float(r["area_median"]), float(r[key])
+            ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7, color=colors[i % len(colors)],
+                       edgecolors="black", linewidths=0.5, marker="s" if int(r["images"]) >= 100 else "o",
+                       label=f"{r['config']} (n={r['images']})")  # fmt: skip
+        ax.axvline(0.10, color="grey", ls=":", lw=1)
+        ax.axhline(0.8, color="grey", ls=":", lw=1)
+        ax.set_xlabel("median mask area (lower is better)")
+        ax.set_ylabel(label)
+        ax.set_xlim(0, max(0.3, max(float(r["area_median"]) for r in rows) * 1.1))
+        ax.set_ylim(-0.05, 1.05 if key == "robust_median" else max(1.05, max(float(r[key]) for r in rows) * 1.05))
+    # beside the axes, so it never hides the points
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=0.5, labelspacing=0.4,
+                   title="squares: 100 or more images", title_fontsize=7)
+    fig.suptitle("per-image fit recipes on the exam: area vs robustness and vs confidence (marker size ~ time)", fontsize=9)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
@@ -165,8 +198,9 @@ def _append_csv(path: Path, rows: list[dict]) -> None:
 
 def _append_markdown(path: Path, rows: list[dict], images: str) -> None:
     lines = [f"| {r['config']} | {r['images']} | {r['kept']:.2f} | {r['area_median']:.3f} ({r['area_p25']:.3f}–{r['area_p75']:.3f}) "
-             f"| {r['robust_median']:.3f} | {r['conf_ratio_median']:.2f} | {r['seconds_median']:.1f} | {r['x_fwd_bwd_median']:.0f} "
-             f"| {r['border_median']:.3f} | {images} |" for r in rows]
+             f"| {r['robust_median']:.3f} | {r['robust_photos_mean']:.2f} | {r['conf_ratio_median']:.2f} | {r['dilated_kept']:.2f} "
+             f"| {r['dilated_ratio_median']:.2f} | {r['shift_kept']:.2f} | {r['readback_kept']:.2f} | {r['seconds_median']:.1f} "
+             f"| {r['x_fwd_bwd_median']:.0f} | {r['border_over_5']} | {images} |" for r in rows]
     with path.open("a") as handle:
         handle.write("\n".join(lines) + "\n")
 
@@ -179,8 +213,18 @@ def _scored_elsewise(explainer, items, folder: Path, args, evaluation: str) -> l
     return [row["folder"] for row in done.values() if row.get("status") == "ok" and row.get("evaluation") != evaluation]
 
 
+def _photos(args, paths: list[Path], size: int) -> list[torch.Tensor] | None:
+    from actmatch.commands.benchmark import load_photo_pool
+    from actmatch.evaluation.benchmark import BenchImage
+
+    if not args.exam_photos:
+        return None
+    return load_photo_pool(args.exam_photos, [BenchImage(str(p), torch.empty(0)) for p in paths], size)
+
+
 def main(command: str, argv: list[str]) -> int:
     from actmatch.commands.explain import build_explainer, explain_files
+    from actmatch.datamodules.images import ImageReadError
 
     args = parse_args(argv)
     paths = expand_image_paths(args.images)[: args.limit]
@@ -190,18 +234,24 @@ def main(command: str, argv: list[str]) -> int:
     configs = args.config or [None]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, classifier = [], None
+    results, classifier, exam = [], None, None
     for config in configs:
         name = Path(config).stem if config else "defaults"
         try:
             explainer = build_explainer(config, args.backbone, args.weights, args.steps, classifier=classifier)
-        except (ClassifierLoadError, FileNotFoundError, ValueError, TypeError) as err:
+            if exam is None:
+                exam = default_exam(_photos(args, paths, explainer.classifier.input_size), args.exam_seed)
+            leaks = held_out_leaks(explainer.families, exam)
+            if leaks:
+                raise ValueError(f"its recipe uses the held-out exam famil{'ies' if len(leaks) > 1 else 'y'} {', '.join(leaks)}: "
+                                 "the exam cannot grade a fit on what it fitted")
+        except (ClassifierLoadError, FileNotFoundError, ValueError, TypeError, ImageReadError) as err:
             print(f"actmatch study: config {config}: {err}", file=sys.stderr)
             return 2
         classifier = explainer.classifier
         explainer.to(args.device)
 
-        evaluation = f"{args.robustness} backgrounds, seed {args.eval_seed}"
+        evaluation = exam.describe() + (f", photos from {args.exam_photos}" if args.exam_photos else "")
         if args.resume and (stale := _scored_elsewise(explainer, paths, out_dir / name, args, evaluation)):
             print(f"actmatch study: --resume: {len(stale)} image(s) in {out_dir / name} (e.g. {stale[0]}) were scored "
                   f"with other evaluation settings than {evaluation}; rerun with those settings or use another --out",
@@ -209,13 +259,18 @@ def main(command: str, argv: list[str]) -> int:
             return 2
 
         @torch.no_grad()
-        def measure(images: torch.Tensor, result) -> dict:
+        def measure(images: torch.Tensor, result, original, path: Path) -> dict:
             masks = result.masks.to(images.device)
-            rob = robustness(classifier, images, masks, target=result.label.to(images.device),
-                             backgrounds=args.robustness, seed=args.eval_seed)
-            ratio = result.confidence_explanation / result.confidence_original.clamp_min(1e-12)
-            return {"robustness": round(float(rob[0]), 4), "confidence_ratio": round(float(ratio[0]), 4),
-                    "border_kept": round(border_kept(result.masks[0, 0]), 4),
+            photo = to_tensor(original)
+            resampled = torch.nn.functional.interpolate(photo[None], size=images.shape[-2:], mode="bilinear",
+                                                        align_corners=False, antialias=True).clamp(0, 1)  # fmt: skip
+            draws = exam.draws(images, Path(path).name)
+            scores = judge_masks(classifier, images, masks, draws, file_size=(original.size[1], original.size[0]),
+                                 resampled=resampled.to(images.device))  # fmt: skip
+            values = {key: round(float(value[0]), 4) for key, value in scores.items()}
+            values["confidence_ratio"] = values.pop("ratio")
+            values.pop("kept")
+            return {**values, "border_kept": round(border_kept(result.masks[0, 0]), 4),
                     "model_size": list(images.shape[-2:]), "evaluation": evaluation}
 
         print(f"study: {name} on {len(paths)} image(s)", file=sys.stderr)
@@ -227,7 +282,7 @@ def main(command: str, argv: list[str]) -> int:
         size = statistics.mode(sizes)  # the most common model input size of the images
         with torch.enable_grad():
             fwd_bwd = forward_backward_seconds(classifier, size)
-        results.append(study_row(name, rows, fwd_bwd))
+        results.append(study_row(name, rows, fwd_bwd, evaluation))
         _append_csv(out_dir / "study.csv", results[-1:])
         if args.markdown:
             _append_markdown(Path(args.markdown), results[-1:], f"{len(paths)} × {Path(args.images[0]).name}")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actmatch.explainers.backgrounds import BackgroundSampler
+from actmatch.explainers.backgrounds import FAMILY_OF_KIND, FIT_KINDS, BackgroundSampler
 
 __all__ = [
     "Evidence",
@@ -106,6 +106,13 @@ class LossTerm(nn.Module):
     def perturb(self, evidence: Evidence) -> torch.Tensor | None:
         """Extra images (n·B, 3, H, W) to classify alongside e, or None."""
         return None
+
+    @property
+    def families(self) -> set[str]:
+        """The evaluation families (:data:`~actmatch.explainers.backgrounds.FAMILY_OF_KIND`) of the
+        backgrounds this term draws; empty for a term that draws none."""
+        sampler = getattr(self, "sampler", None)
+        return {FAMILY_OF_KIND[kind] for kind in sampler.kinds} if sampler is not None and self.weight > 0 else set()
 
     def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -215,7 +222,8 @@ class Robustness(LossTerm):
 
     Args:
         weight: weight of the term.
-        backgrounds: background kinds to sample from (see :class:`BackgroundSampler`).
+        backgrounds: background kinds to sample from (see :class:`BackgroundSampler`); None:
+            :data:`~actmatch.explainers.backgrounds.FIT_KINDS` (no held-out evaluation family).
         num_backgrounds: backgrounds per image and step.
     """
 
@@ -229,7 +237,7 @@ class Robustness(LossTerm):
         super().__init__(weight, warmup)
         if num_backgrounds < 1:
             raise ValueError(f"Robustness: num_backgrounds must be >= 1, got {num_backgrounds}")
-        self.sampler = BackgroundSampler(backgrounds)
+        self.sampler = BackgroundSampler(backgrounds if backgrounds is not None else list(FIT_KINDS))
         self.num_backgrounds = num_backgrounds
 
     def perturb(self, evidence: Evidence) -> torch.Tensor:

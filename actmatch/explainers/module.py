@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from actmatch.explainers.backgrounds import FILLS, make_fill
+from actmatch.explainers.backgrounds import FAMILY_OF_FILL, FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
 from actmatch.explainers.fitting import FitStrategy, default_fitting
 from actmatch.explainers.independent import IndependentNets
@@ -160,6 +160,19 @@ class ActMatchExplainer(L.LightningModule):
         self.fill, self.lr, self.steps, self.mode, self.restarts = fill, lr, steps, mode, restarts
 
     # ------------------------------------------------------------------ core computation
+    @property
+    def families(self) -> dict[str, str]:
+        """The perturbation families this recipe fits, selects or prunes with: family -> where
+        (the fill, a loss term's backgrounds, the fitting strategy's own checks), so an evaluation
+        can refuse to grade it on them."""
+        used = {FAMILY_OF_FILL[self.fill]: f"fill: {self.fill}"}
+        for term in self.losses:
+            for family in sorted(term.families):
+                used.setdefault(family, f"losses: {term.name}")
+        for family in sorted(getattr(self.fitting, "families", set())):
+            used.setdefault(family, f"fitting: {type(self.fitting).__name__}")
+        return used
+
     @property
     def matches_activations(self) -> bool:
         return any(isinstance(t, ActivationMatching) and t.weight > 0 for t in self.losses)

@@ -4,7 +4,7 @@
 
 Reads each folder's ``summary.json`` and ``mask_input.png`` (the mask as classified) and prints, for the
 mean fill: the label's probability and rank on the original, on the explanation, on the explanation
-with the border band (``actmatch.explainers.metrics.border_band``, as the study's border column) removed, and on the
+with the border band (``actmatch.explainers.masks.border_band``, as the study's border column) removed, and on the
 fill alone.
 """
 import json
@@ -18,7 +18,7 @@ from PIL import Image
 from actmatch.commands.explain import build_explainer
 from actmatch.datamodules.images import load_image
 from actmatch.explainers.backgrounds import make_fill
-from actmatch.explainers.metrics import border_band
+from actmatch.explainers.masks import border_band
 
 torch.set_num_threads(2)
 ex = build_explainer(None, None, None, None)

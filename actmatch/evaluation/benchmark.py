@@ -1,0 +1,444 @@
+"""The benchmark protocol: every method on every image, scored by the exam, summarised with
+intervals and compared pairwise with Holm-corrected tests.
+
+:func:`run_benchmark` explains each image with every method (timed alone), scores all maps of the
+image in one batched pass (:func:`~actmatch.evaluation.exam.score_maps`) and, for the first
+``sanity_images`` images, explains it again with a model whose top blocks are re-initialised
+(:func:`~actmatch.evaluation.methods.randomized_top`) to measure how much each map depends on the
+model. :func:`summarize` gives one row per method (mean or median, 95 % bootstrap interval over
+images); :func:`compare_pairs` compares ``am`` with each baseline per column, paired by image, with
+Holm's correction over every comparison it counts; :func:`headline` is the sentence the
+benchmark leads with, computed from the exam's columns only.
+
+Columns true for ``am`` by construction (:data:`~actmatch.evaluation.exam.COLUMN_GROUPS`
+``construction``) are shown, marked, and never counted; columns judged with the fit's own mean
+fill (``fill``) are shown and tested but left out of the headline.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from actmatch.evaluation import metrics as M
+from actmatch.evaluation.batching import PassCounter
+from actmatch.evaluation.exam import COLUMN_GROUPS, FIXED_AREAS, score_keys, score_maps
+from actmatch.evaluation.families import Exam
+from actmatch.evaluation.statistics import bootstrap_ci, holm, paired_comparison
+
+__all__ = [
+    "BenchImage",
+    "MetricTime",
+    "SUMMARY_METRICS",
+    "SUMMARY_FIELDS",
+    "PAIRED_METRICS",
+    "PAIRED_FIELDS",
+    "TABLE_BLOCKS",
+    "HEADERS",
+    "ALPHA",
+    "result_fields",
+    "run_benchmark",
+    "score_image",
+    "summarize",
+    "compare_pairs",
+    "headline",
+    "format_table",
+    "format_paired",
+    "sufficient_with_cut",
+    "add_derived",
+]
+
+#: significance level of the ``significant`` column (after Holm's correction)
+ALPHA = 0.05
+
+#: summary columns: (key, results.csv column, statistic over images, header, higher is better)
+SUMMARY_METRICS = (
+    ("kept_equal_area", "kept_equal_area", "mean", "kept@area", True),
+    ("median_ratio_equal_area", "ratio_equal_area", "median", "pe/px@area", True),
+    ("kept_equal_area_convad", "kept_equal_area_convad", "mean", "kept@area(AD)", True),
+    ("kept_at_5", "kept_at_5", "mean", "kept@5%", True),
+    ("kept_at_10", "kept_at_10", "mean", "kept@10%", True),
+    ("kept_at_20", "kept_at_20", "mean", "kept@20%", True),
+    ("median_ratio_at_10", "ratio_at_10", "median", "pe/px@10%", True),
+    ("median_smallest_sufficient_area", "smallest_sufficient_area", "median", "med.suff.area", False),
+    ("median_sufficient_area_with_cut", "sufficient_area_with_cut", "median", "med.suff+cut", False),
+    ("median_ratio_region", "ratio_region", "median", "pe/px@region", True),
+    ("deletion_auc", "deletion_auc", "mean", "del.AUC", False),
+    ("dg_score_fill", "dg_score_fill", "mean", "DG(fill)", False),
+    ("median_robust_sufficient_area", "robust_sufficient_area", "median", "med.robust.area", False),
+    ("robustness", "robustness", "mean", "robust", True),
+    ("robust_photos", "robust_photos", "mean", "r.photos", True),
+    ("robust_blur", "robust_blur", "mean", "r.blur", True),
+    ("robust_road", "robust_road", "mean", "r.road", True),
+    ("robust_solid", "robust_solid", "mean", "r.solid", True),
+    ("robust_noise", "robust_noise", "mean", "r.noise", True),
+    ("insertion_auc", "insertion_auc", "mean", "ins.AUC", True),
+    ("insertion_auc_rise", "insertion_auc_rise", "mean", "ins.AUC(RISE)", True),
+    ("dg_score", "dg_score", "mean", "DG score", False),
+    ("kept_dilated", "kept_dilated", "mean", "kept.dilated", True),
+    ("median_ratio_dilated", "ratio_dilated", "median", "pe/px.dilated", True),
+    ("kept_shift", "kept_shift", "mean", "kept.shift", True),
+    ("kept_readback", "kept_readback", "mean", "kept.readback", True),
+    ("kept_resampled", "kept_resampled", "mean", "kept.resampled", True),
+    ("median_sanity_spearman", "sanity_spearman", "median", "sanity.rho", False),
+    ("median_sanity_iou", "sanity_iou", "median", "sanity.IoU", False),
+    ("median_seconds", "seconds", "median", "med.s/img", False),
+)
+SUMMARY_FIELDS = [
+    "method", "images", *(f"{key}{end}" for key, *_ in SUMMARY_METRICS for end in ("", "_ci_low", "_ci_high")), "errors",
+]  # fmt: skip
+HEADERS = {key: header for key, _, _, header, _ in SUMMARY_METRICS}
+#: the printed summary, in blocks that fit 120 columns: fill columns, then the exam's
+TABLE_BLOCKS = (
+    ("kept_equal_area", "median_ratio_equal_area", "kept_equal_area_convad", "kept_at_5", "kept_at_10"),
+    ("kept_at_20", "median_ratio_at_10", "median_smallest_sufficient_area", "median_sufficient_area_with_cut"),
+    ("median_ratio_region", "deletion_auc", "dg_score_fill", "median_seconds"),
+    ("median_robust_sufficient_area", "robustness", "robust_photos", "robust_blur", "robust_road"),
+    ("robust_solid", "robust_noise", "insertion_auc", "insertion_auc_rise", "dg_score"),
+    ("kept_dilated", "median_ratio_dilated", "kept_shift", "kept_readback", "kept_resampled"),
+    ("median_sanity_spearman", "median_sanity_iou"),
+)
+#: metrics of the paired comparison: (results.csv column, header, higher is better, group)
+PAIRED_METRICS = tuple(
+    (column, header.removeprefix("med."), better, COLUMN_GROUPS.get(column, "exam"))
+    for _, column, _, header, better in SUMMARY_METRICS
+    if column != "seconds"
+)
+PAIRED_FIELDS = ["metric", "group", "reference", "baseline", "n", "wins", "ties", "losses", "p_value", "p_holm", "test",
+                 "significant"]  # fmt: skip
+
+
+def result_fields(exam: Exam | None = None) -> list[str]:
+    """results.csv columns: the image and method, every score, the sanity check, time and error."""
+    families = [name for name in dict.fromkeys(exam.names)] if exam is not None else ["photos", "blur", "road", "solid", "noise"]
+    scores = score_keys(families)
+    return ["image", "method", "label", "label_name", "confidence", *scores, "sufficient_area_with_cut", "sanity_spearman",
+            "sanity_iou", "seconds", "error"]  # fmt: skip
+
+
+@dataclass
+class BenchImage:
+    """One benchmark image: its path, the model input (3, H, W), the photo's size and the photo
+    resized to the model's size with another filter (bilinear)."""
+
+    path: str
+    image: torch.Tensor
+    file_size: tuple[int, int] | None = None
+    resampled: torch.Tensor | None = None
+
+
+@dataclass
+class MetricTime:
+    """What the metrics cost: the images they classified (with the floor, see
+    :class:`~actmatch.evaluation.batching.PassCounter`) and the wall time they took."""
+
+    passes: PassCounter = field(default_factory=PassCounter)
+    took: float = 0.0
+
+    def add(self, other: MetricTime) -> None:
+        self.passes.merge(other.passes)
+        self.took += other.took
+
+    def line(self, per: int = 1) -> str:
+        """``metrics: N images classified = floor F s, took T s`` (per image when ``per`` > 1)."""
+        each = f" per image (over {per})" if per > 1 else ""
+        return (f"metrics{each}: {self.passes.images / per:.0f} images classified = floor {self.passes.floor / per:.1f} s, "
+                f"took {self.took / per:.1f} s")  # fmt: skip
+
+
+def score_image(classifier, item: BenchImage, maps: dict[str, torch.Tensor], logits: torch.Tensor, area: float, exam: Exam,
+                settings: dict, counter: PassCounter) -> dict[str, dict | Exception]:
+    """Every exam column of every map (1, 1, H, W) of one image: name -> values.
+
+    All maps are scored together (:func:`~actmatch.evaluation.exam.score_maps`); if that fails,
+    each map is scored alone so that the failure is named by its method.
+    """
+    if not maps:
+        return {}
+    x = item.image[None].to(logits.device)
+    draws = exam.draws(x, Path(item.path).name)
+    resampled = item.resampled[None] if item.resampled is not None else None
+    kw = {"logits": logits, "counter": counter, "file_size": item.file_size, "resampled": resampled, **settings}
+    target = logits.argmax(-1)
+    try:
+        stacked = score_maps(classifier, x, torch.cat(list(maps.values())), draws, target, area, **kw)
+        return {name: {key: v[j].item() for key, v in stacked.items()} for j, name in enumerate(maps)}
+    except Exception:  # noqa: BLE001 - find the map that fails
+        out: dict[str, dict | Exception] = {}
+        for name, saliency in maps.items():
+            try:
+                out[name] = {key: v[0].item() for key, v in score_maps(classifier, x, saliency, draws, target, area, **kw).items()}
+            except Exception as err:  # noqa: BLE001
+                out[name] = err
+        return out
+
+
+def sufficient_with_cut(row: dict) -> float:
+    """min(smallest sufficient area, the equal-area cut ``area``) when that cut keeps the label,
+    else the smallest sufficient area (values as numbers or as results.csv strings)."""
+    scanned = float(row["smallest_sufficient_area"])
+    return min(scanned, float(row["area"])) if int(float(row["kept_equal_area"])) else scanned
+
+
+def add_derived(rows: list[dict]) -> list[dict]:
+    """Fill ``sufficient_area_with_cut`` where it is missing, in place."""
+    needed = ("smallest_sufficient_area", "area", "kept_equal_area")
+    for row in rows:
+        if row.get("sufficient_area_with_cut") in (None, "") and all(row.get(k) not in (None, "") for k in needed):
+            row["sufficient_area_with_cut"] = sufficient_with_cut(row)
+    return rows
+
+
+def _as_row_values(scores: dict) -> dict:
+    """Metric values for results.csv: binary label-kept columns as 0/1 integers."""
+    binary = ("kept_equal_area", "kept_equal_area_convad", "kept_at_", "kept_dilated", "kept_readback", "kept_resampled")
+    out = {}
+    for key, value in scores.items():
+        out[key] = int(round(value)) if key.startswith(binary) and not math.isnan(value) else value
+    return out
+
+
+def run_benchmark(
+    classifier,
+    images: list[BenchImage],
+    methods: dict,
+    exam: Exam,
+    settings: dict,
+    *,
+    area: float = 0.2,
+    device: str = "cpu",
+    sanity_images: int = 0,
+    sanity_methods: Callable[[], dict] | None = None,
+    log=print,
+    partial: Callable[[list[dict]], None] | None = None,
+    timing: MetricTime | None = None,
+    done: dict[str, list[dict]] | None = None,
+) -> tuple[list[dict], dict[str, list[torch.Tensor]]]:
+    """Run every method on every image; rows for results.csv and the maps for the gallery.
+
+    Per image: every method explains it (timed alone), then all maps are scored in one batched
+    pass. For the first ``sanity_images`` images, ``sanity_methods()`` (the same methods on a model
+    with re-initialised top blocks, built once) explain the image again, and ``sanity_spearman`` /
+    ``sanity_iou`` compare the two maps (Spearman's ρ, IoU of the top-10 % cuts). ``partial(rows)``
+    is called after each image (long runs keep their rows if interrupted); ``timing`` accumulates
+    what the metrics cost. Images in ``done`` (path -> its rows from an earlier run) are not run
+    again: their rows are kept and their maps are None.
+
+    Args:
+        settings: keyword arguments of :func:`~actmatch.evaluation.exam.score_maps` (steps, tau,
+            grid, refine, rate, seed, chunk).
+    """
+    rows, maps = [], {name: [] for name in methods}
+    randomized: dict | None = None
+    for i, item in enumerate(images):
+        path = item.path
+        if done and path in done:
+            rows.extend(done[path])
+            for name in methods:
+                maps[name].append(None)
+            log(f"[{i + 1}/{len(images)}] {Path(path).name}: from the earlier run")
+            continue
+        x = item.image[None].to(device)  # (1, 3, H, W)
+        with torch.no_grad():
+            logits = classifier(x)  # (1, K), reused by every metric
+        probs = logits.softmax(-1)
+        target = probs.argmax(-1)
+        cut_area = area
+        base = {"image": path, "label": int(target), "label_name": classifier.class_name(int(target)), "confidence": probs.max().item()}
+        image_rows, image_maps = {}, {}
+        for name, method in methods.items():
+            row = image_rows[name] = {**base, "method": name, "error": ""}
+            try:
+                start = time.perf_counter()
+                saliency = method.attribute(x, target)  # (1, 1, H, W)
+                row["seconds"] = time.perf_counter() - start
+                if name == "am":
+                    cut_area = M.mask_area(saliency >= 1).item() or area  # the binary mask inside m + s
+                image_maps[name] = saliency
+            except Exception as err:  # noqa: BLE001 - one failure must not lose the other rows
+                row["error"] = f"{type(err).__name__}: {err}"
+        cost = MetricTime()
+        start = time.perf_counter()
+        scores = score_image(classifier, item, image_maps, logits, cut_area, exam, settings, cost.passes)
+        cost.took = time.perf_counter() - start
+        if i < sanity_images and sanity_methods is not None:
+            randomized = randomized if randomized is not None else sanity_methods()
+            _sanity(randomized, x, image_maps, scores)
+        for name, row in image_rows.items():
+            result = scores.get(name)
+            if isinstance(result, Exception):
+                row["error"] = f"{type(result).__name__}: {result}"
+            elif result is not None:
+                row.update(_as_row_values(result))
+                add_derived([row])
+            if row["error"]:
+                log(f"  {name} failed on {path}: {row['error']}")
+            maps[name].append(image_maps[name].cpu() if name in image_maps and not row["error"] else None)
+            rows.append(row)
+        if timing is not None:
+            timing.add(cost)
+        log(f"[{i + 1}/{len(images)}] {Path(path).name}: {base['label_name']} ({base['confidence']:.2f}); {cost.line()}")
+        if partial is not None:
+            partial(rows)
+    return rows, maps
+
+
+def _sanity(randomized: dict, x: torch.Tensor, maps: dict[str, torch.Tensor], scores: dict) -> None:
+    """Add ``sanity_spearman`` and ``sanity_iou`` to each scored map: the method's map of the model
+    with re-initialised top blocks (explaining that model's own top-1) against the original map."""
+    for name, saliency in maps.items():
+        result = scores.get(name)
+        if not isinstance(result, dict) or name not in randomized:
+            continue
+        method = randomized[name]
+        with torch.no_grad():
+            target = method.classifier(x).argmax(-1)
+        other = method.attribute(x, target)
+        result["sanity_spearman"] = float(M.spearman(saliency, other)[0])
+        result["sanity_iou"] = float(M.top_iou(saliency, other, 0.1)[0])
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _numbers(rows: list[dict], column: str) -> list[float]:
+    values = []
+    for r in rows:
+        value = r.get(column)
+        if value in (None, ""):
+            continue
+        value = float(value)
+        if not math.isnan(value):
+            values.append(value)
+    return values
+
+
+def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """One row per method: means (label kept, AUCs, robustness, scores) and medians (areas,
+    ratios, seconds), each with a 95 % percentile-bootstrap interval over images
+    (``<key>_ci_low``, ``<key>_ci_high``)."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        ok = [r for r in rows if r["method"] == method and not r["error"]]
+        row = {"method": method, "images": len(ok)}
+        for key, column, stat, _, _ in SUMMARY_METRICS:
+            values = _numbers(ok, column)
+            row[key] = _mean(values) if stat == "mean" else _median(values)
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = bootstrap_ci(values, stat, n_boot=n_boot, seed=seed)
+        row["errors"] = sum(1 for r in rows if r["method"] == method and r["error"])
+        out.append(row)
+    return out
+
+
+def compare_pairs(rows: list[dict], reference: str = "am") -> list[dict]:
+    """``reference`` against every other method, per column, paired by image
+    (:func:`~actmatch.evaluation.statistics.paired_comparison`); [] when it was not run.
+
+    Columns of the ``construction`` group are listed with their counts but no test (``p_value``
+    NaN, never significant); Holm's correction runs over every other comparison of the table
+    (``p_holm``), and ``significant`` is ``p_holm`` < :data:`ALPHA`.
+    """
+    by_method: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if not r["error"]:
+            by_method.setdefault(r["method"], {})[r["image"]] = r
+    if reference not in by_method:
+        return []
+    out = []
+    ours = by_method[reference]
+    for column, _, better, group in PAIRED_METRICS:
+        for baseline, theirs in by_method.items():
+            if baseline == reference:
+                continue
+            shared = [img for img in ours if img in theirs]
+            a = [float(ours[img][column]) if ours[img].get(column) not in (None, "") else math.nan for img in shared]
+            b = [float(theirs[img][column]) if theirs[img].get(column) not in (None, "") else math.nan for img in shared]
+            result = paired_comparison(a, b, higher_is_better=better)
+            if group == "construction" or result["n"] == 0:
+                result = {**result, "p_value": math.nan, "test": "by construction" if group == "construction" else "none"}
+            out.append({"metric": column, "group": group, "reference": reference, "baseline": baseline, **result})
+    adjusted = holm([r["p_value"] if r["group"] != "construction" else math.nan for r in out])
+    for r, p in zip(out, adjusted):
+        r["p_holm"] = p
+        r["significant"] = not math.isnan(p) and p < ALPHA
+    return out
+
+
+def headline(paired: list[dict]) -> str:
+    """One sentence from the exam's columns only: where ``am`` is significantly better than every
+    baseline, and where a baseline is significantly better than ``am`` (Holm-corrected)."""
+    exam = [r for r in paired if r["group"] == "exam"]
+    if not exam:
+        return "no exam columns to compare (run `am` and at least one baseline)"
+    headers = {column: header for column, header, _, _ in PAIRED_METRICS}
+    baselines = sorted({r["baseline"] for r in exam})
+    better_than_all, worse = [], []
+    for column in dict.fromkeys(r["metric"] for r in exam):
+        these = [r for r in exam if r["metric"] == column]
+        if all(r["significant"] and r["wins"] > r["losses"] for r in these) and len(these) == len(baselines):
+            better_than_all.append(headers[column])
+        losers = [r["baseline"] for r in these if r["significant"] and r["losses"] > r["wins"]]
+        if losers:
+            worse.append(f"{headers[column]} ({', '.join(losers)})")
+    reference = exam[0]["reference"]
+    first = (f"{reference} is significantly better than every baseline ({', '.join(baselines)}) on "
+             f"{', '.join(better_than_all)}" if better_than_all else
+             f"{reference} is significantly better than every baseline on no exam column")  # fmt: skip
+    second = f"; significantly worse than a baseline on {'; '.join(worse)}" if worse else "; significantly worse on none"
+    return f"On the exam (columns no fit sees; Holm-corrected, α = {ALPHA:g}): {first}{second}."
+
+
+def _cell(value: float, low: float, high: float, digits: int) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _text_table(heads: list[str], cells: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    line = lambda items: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
+
+
+def _mark(column: str) -> str:
+    """† by construction for am; * judged with the fit's own mean fill."""
+    return {"construction": "†", "fill": "*"}.get(COLUMN_GROUPS.get(column, "exam"), "")
+
+
+def format_table(summary: list[dict]) -> str:
+    """The summary as fixed-width text tables (blocks of columns), ``value [ci_low, ci_high]``."""
+    columns = {key: column for key, column, *_ in SUMMARY_METRICS}
+    blocks = []
+    for keys in TABLE_BLOCKS:
+        heads = ["method", "n", *(HEADERS[k] + _mark(columns[k]) for k in keys)]
+        cells = [[r["method"], str(r["images"])] + [_cell(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"], 2) for k in keys] for r in summary]
+        blocks.append(_text_table(heads, cells))
+    return "\n\n".join(blocks) + "\n\n† true for am by construction (never counted)   * judged with the mean fill am fits with"
+
+
+def format_paired(paired: list[dict]) -> str:
+    """The paired comparison as a fixed-width text table, one line per metric and baseline."""
+    headers = {column: header for column, header, _, _ in PAIRED_METRICS}
+    heads = ["metric", "group", f"{paired[0]['reference']} vs" if paired else "vs", "n", "wins", "ties", "losses", "p", "p(Holm)",
+             "test", f"p<{ALPHA:g}"]  # fmt: skip
+    cells, previous = [], None
+    for r in paired:
+        first = r["metric"] != previous
+        previous = r["metric"]
+        p = "" if math.isnan(float(r["p_value"])) else f"{float(r['p_value']):.2g}"
+        ph = "" if math.isnan(float(r["p_holm"])) else f"{float(r['p_holm']):.2g}"
+        significant = "n/a" if r["group"] == "construction" else ("yes" if str(r["significant"]) == "True" else "no")
+        cells.append([headers.get(r["metric"], r["metric"]) if first else "", r["group"] if first else "", r["baseline"], str(r["n"]),
+                      str(r["wins"]), str(r["ties"]), str(r["losses"]), p, ph, r["test"], significant])  # fmt: skip
+    return _text_table(heads, cells)
