@@ -54,7 +54,8 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
         assert (tmp_path / name).stat().st_size > 0, name
     for photo in photos.iterdir():  # every method's map of every image, for the report's gallery
         assert {p.name for p in (tmp_path / "maps" / photo.stem).glob("*.png")} >= {f"{m}.png" for m in methods.split(",")}
-    assert "maps/" in (tmp_path / "report.html").read_text()
+    report = (tmp_path / "report.html").read_text()
+    assert "maps/" in report and "On the exam" in report and "robust.area" in report and "p (Holm)" in report
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 2 * 8
     assert not any(r["error"] for r in rows)

@@ -31,11 +31,13 @@ IMAGE_COLUMNS = {"label", "confidence"}
 #: columns holding a fraction of the image's pixels (shown in %)
 PERCENT_COLUMNS = {"mask_area", "median_mask_area", "label_kept_rate", "area", "smallest_sufficient_area",
                    "median_smallest_sufficient_area", "sufficient_area_with_cut", "median_sufficient_area_with_cut",
-                   "border_kept"}
+                   "border_kept", "robust_sufficient_area", "median_robust_sufficient_area", "region_area"}
 #: per-image columns holding a 0/1 outcome (shown as yes/no)
-FLAG_COLUMNS = {"label_kept", "kept_equal_area", "kept_equal_area_convad"}
+FLAG_COLUMNS = {"label_kept", "kept_equal_area", "kept_equal_area_convad", "kept_at_5", "kept_at_10", "kept_at_20",
+                "kept_dilated", "kept_readback", "kept_resampled"}
 #: benchmark metrics that get a sort button in each method's header, when present
-SORT_METRICS = ("kept_equal_area", "robustness", "insertion_auc", "deletion_auc", "smallest_sufficient_area", "seconds")
+SORT_METRICS = ("robust_sufficient_area", "dg_score", "robustness", "insertion_auc", "deletion_auc", "kept_equal_area",
+                "smallest_sufficient_area", "seconds")
 TITLES = {
     "confidence_original": "p(x)",
     "confidence_explanation": "p(e)",
@@ -58,7 +60,23 @@ TITLES = {
     "median_seconds": "med.s/img",
 }
 SHORT = {"kept_equal_area": "kept", "robustness": "rob", "insertion_auc": "ins", "deletion_auc": "del",
-         "smallest_sufficient_area": "suff", "seconds": "s"}
+         "smallest_sufficient_area": "suff", "seconds": "s", "robust_sufficient_area": "r.suff", "dg_score": "DG"}
+
+
+def _benchmark_titles() -> dict[str, str]:
+    """The benchmark's own headers, marked by group: † true for am by construction, * the fit's mean fill."""
+    from actmatch.evaluation.benchmark import SUMMARY_METRICS
+    from actmatch.evaluation.exam import COLUMN_GROUPS
+
+    titles = {}
+    for key, column, _, header, _ in SUMMARY_METRICS:
+        mark = {"construction": "†", "fill": "*"}.get(COLUMN_GROUPS.get(column, "exam"), "")
+        titles[key] = header + mark
+        titles.setdefault(column, header.removeprefix("med.") + mark)
+    return titles
+
+
+TITLES = {**_benchmark_titles(), **{k: v for k, v in TITLES.items() if k not in _benchmark_titles()}}
 
 
 def title(key: str) -> str:
@@ -327,4 +345,26 @@ def benchmark_context(out_dir: Path) -> dict:
         "plots": [p for p in ("summary.png",) if (out_dir / p).is_file()],
         "comparison": "comparison.png" if (out_dir / "comparison.png").is_file() else None,
         "lost_methods": methods if "kept_equal_area" in metrics else [],
+        **_paired_context(out_dir),
     }
+
+
+def _paired_context(out_dir: Path) -> dict:
+    """The headline (from the exam's columns only) and the paired table, from paired.csv."""
+    from actmatch.evaluation.benchmark import headline
+
+    path = out_dir / "paired.csv"
+    if not path.is_file():
+        return {"headline": None, "paired": []}
+    _, rows = read_csv(path)
+    parsed = []
+    for r in rows:
+        try:
+            parsed.append({**r, "wins": int(r["wins"]), "losses": int(r["losses"]), "significant": r.get("significant") == "True",
+                           "group": r.get("group", "exam")})
+        except (KeyError, ValueError):
+            return {"headline": None, "paired": []}  # a paired.csv of another version
+    table = [{"metric": title(r["metric"]), "group": r["group"], "baseline": r["baseline"], "n": r["n"], "wins": r["wins"],
+              "ties": r.get("ties", ""), "losses": r["losses"], "p": format_value("p", to_number(r.get("p_value"))),
+              "p_holm": format_value("p", to_number(r.get("p_holm"))), "significant": r["significant"]} for r in parsed]
+    return {"headline": headline(parsed) if parsed else None, "paired": table}
