@@ -341,3 +341,24 @@ def test_exam_seed_and_photo_pool_must_be_disjoint_from_the_fit(setup, tmp_path,
     assert "--exam-seed must differ from --seed" in capsys.readouterr().err
     assert benchmark.main("benchmark", [*common, "--exam-photos", str(photos)]) == 2  # the explained images as backgrounds
     assert "holds 2 of the explained images" in capsys.readouterr().err
+
+
+def test_reuse_maps_takes_unchanged_methods_from_an_earlier_run(setup, tmp_path, capsys):
+    """A second run with --reuse-maps computes no map again for a method whose settings did not change,
+    and its rows equal the first run's; a method with other settings is computed again."""
+    photos, weights, _, pool = setup
+    common = ["--images", str(photos), "--backbone", "test_efficientnet", "--weights", str(weights), "--exam-photos",
+              str(pool), *CHEAP]  # fmt: skip
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert benchmark.main("benchmark", ["--methods", "saliency,occlusion", "--out", str(first), *common]) == 0
+    capsys.readouterr()
+    argv = ["--methods", "saliency,occlusion", "--out", str(second), "--reuse-maps", str(first), *common, "--window", "16"]
+    assert benchmark.main("benchmark", argv) == 0
+    assert "reuse: the maps of saliency from" in capsys.readouterr().err  # occlusion's window changed
+    ours = {(r["image"], r["method"]): r for r in csv.DictReader((second / "results.csv").open())}
+    for r in csv.DictReader((first / "results.csv").open()):
+        if r["method"] == "saliency":  # the same map, seconds and sanity check, so the same row
+            assert ours[(r["image"], r["method"])] == r
+    assert benchmark.main("benchmark", ["--methods", "saliency", "--out", str(tmp_path / "x"), "--reuse-maps", str(tmp_path),
+                                        *common]) == 2  # fmt: skip
+    assert "not a benchmark output folder" in capsys.readouterr().err

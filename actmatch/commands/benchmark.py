@@ -54,6 +54,7 @@ from actmatch.evaluation.benchmark import (
     SUMMARY_METRICS,
     TABLE_BLOCKS,
     BenchImage,
+    MapStore,
     MetricTime,
     add_derived,
     compare_pairs,
@@ -149,6 +150,10 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="keep the images that OUT/results.csv already has for every method (an interrupted run "
                              "of the same images and settings) and run only the others")
+    parser.add_argument("--reuse-maps", default=None, metavar="DIR",
+                        help="an earlier run's output folder: take the maps (and seconds, and sanity-check maps) of every "
+                             "method whose settings did not change from DIR/raw/ instead of computing them again (e.g. "
+                             "the baselines, when only am's recipe changed)")
     parser.add_argument("--from-results", default=None, metavar="CSV",
                         help="summarize an earlier run's results.csv instead of running (its first --limit images): "
                              "print the tables and, with --out, write summary.csv and paired.csv there")
@@ -236,6 +241,22 @@ def settings_changes(path: Path, current: dict) -> list[str]:
         if name in saved_methods:
             changed += [f"methods.{name}.{k}" for k in settings if saved_methods[name].get(k) != settings[k]]
     return changed
+
+
+def reusable_maps(folder: Path, current: dict) -> tuple[MapStore, set[str]]:
+    """The earlier run's map store and the methods whose maps can be taken from it: the same
+    backbone, weights, input size, seed and sanity images, and the same settings of the method
+    (``am``'s recipe digest included)."""
+    path = folder / "settings.json"
+    if not path.is_file() or not (folder / "raw").is_dir():
+        raise ValueError(f"{folder} is not a benchmark output folder with saved maps (settings.json and raw/)")
+    saved = json.loads(path.read_text())
+    shared = ("backbone", "weights", "input_size", "seed", "sanity_images")
+    if any(saved.get(key) != current.get(key) for key in shared):
+        changed = [key for key in shared if saved.get(key) != current.get(key)]
+        raise ValueError(f"{folder} was run with other {', '.join(changed)}: none of its maps apply")
+    methods = {name for name, settings in current["methods"].items() if saved.get("methods", {}).get(name) == settings}
+    return MapStore(folder / "raw"), methods
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
@@ -521,10 +542,18 @@ def main(command: str, argv: list[str]) -> int:
         randomized = randomized_top(classifier, seed=args.exam_seed)
         return {name: METHODS[name](randomized, **settings.get(name, {})) for name in names}
 
+    reuse, reusable = None, set()
+    if args.reuse_maps:
+        try:
+            reuse, reusable = reusable_maps(Path(args.reuse_maps), settings_now)
+        except ValueError as err:
+            print(f"actmatch {command}: error: --reuse-maps: {err}", file=sys.stderr)
+            return 2
+        log(f"reuse: the maps of {', '.join(sorted(reusable)) or 'no method'} from {args.reuse_maps}")
     rows, maps = run_benchmark(classifier, images, methods, exam, score_settings, area=args.area, device=args.device,
                                sanity_images=args.sanity_images, sanity_methods=sanity_methods, log=log,
                                partial=lambda rows_: write_csv(out / "results.csv", rows_, fields), timing=timing,
-                               done=done)  # fmt: skip
+                               done=done, store=MapStore(out / "raw"), reuse=reuse, reusable=reusable)  # fmt: skip
     summary = summarize(rows, seed=args.seed)
     paired = compare_pairs(rows, "am")
     write_csv(out / "results.csv", rows, fields)
@@ -544,7 +573,7 @@ def main(command: str, argv: list[str]) -> int:
     print(f"median equal-area cut: {statistics.median(areas) if areas else math.nan:.3f} of the image")
     print(timing.line(per=max(1, sum(item.path not in done for item in images))) + f"; in all {timing.passes.images} images, "
           f"floor {timing.passes.floor:.0f} s, took {timing.took:.0f} s (chunk {args.chunk})")  # fmt: skip
-    written = f"results.csv, summary.csv, paired.csv, summary.png, comparison.png, maps/, {report.name}"
+    written = f"results.csv, summary.csv, paired.csv, summary.png, comparison.png, maps/, raw/, {report.name}"
     if args.wandb:
         written += f"; W&B run {log_to_wandb(out, args, summary, paired, rows, images, maps)}"
     print(f"wrote {out}/{written} in {time.perf_counter() - start:.0f} s")

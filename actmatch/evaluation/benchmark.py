@@ -34,6 +34,7 @@ from actmatch.evaluation.statistics import bootstrap_ci, holm, paired_comparison
 
 __all__ = [
     "BenchImage",
+    "MapStore",
     "MetricTime",
     "SUMMARY_METRICS",
     "SUMMARY_FIELDS",
@@ -133,6 +134,29 @@ class BenchImage:
     resampled: torch.Tensor | None = None
 
 
+class MapStore:
+    """Every method's raw map of every image (``FOLDER/<image name>/<method>.pt``, with its seconds and,
+    where the sanity check ran, the randomised model's map), so that a later run can reuse the maps
+    of methods whose settings did not change instead of computing them again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def _path(self, image: str, method: str) -> Path:
+        return self.folder / Path(image).name / f"{method}.pt"
+
+    def save(self, image: str, method: str, saliency: torch.Tensor, seconds: float, randomized: torch.Tensor | None = None) -> None:
+        path = self._path(image, method)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"map": saliency.detach().cpu(), "seconds": seconds,
+                    "randomized": None if randomized is None else randomized.detach().cpu()}, path)  # fmt: skip
+
+    def load(self, image: str, method: str) -> dict | None:
+        """{"map", "seconds", "randomized"} or None when this image's map of ``method`` was not saved."""
+        path = self._path(image, method)
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
+
 @dataclass
 class MetricTime:
     """What the metrics cost: the images they classified (with the floor, see
@@ -219,6 +243,9 @@ def run_benchmark(
     partial: Callable[[list[dict]], None] | None = None,
     timing: MetricTime | None = None,
     done: dict[str, list[dict]] | None = None,
+    store: MapStore | None = None,
+    reuse: MapStore | None = None,
+    reusable: set[str] = frozenset(),
 ) -> tuple[list[dict], dict[str, list[torch.Tensor]]]:
     """Run every method on every image; rows for results.csv and the maps for the gallery.
 
@@ -228,7 +255,9 @@ def run_benchmark(
     ``sanity_iou`` compare the two maps (Spearman's ρ, IoU of the top-10 % cuts). ``partial(rows)``
     is called after each image (long runs keep their rows if interrupted); ``timing`` accumulates
     what the metrics cost. Images in ``done`` (path -> its rows from an earlier run) are not run
-    again: their rows are kept and their maps are None.
+    again: their rows are kept and their maps are None. Every map (and its seconds, and the
+    randomised model's map) is written to ``store``; the methods in ``reusable`` take theirs from
+    ``reuse`` (an earlier run's store, same settings) where it has them, instead of running.
 
     Args:
         settings: keyword arguments of :func:`~actmatch.evaluation.exam.score_maps` (steps, tau,
@@ -251,13 +280,17 @@ def run_benchmark(
         target = probs.argmax(-1)
         cut_area = area
         base = {"image": path, "label": int(target), "label_name": classifier.class_name(int(target)), "confidence": probs.max().item()}
-        image_rows, image_maps = {}, {}
+        image_rows, image_maps, earlier = {}, {}, {}
         for name, method in methods.items():
             row = image_rows[name] = {**base, "method": name, "error": ""}
             try:
-                start = time.perf_counter()
-                saliency = method.attribute(x, target)  # (1, 1, H, W)
-                row["seconds"] = time.perf_counter() - start
+                saved = reuse.load(path, name) if reuse is not None and name in reusable else None
+                if saved is not None:
+                    saliency, row["seconds"], earlier[name] = saved["map"].to(device), saved["seconds"], saved["randomized"]
+                else:
+                    start = time.perf_counter()
+                    saliency = method.attribute(x, target)  # (1, 1, H, W)
+                    row["seconds"] = time.perf_counter() - start
                 if name == "am":
                     cut_area = M.mask_area(saliency >= 1).item() or area  # the binary mask inside m + s
                 image_maps[name] = saliency
@@ -267,9 +300,15 @@ def run_benchmark(
         start = time.perf_counter()
         scores = score_image(classifier, item, image_maps, logits, cut_area, exam, settings, cost.passes)
         cost.took = time.perf_counter() - start
+        randomized_maps: dict[str, torch.Tensor] = {}
         if i < sanity_images and sanity_methods is not None:
-            randomized = randomized if randomized is not None else sanity_methods()
-            _sanity(randomized, x, image_maps, scores)
+            needed = [name for name in image_maps if earlier.get(name) is None]
+            if needed:
+                randomized = randomized if randomized is not None else sanity_methods()
+            randomized_maps = _sanity(randomized or {}, x, image_maps, scores, earlier)
+        if store is not None:
+            for name, saliency in image_maps.items():
+                store.save(path, name, saliency, image_rows[name]["seconds"], randomized_maps.get(name))
         for name, row in image_rows.items():
             result = scores.get(name)
             if isinstance(result, Exception):
@@ -289,19 +328,29 @@ def run_benchmark(
     return rows, maps
 
 
-def _sanity(randomized: dict, x: torch.Tensor, maps: dict[str, torch.Tensor], scores: dict) -> None:
+def _sanity(randomized: dict, x: torch.Tensor, maps: dict[str, torch.Tensor], scores: dict,
+            earlier: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
     """Add ``sanity_spearman`` and ``sanity_iou`` to each scored map: the method's map of the model
-    with re-initialised top blocks (explaining that model's own top-1) against the original map."""
+    with re-initialised top blocks (explaining that model's own top-1) against the original map
+    (``earlier[name]`` when an earlier run computed it). Returns the randomised maps."""
+    others = {}
     for name, saliency in maps.items():
         result = scores.get(name)
-        if not isinstance(result, dict) or name not in randomized:
+        if not isinstance(result, dict):
             continue
-        method = randomized[name]
-        with torch.no_grad():
-            target = method.classifier(x).argmax(-1)
-        other = method.attribute(x, target)
+        other = earlier.get(name)
+        if other is None:
+            if name not in randomized:
+                continue
+            method = randomized[name]
+            with torch.no_grad():
+                target = method.classifier(x).argmax(-1)
+            other = method.attribute(x, target)
+        other = other.to(saliency.device)
+        others[name] = other
         result["sanity_spearman"] = float(M.spearman(saliency, other)[0])
         result["sanity_iou"] = float(M.top_iou(saliency, other, 0.1)[0])
+    return others
 
 
 def _mean(values: list[float]) -> float:
