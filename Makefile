@@ -8,10 +8,10 @@ TORCH   ?= torch torchvision
 IMAGES  ?= ../shared/data/imagenet-sample
 OUT     ?= outputs
 
-.PHONY: help install demo test test-slow check-report bench bench-explain study lint clean
+.PHONY: help install demo test test-behaviour check-report bench bench-explain study lint clean
 
 help:  ## show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,10 +26,10 @@ demo: $(STAMP)  ## explain a bundled real photo (scikit-image's coffee) into out
 	$(BIN)/actmatch demo --out $(OUT)/demo
 
 test: $(STAMP)  ## run the fast test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
-test-slow: $(STAMP)  ## run only the slow tests
-	$(BIN)/python -m pytest -q -m slow
+test-behaviour: $(STAMP)  ## run the behaviour tests (shortcut, DDP, circuit, full fits)
+	$(BIN)/python -m pytest -q -m behaviour --durations=15
 
 check-report:  ## render report.html in headless Chromium (Debian's chromium + playwright; installs nothing, fails if missing)
 	ACTMATCH_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests/test_report.py -k browser -m "slow or not slow"

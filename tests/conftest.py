@@ -13,6 +13,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One torch thread in the tests and in the commands they start (unless OMP_NUM_THREADS is set): on a
+# busy 2-core machine two threads per process wait on each other at every op (a 3-step default explain
+# of the small espresso photo: 13 s with one thread, 80 s with two, beside another job using both cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 IMAGENET_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 

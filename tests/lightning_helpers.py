@@ -162,6 +162,18 @@ def tiny_explainer_config(path: Path, input_size: int | None = None, steps: int 
     return path
 
 
+#: a plain per-image fit: area continuation without the default's lookahead and post-fit stages (no
+#: scan, no pruning, no border-free cut); for tests of a command's contract, not of the fit's quality
+PLAIN_FITTING = {"class_path": "actmatch.explainers.fitting.AreaContinuation"}
+
+
+def plain_fit_config(path: Path) -> Path:
+    """Write a config for ``actmatch explain --config`` that keeps the default classifier, U-Net and
+    loss terms but fits with :data:`PLAIN_FITTING` (a few forward passes per step, none after it)."""
+    path.write_text(yaml.safe_dump({"model": {"init_args": {"fitting": PLAIN_FITTING}}}))
+    return path
+
+
 def class_folder_images(root: Path, count: int, seed: int, shape=lambda i: (40, 56), prefix: str = "n0") -> list[Path]:
     """``count`` random PNGs in two class folders, ``root/<prefix><i % 2>/img_<i // 2>.png``,
     image i of ``shape(i)`` = (height, width)."""

@@ -19,7 +19,7 @@ SMALL = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", 
          "--data.init_args.image_size", "48", "--data.init_args.batch_size", "4"]
 
 
-@pytest.mark.slow  # two processes, ~1-5 min on the shared 2-core machine
+@pytest.mark.behaviour  # two processes
 def test_ddp_two_cpu_processes_both_run_and_sync_metrics(tmp_path):
     probe_dir = tmp_path / "ranks"
     extra = tmp_path / "ddp.yaml"
@@ -41,7 +41,7 @@ def test_ddp_two_cpu_processes_both_run_and_sync_metrics(tmp_path):
     assert synced[0] == pytest.approx(sum(r["local_mask_area"] for r in ranks) / 2, abs=1e-5)
 
 
-@pytest.mark.slow  # two CLI runs in subprocesses
+@pytest.mark.behaviour  # two CLI runs in subprocesses
 def test_killed_run_resumes_from_checkpoint_without_losing_steps(tmp_path):
     steps_file, ckpt_dir = tmp_path / "steps.jsonl", tmp_path / "ckpt"
 
@@ -96,7 +96,7 @@ class TableProbe(ResultsTable):
         (self.out_dir / "table.json").write_text(json.dumps({"rank": trainer.global_rank, "stage": stage, "rows": rows}))
 
 
-@pytest.mark.slow  # two DDP runs of two processes each
+@pytest.mark.behaviour  # two DDP runs of two processes each
 def test_ddp_predict_explains_each_image_once_and_merges_the_summary(tmp_path):
     data, out, probes = tmp_path / "data", tmp_path / "out", tmp_path / "probes"
     paths = class_folder_images(data, 5, seed=3, shape=lambda i: (40, 48 + 4 * i))
@@ -131,7 +131,7 @@ def test_ddp_predict_explains_each_image_once_and_merges_the_summary(tmp_path):
     assert [r["mask_area"] for r in again[1:-1]] == [r["mask_area"] for r in rows[1:-1]]  # read back, not redone
 
 
-@pytest.mark.slow  # two processes
+@pytest.mark.behaviour  # two processes
 def test_ddp_results_table_gathers_rows_from_every_rank(tmp_path):
     extra = tmp_path / "table.yaml"
     extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [

@@ -2,8 +2,7 @@
 
 Files that need ImageNet or hub weights run against small local stand-ins: a random-init
 backbone saved to tmp_path and a tiny fake ImageNet folder. Ablation/backbone/override files
-(``# base: FILE`` on their first line) run on top of their base. The heavier runs are marked
-slow; a fast test still parses every file.
+(``# base: FILE`` on their first line) run on top of their base.
 """
 
 from __future__ import annotations
@@ -25,9 +24,6 @@ EXPLAIN_FILES = sorted(p.relative_to(ROOT).as_posix() for p in (EXPERIMENTS / "e
 PREDICT_FILES = ["experiments/explain_folder.yaml"]
 ALL_FILES = sorted(p.relative_to(ROOT).as_posix() for p in EXPERIMENTS.rglob("*.yaml")
                    if p.name != "sweep.yaml" and p.relative_to(ROOT).as_posix() not in EXPLAIN_FILES + PREDICT_FILES)
-# one step of each file costs 10-60 s on the shared 2-core machine: by default only these run
-# (smoke, and the paper setting with its ResNet-18 stand-in and bf16-mixed on CPU); `make test-slow` runs all
-FAST = {"experiments/smoke.yaml", "experiments/paper_resnet18.yaml"}
 
 
 def base_of(path: str) -> list[str]:
@@ -83,12 +79,6 @@ def stand_in_args(chain: list[str], tmp_path: Path) -> list[str]:
     return args
 
 
-def _params(files):
-    for path in files:
-        slow = path not in FAST
-        yield pytest.param(path, marks=[pytest.mark.slow] if slow else [], id=path.removeprefix("experiments/"))
-
-
 def test_experiment_files_exist():
     names = set(ALL_FILES)
     for required in ("experiments/smoke.yaml", "experiments/paper_resnet18.yaml", "experiments/efficientnet_lite0.yaml",
@@ -110,7 +100,7 @@ def test_every_experiment_parses_with_print_config(path):
     assert printed["model"]["class_path"] and printed["data"]["class_path"]
 
 
-@pytest.mark.parametrize("path", list(_params(ALL_FILES)))
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.removeprefix("experiments/"))
 def test_every_experiment_runs_fast_dev_run(path, tmp_path):
     chain = base_of(path)
     argv = [a for p in chain for a in ("--config", p)] + stand_in_args(chain, tmp_path)
@@ -124,7 +114,6 @@ def test_every_experiment_runs_fast_dev_run(path, tmp_path):
                         num_classes=saved["num_classes"])
 
 
-@pytest.mark.slow
 def test_loss_weight_flags_set_the_listed_terms(tmp_path):
     chain = ["experiments/smoke.yaml"]
     argv = ["--config", chain[0], *stand_in_args(chain, tmp_path), "--loss_weights.area", "9.5",
@@ -143,7 +132,6 @@ def test_loss_weight_flag_for_an_absent_term_is_an_error(tmp_path):
         cli_in_process("fit", argv)
 
 
-@pytest.mark.slow
 def test_sweep_drives_the_cli(tmp_path):
     """Build one run of experiments/sweep.yaml's command (as a W&B agent would) and run it."""
     sweep = yaml.safe_load((EXPERIMENTS / "sweep.yaml").read_text())

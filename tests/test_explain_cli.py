@@ -1,4 +1,11 @@
-"""`actmatch explain` end to end: outputs, bad inputs, atomic writes, determinism."""
+"""`actmatch explain` end to end: outputs, bad inputs, atomic writes, determinism.
+
+These tests are about the command's contract, not the quality of the fit: most fit the default
+classifier and loss terms for 3 steps with a plain area continuation (``--config`` of
+:func:`~lightning_helpers.plain_fit_config`, no pruning) on a small copy of the espresso photo.
+The default recipe runs end to end at a small input size in the determinism test, and at full size
+in the behaviour tests (``make test-behaviour``).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lightning_helpers import tiny_explainer_config
+from lightning_helpers import plain_fit_config, tiny_explainer_config
 from PIL import Image
 
 from actmatch.commands import explain as explain_cmd
 
-FAST = ["--steps", "3"]
+STEPS = ["--steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory) -> list[str]:
+    """A cheap recipe: the default classifier and loss terms, 3 steps of a plain fit."""
+    return ["--config", str(plain_fit_config(tmp_path_factory.mktemp("recipe") / "plain.yaml")), *STEPS]
 
 
 def run(args: list[str]) -> int:
@@ -38,9 +51,9 @@ def write_variants(folder: Path, source: Path) -> dict[str, Path]:
     return paths
 
 
-def test_outputs_follow_the_contract(small_coffee_path, tmp_path, capsys):
+def test_outputs_follow_the_contract(small_coffee_path, tmp_path, capsys, fast):
     out = tmp_path / "out"
-    assert run([str(small_coffee_path), "--out", str(out), *FAST]) == 0
+    assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
     folder = out / "small_coffee"
     mask = np.asarray(Image.open(folder / "mask.png"))
     width, height = Image.open(small_coffee_path).size
@@ -63,7 +76,7 @@ def test_outputs_follow_the_contract(small_coffee_path, tmp_path, capsys):
     assert "label kept" in capsys.readouterr().out
 
 
-def test_bad_inputs_are_named_and_the_rest_still_explained(small_coffee_path, tmp_path, capsys):
+def test_bad_inputs_are_named_and_the_rest_still_explained(small_coffee_path, tmp_path, capsys, fast):
     photos = tmp_path / "photos"
     photos.mkdir()
     variants = write_variants(photos, small_coffee_path)
@@ -78,7 +91,7 @@ def test_bad_inputs_are_named_and_the_rest_still_explained(small_coffee_path, tm
     Image.new("RGB", (8, 8), "red").save(tiny)
     out = tmp_path / "out"
     args = [str(p) for p in variants.values()] + [str(missing), str(text), str(truncated), str(tiny)]
-    code = run(args + ["--out", str(out), *FAST])
+    code = run(args + ["--out", str(out), *fast])
     err = capsys.readouterr().err
     assert code == 1
     for bad in (missing, text, truncated, tiny):
@@ -94,9 +107,9 @@ def test_bad_inputs_are_named_and_the_rest_still_explained(small_coffee_path, tm
     assert csv_text.count(",error,") == 4
 
 
-def test_a_failure_halfway_keeps_the_previous_result(small_coffee_path, tmp_path, monkeypatch):
+def test_a_failure_halfway_keeps_the_previous_result(small_coffee_path, tmp_path, monkeypatch, fast):
     out = tmp_path / "out"
-    assert run([str(small_coffee_path), "--out", str(out), *FAST]) == 0
+    assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
     folder = out / "small_coffee"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
@@ -104,15 +117,18 @@ def test_a_failure_halfway_keeps_the_previous_result(small_coffee_path, tmp_path
         raise OSError("disk full while drawing")
 
     monkeypatch.setattr(explain_cmd, "_figure_png", broken_figure)
-    assert run([str(small_coffee_path), "--out", str(out), *FAST, "--seed", "5", "--overwrite"]) == 1
+    assert run([str(small_coffee_path), "--out", str(out), *fast, "--seed", "5", "--overwrite"]) == 1
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in out.iterdir()) == ["aggregate.json", "report.html", "small_coffee", "summary.csv"]
 
 
 def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
+    """The default recipe (no --config: lookahead, scan, pruning, border-free cut) at a 64 px input,
+    where every stage runs on few cells."""
     masks = []
     for name in ("a", "b"):
-        assert run([str(small_coffee_path), "--out", str(tmp_path / name), "--steps", "6", "--seed", "1"]) == 0
+        assert run([str(small_coffee_path), "--out", str(tmp_path / name), "--steps", "6", "--seed", "1",
+                    "--input-size", "64"]) == 0
         masks.append((tmp_path / name / "small_coffee" / "mask.png").read_bytes())
     assert masks[0] == masks[1]
 
@@ -132,11 +148,19 @@ def test_config_file_and_flags(small_coffee_path, tmp_path):
         "        init_args: {distance: cosine}\n"
         "      - class_path: actmatch.explainers.losses.Area\n"
         "        init_args: {weight: 2.0}\n"
+        "    fitting:\n"
+        "      class_path: actmatch.explainers.fitting.AreaContinuation\n"
+        "      init_args:\n"
+        "        lookahead: 3\n"
+        "        lookahead_every: 2\n"
+        "        criterion: {class_path: actmatch.explainers.criteria.Sufficient, init_args: {fill: blur}}\n"
     )
     explainer = explain_cmd.build_explainer(str(config), steps=2)
     assert explainer.fill == "blur" and explainer.taps == ["blocks.2", "blocks.6"]
     assert [t.name for t in explainer.losses] == ["activation_matching", "area"]
     assert explainer.losses[0].distance == "cosine" and explainer.unet.width == 8 and explainer.steps == 2
+    assert type(explainer.fitting).__name__ == "AreaContinuation" and explainer.fitting.lookahead == 3
+    assert explainer.fitting.criterion.fill == "blur"  # a mask is kept with the fill the steps use
     assert run([str(small_coffee_path), "--out", str(tmp_path / "o"), "--config", str(config), "--steps", "2"]) == 0
 
 
@@ -147,15 +171,15 @@ def test_clear_errors_for_bad_setup(small_coffee_path, tmp_path, capsys):
     assert "no images found" in capsys.readouterr().err
 
 
-def test_console_script_runs(small_coffee_path, tmp_path):
+def test_console_script_runs(small_coffee_path, tmp_path, fast):
     exe = Path(sys.executable).with_name("actmatch")
-    proc = subprocess.run([str(exe), "explain", str(small_coffee_path), "--out", str(tmp_path), "--steps", "2"],
+    proc = subprocess.run([str(exe), "explain", str(small_coffee_path), "--out", str(tmp_path), *fast],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "small_coffee" / "mask.png").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.behaviour  # the default recipe at full size, then the circuit readout and its ablation test
 def test_circuit_flag_adds_circuit_outputs(small_coffee_path, tmp_path):
     out = tmp_path / "out"
     assert run([str(small_coffee_path), "--out", str(out), "--steps", "2", "--circuit"]) == 0
@@ -204,7 +228,7 @@ def test_batched_folder_layout_and_folder_column(tmp_path, capsys):
     files = dataset_folder(tmp_path / "data")
     out, config = tmp_path / "out", tiny_explainer_config(tmp_path / "tiny.yaml")
     code = run([str(tmp_path / "data"), "--out", str(out), "--config", str(config), "--input-size", "48",
-                "--batch-size", "2", *FAST])
+                "--batch-size", "2", *STEPS])
     assert code == 1 and "broken.jpg" in capsys.readouterr().err  # the bad file fails alone
     import csv
 
@@ -223,30 +247,30 @@ def test_batched_folder_layout_and_folder_column(tmp_path, capsys):
     assert not list(out.rglob(".*"))
 
 
-def test_rerun_skips_complete_folders_and_overwrite_redoes_them(small_coffee_path, tmp_path, monkeypatch, capsys):
+def test_rerun_skips_complete_folders_and_overwrite_redoes_them(small_coffee_path, tmp_path, monkeypatch, capsys, fast):
     out = tmp_path / "out"
-    assert run([str(small_coffee_path), "--out", str(out), *FAST]) == 0
+    assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
     first = (out / "summary.csv").read_text()
 
     def no_fit(*args, **kwargs):
         raise RuntimeError("a complete image was fitted again")
 
     monkeypatch.setattr(explain_cmd.ActMatchExplainer, "fit_images", no_fit)
-    assert run([str(small_coffee_path), "--out", str(out), *FAST]) == 0
+    assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
     assert "1 image(s) already explained" in capsys.readouterr().err
     assert (out / "summary.csv").read_text() == first  # the row comes back from summary.json
-    assert run([str(small_coffee_path), "--out", str(out), *FAST, "--overwrite"]) == 1  # redone: fit_images called
+    assert run([str(small_coffee_path), "--out", str(out), *fast, "--overwrite"]) == 1  # redone: fit_images called
     assert "a complete image was fitted again" in capsys.readouterr().err
 
 
-def test_rerun_with_another_recipe_explains_again(small_coffee_path, tmp_path, capsys):
+def test_rerun_with_another_recipe_explains_again(small_coffee_path, tmp_path, capsys, fast):
     """A folder written with other settings (here: steps) is not passed off as this run's result."""
     out = tmp_path / "out"
-    assert run([str(small_coffee_path), "--out", str(out), *FAST]) == 0
+    assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
     first = json.loads(next(out.rglob("summary.json")).read_text())
     assert len(first["recipe"]) == 8
     capsys.readouterr()
-    other = [arg if arg != FAST[FAST.index("--steps") + 1] else "2" for arg in FAST]
+    other = [*fast[: fast.index("--steps")], "--steps", "2"]
     assert run([str(small_coffee_path), "--out", str(out), *other]) == 0
     err = capsys.readouterr().err
     assert "explained with another recipe" in err and "already explained" not in err

@@ -167,7 +167,8 @@ def test_shipped_recipes_on_the_espresso_photo_keep_the_label_with_small_masks(l
     espresso label with at most a tenth of the image (the issue's bound, with a margin).
 
     Measured with 2 threads: the default 0.032 of the image (session 15, ``make demo``), ``smallest``
-    0.038; the fit depends on the thread count (README "Determinism").
+    0.038; the fit depends on the thread count (README "Determinism"); the tests run with one thread
+    (tests/conftest.py).
     """
     from actmatch.commands.explain import build_explainer, preset_path
 

@@ -28,7 +28,7 @@ def patch_overlap(mask_png: Path, patch_png: Path) -> tuple[float, float]:
     return float(both / max(mask.sum(), 1)), float(both / patch.sum())
 
 
-@pytest.mark.slow
+@pytest.mark.behaviour
 def test_the_per_image_mask_finds_the_planted_shortcut(tmp_path):
     L.seed_everything(0)
     data = SyntheticDataModule(num_classes=4, image_size=64, variant="shortcut", background="clutter",
@@ -43,11 +43,11 @@ def test_the_per_image_mask_finds_the_planted_shortcut(tmp_path):
 
     held_out = SyntheticEvidence(20, num_classes=4, image_size=64, variant="shortcut", background="clutter", seed=99)
     images = tmp_path / "held_out"
-    write_images(held_out, images)
+    held_out_paths = write_images(held_out, images)  # and the patches' masks in images/masks/, not to explain
     labels = tmp_path / "labels.txt"
     labels.write_text("red patch\ngreen patch\nblue patch\nyellow patch\n")  # PATCH_COLOURS, in class order
     out = tmp_path / "explained"
-    code = explain_cmd.main("explain", [str(images), "--out", str(out), "--backbone", "test_resnet",
+    code = explain_cmd.main("explain", [*map(str, held_out_paths), "--out", str(out), "--backbone", "test_resnet",
                                         "--weights", str(weights), "--input-size", "64", "--labels", str(labels)])
     assert code == 0
     found = []
