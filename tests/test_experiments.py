@@ -171,7 +171,8 @@ def test_the_default_recipe_files_are_the_built_in_default(path, tiny_classifier
     """``--preset minimal`` and ``actmatch predict --config experiments/explain_folder.yaml`` spell out the
     built-in default (``actmatch explain`` without a config): the same loss terms, fitting strategy and
     settings, U-Net and steps, so a change of the default cannot miss one of them."""
-    from actmatch.commands.explain import build_explainer, recipe_digest
+    from actmatch.commands.explain import build_explainer
+    from actmatch.results import recipe_digest
     from actmatch.explainers.module import ActMatchExplainer
 
     from_file = build_explainer(str(ROOT / path), classifier=tiny_classifier)

@@ -19,6 +19,7 @@ import pytest
 from lightning_helpers import plain_fit_config, tiny_explainer_config
 from PIL import Image
 
+from actmatch import results
 from actmatch.commands import explain as explain_cmd
 
 STEPS = ["--steps", "3"]
@@ -116,7 +117,7 @@ def test_a_failure_halfway_keeps_the_previous_result(small_coffee_path, tmp_path
     def broken_figure(*args, **kwargs):
         raise OSError("disk full while drawing")
 
-    monkeypatch.setattr(explain_cmd, "_figure_png", broken_figure)
+    monkeypatch.setattr(results, "_figure_png", broken_figure)
     assert run([str(small_coffee_path), "--out", str(out), *fast, "--seed", "5", "--overwrite"]) == 1
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in out.iterdir()) == ["aggregate.json", "report.html", "small_coffee", "summary.csv"]

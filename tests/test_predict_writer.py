@@ -12,6 +12,7 @@ from lightning_helpers import class_folder_images, cli_in_process, tiny_explaine
 from PIL import Image
 
 from actmatch.commands import explain as explain_cmd
+from actmatch.results import MODEL_MASK, RESULT_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 def tiny_dataset(root: Path, count: int = 4, broken: bool = True) -> list[Path]:
@@ -44,7 +45,7 @@ def test_predict_writes_explain_folders_and_summary(tmp_path):
         row = rows[str(path)]
         folder = out / row["folder"]
         assert row["folder"] == path.relative_to(data).with_suffix("").as_posix() and row["status"] == "ok"
-        assert sorted(p.name for p in folder.iterdir()) == sorted(explain_cmd.RESULT_FILES + (explain_cmd.MODEL_MASK,))
+        assert sorted(p.name for p in folder.iterdir()) == sorted(RESULT_FILES + (MODEL_MASK,))
         assert json.loads((folder / "summary.json").read_text())["folder"] == row["folder"]
         width, height = Image.open(path).size
         assert np.asarray(Image.open(folder / "mask.png")).shape == (height, width)

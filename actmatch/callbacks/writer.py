@@ -23,10 +23,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from actmatch.callbacks.gather import gather_objects
-from actmatch.commands.explain import (clean_staging, explanation_at, finished_rows, recipe_digest, write_result,
-                                      write_summary)
 from actmatch.datamodules.images import ImageReadError, read_rgb
 from actmatch.report import write_report
+from actmatch.results import clean_staging, explanation_at, finished_rows, recipe_digest, write_result, write_summary
 
 __all__ = ["ExplanationWriter"]
 

@@ -208,9 +208,9 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict]:
 
 def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClassifier, exam_description: str = "") -> dict:
     """What decides a run's rows, written to OUT/settings.json: a resumed run must match it.
-    ``am``'s config file is replaced by its recipe (:func:`~actmatch.commands.explain.recipe_digest`),
+    ``am``'s config file is replaced by its recipe (:func:`~actmatch.results.recipe_digest`),
     so an edited config or a changed default counts as a change."""
-    from actmatch.commands.explain import recipe_digest
+    from actmatch.results import recipe_digest
 
     per_method = {}
     for name, method in methods.items():

@@ -174,7 +174,7 @@ def saved_mask(folder: Path, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
     """The mask an ``actmatch explain`` folder holds, at the model input ``size``, and where it came
     from: ``mask_input.png`` when it has that size (what was classified), else ``mask.png`` (exact
     when it is that mask's nearest upsampling; resized, and marked so, when the file was smaller)."""
-    from actmatch.commands.explain import MODEL_MASK
+    from actmatch.results import MODEL_MASK
 
     model_mask = folder / MODEL_MASK
     if model_mask.is_file():

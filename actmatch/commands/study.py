@@ -207,7 +207,7 @@ def _append_markdown(path: Path, rows: list[dict], images: str) -> None:
 
 def _scored_elsewise(explainer, items, folder: Path, args, evaluation: str) -> list[str]:
     """Names of the images in ``folder`` fitted with this recipe but scored with other settings."""
-    from actmatch.commands.explain import as_items, finished_rows, recipe_digest
+    from actmatch.results import as_items, finished_rows, recipe_digest
 
     done = finished_rows(as_items(items), folder, explainer.classifier, recipe=recipe_digest(explainer, args.steps, args.seed))
     return [row["folder"] for row in done.values() if row.get("status") == "ok" and row.get("evaluation") != evaluation]

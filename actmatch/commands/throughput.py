@@ -68,8 +68,9 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(command: str, argv: list[str]) -> int:
-    from actmatch.commands.explain import build_explainer, explain_files, write_summary
+    from actmatch.commands.explain import build_explainer, explain_files
     from actmatch.report import write_report
+    from actmatch.results import write_summary
 
     args = parse_args(argv)
     try:
