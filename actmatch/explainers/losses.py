@@ -225,6 +225,10 @@ class Robustness(LossTerm):
         backgrounds: background kinds to sample from (see :class:`BackgroundSampler`); None:
             :data:`~actmatch.explainers.backgrounds.FIT_KINDS` (no held-out evaluation family).
         num_backgrounds: backgrounds per image and step.
+        gates: whether a step whose explanation loses the label on one of these backgrounds counts
+            as not robust (a per-image fit then holds its area and does not select that step as
+            robust); False: the term only shapes the ranking (expected sufficiency), and the fit's
+            criterion alone decides.
     """
 
     def __init__(
@@ -233,8 +237,10 @@ class Robustness(LossTerm):
         backgrounds: list[str] | None = None,
         num_backgrounds: int = 1,
         warmup: float = 0.0,
+        gates: bool = True,
     ) -> None:
         super().__init__(weight, warmup)
+        self.gates = gates
         if num_backgrounds < 1:
             raise ValueError(f"Robustness: num_backgrounds must be >= 1, got {num_backgrounds}")
         self.sampler = BackgroundSampler(backgrounds if backgrounds is not None else list(FIT_KINDS))
@@ -249,7 +255,8 @@ class Robustness(LossTerm):
         return ce.view(self.num_backgrounds, -1).mean(0)
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, backgrounds={self.sampler.kinds}, num_backgrounds={self.num_backgrounds}"
+        return (f"weight={self.weight}, backgrounds={self.sampler.kinds}, num_backgrounds={self.num_backgrounds}, "
+                f"gates={self.gates}")
 
 
 class Necessity(LossTerm):

@@ -32,7 +32,12 @@ from actmatch.explainers.losses import (ActivationMatching, Evidence, LabelMargi
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
 from actmatch.explainers.unet import MaskUNet, binarize
 
-__all__ = ["ActMatchExplainer", "Explanation", "StepOutput"]
+__all__ = ["ActMatchExplainer", "Explanation", "StepOutput", "DEFAULT_RECIPE", "DEFAULT_RECIPE_VERSION"]
+
+#: the name and version of the built-in recipe (:func:`default_loss_terms`, :func:`default_fitting`, the
+#: default U-Net, fill and restarts), which experiments/explain/minimal.yaml spells out
+DEFAULT_RECIPE = "minimal"
+DEFAULT_RECIPE_VERSION = 16
 
 
 @dataclass
@@ -109,6 +114,13 @@ class ActMatchExplainer(L.LightningModule):
             data config or the folder's config.json).
         std: per-channel std (R, G, B).
         input_size: side of the classifier's input (default: its data config).
+        recipe: the name of the recipe this config is (the presets of experiments/explain/ set
+            it to their file's stem, e.g. ``minimal``), written with every result next to the
+            digest of the settings. A config without it is ``custom``; left ``custom`` with the
+            built-in recipe (no ``losses``, ``fitting``, ``unet`` or ``taps``, the default
+            ``fill`` and ``restarts``, ``per_image`` mode) it is :data:`DEFAULT_RECIPE`.
+        recipe_version: the version of the named recipe (``minimal`` is at 16); 0 for
+            ``custom``, :data:`DEFAULT_RECIPE_VERSION` for the built-in recipe.
     """
 
     MODES = ("per_image", "amortized")
@@ -133,15 +145,23 @@ class ActMatchExplainer(L.LightningModule):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         input_size: int | None = None,
+        recipe: str = "custom",
+        recipe_version: int = 0,
     ) -> None:
         super().__init__()
+        built_in = all(part is None for part in (losses, fitting, unet, taps))
+        if (recipe, recipe_version) == ("custom", 0) and built_in and (fill, restarts, mode) == ("mean", 1, "per_image"):
+            recipe, recipe_version = DEFAULT_RECIPE, DEFAULT_RECIPE_VERSION
         self.save_hyperparameters(ignore=["unet", "losses", "classifier", "fitting"])
+        self.hparams.update(recipe=recipe, recipe_version=recipe_version)  # the name it goes by, as resolved above
         if fill not in FILLS:
             raise ValueError(f"unknown fill {fill!r}; choose one of {FILLS}")
         if mode not in self.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {self.MODES}")
         if steps < 1 or not lr > 0 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1 and lr > 0, got steps={steps}, restarts={restarts}, lr={lr}")
+        if not recipe or recipe_version < 0:
+            raise ValueError(f"a recipe needs a name and a version >= 0, got {recipe!r} version {recipe_version}")
         if losses is None:
             losses = default_loss_terms() if mode == "per_image" else amortized_loss_terms()
         losses = list(losses)
@@ -158,6 +178,7 @@ class ActMatchExplainer(L.LightningModule):
         self.losses = nn.ModuleList(losses)
         self.fitting = fitting or default_fitting()
         self.fill, self.lr, self.steps, self.mode, self.restarts = fill, lr, steps, mode, restarts
+        self.recipe, self.recipe_version = recipe, recipe_version
 
     # ------------------------------------------------------------------ core computation
     @property
@@ -287,12 +308,12 @@ class ActMatchExplainer(L.LightningModule):
         return best * b + torch.arange(b)
 
     def kept_on_backgrounds(self, out: StepOutput, target: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: the label survives on every random background any term (robustness,
-        label margin) drew this step (all True when none did)."""
+        """(B,) bool: the label survives on every random background any gating term (robustness,
+        label margin; ``gates``) drew this step (all True when none did)."""
         kept = torch.ones_like(target, dtype=torch.bool)
         for term in self.losses:
             logits = out.perturbed.get(term.name)
-            if isinstance(term, (Robustness, LabelMargin)) and logits is not None:
+            if isinstance(term, (Robustness, LabelMargin)) and getattr(term, "gates", True) and logits is not None:
                 labels = logits.detach().argmax(-1).view(-1, target.shape[0])  # (n, B)
                 kept &= (labels == target).all(0)
         return kept
