@@ -35,9 +35,10 @@ from actmatch.explainers.masks import border_band
 __all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
 
 STUDY_FIELDS = [
-    "config", "recipe", "images", "kept", "area_median", "area_p25", "area_p75", "robust_median", "robust_mean",
-    "robust_photos_mean", "conf_ratio_median", "dilated_kept", "dilated_ratio_median", "shift_kept", "readback_kept",
-    "resampled_kept", "seconds_median", "x_fwd_bwd_median", "border_median", "border_over_5", "fwd_bwd_ms", "exam",
+    "config", "recipe", "recipe_version", "images", "kept", "area_median", "area_p25", "area_p75", "robust_median",
+    "robust_mean", "robust_photos_mean", "conf_ratio_median", "dilated_kept", "dilated_ratio_median", "shift_kept",
+    "readback_kept", "resampled_kept", "seconds_median", "x_fwd_bwd_median", "border_median", "border_over_5",
+    "fwd_bwd_ms", "exam",
 ]
 
 
@@ -100,16 +101,18 @@ def _rate(rows: list[dict], key: str) -> float:
     return round(statistics.fmean(values), 3) if values else float("nan")
 
 
-def study_row(name: str, rows: list[dict], fwd_bwd: float, exam: str = "") -> dict:
+def study_row(name: str, rows: list[dict], fwd_bwd: float, exam: str = "", recipe: str = "custom",
+              recipe_version: int = 0) -> dict:
     """Aggregate per-image rows (with the exam's ``robustness``, ``confidence_ratio``, ``kept_dilated``, ...,
-    and ``border_kept``)."""
+    and ``border_kept``) of the config ``name``, whose explainer is ``recipe`` version ``recipe_version``."""
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         raise ValueError(f"config {name}: no image was explained")
     area = [r["mask_area"] for r in ok]
     return {
         "config": name,
-        "recipe": ok[0].get("recipe_name") or name,
+        "recipe": recipe,
+        "recipe_version": recipe_version,
         "images": len(ok),
         "kept": round(sum(bool(r["label_kept"]) for r in ok) / len(ok), 3),
         "area_median": round(statistics.median(area), 4),
@@ -153,22 +156,35 @@ def _print_rows(rows: list[dict], stream=None) -> None:
         print(f"{r['config'][:28]:<28} " + " ".join(fmt.format(r[key]) for _, key, fmt in PRINTED), file=stream)
 
 
-def plot_study(csv_path: Path, png_path: Path) -> None:
+def plot_study(csv_path: Path | None, png_path: Path, frontier: list[dict] | None = None) -> None:
     """The trade-off of every row of a ``study.csv``: median area (x) against median exam
-    robustness (left) and against median p(e)/p(x) (right); marker size ~ time."""
+    robustness (left) and against median p(e)/p(x) (right); marker size ~ time. ``frontier``:
+    rows (method, area, robust_median, conf_ratio_median) of the baselines' top-k regions, drawn as
+    one curve per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with csv_path.open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = []
+    if csv_path is not None:
+        with csv_path.open() as handle:
+            rows = list(csv.DictReader(handle))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors  # one colour per row (40 before they repeat)
+    curves: dict[str, list[dict]] = {}
+    for r in frontier or []:
+        curves.setdefault(r["method"], []).append(r)
+    top = 1.05
     for ax, key, label in ((axes[0], "robust_median", "median robustness, 16 exam draws"),
                            (axes[1], "conf_ratio_median", "median p(e)/p(x), mean fill")):  # fmt: skip
+        for method, points in curves.items():
+            points = sorted(points, key=lambda p: float(p["area"]))
+            ax.plot([float(p["area"]) for p in points], [float(p[key]) for p in points], "--", lw=1, alpha=0.8,
+                    label=f"{method}: top-k regions")
         for i, r in enumerate(rows):
             x, y = float(r["area_median"]), float(r[key])
+            top = max(top, y * 1.05)
             ax.scatter(x, y, s=20 + 8 * float(r["x_fwd_bwd_median"]) ** 0.5, alpha=0.7, color=colors[i % len(colors)],
                        edgecolors="black", linewidths=0.5, marker="s" if int(r["images"]) >= 100 else "o",
                        label=f"{r['config']} (n={r['images']})")  # fmt: skip
@@ -176,8 +192,9 @@ def plot_study(csv_path: Path, png_path: Path) -> None:
         ax.axhline(0.8, color="grey", ls=":", lw=1)
         ax.set_xlabel("median mask area (lower is better)")
         ax.set_ylabel(label)
-        ax.set_xlim(0, max(0.3, max(float(r["area_median"]) for r in rows) * 1.1))
-        ax.set_ylim(-0.05, 1.05 if key == "robust_median" else max(1.05, max(float(r[key]) for r in rows) * 1.05))
+        areas = [float(r["area_median"]) for r in rows] + [float(p["area"]) for p in frontier or []]
+        ax.set_xlim(0, max(0.3, max(areas, default=0.3) * 1.1))
+        ax.set_ylim(-0.05, 1.05 if key == "robust_median" else top)
     # beside the axes, so it never hides the points
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=0.5, labelspacing=0.4,
                    title="squares: 100 or more images", title_fontsize=7)
@@ -188,9 +205,14 @@ def plot_study(csv_path: Path, png_path: Path) -> None:
 
 
 def _append_csv(path: Path, rows: list[dict]) -> None:
+    """Append ``rows``; a file begun with other columns (before ``recipe_version``) keeps its own."""
     new = not path.exists()
+    fields = STUDY_FIELDS
+    if not new:
+        with path.open(newline="") as handle:
+            fields = next(csv.reader(handle), None) or STUDY_FIELDS
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=STUDY_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)
@@ -209,7 +231,7 @@ def _scored_elsewise(explainer, items, folder: Path, args, evaluation: str) -> l
     """Names of the images in ``folder`` fitted with this recipe but scored with other settings."""
     from actmatch.results import as_items, finished_rows, recipe_digest
 
-    done = finished_rows(as_items(items), folder, explainer.classifier, recipe=recipe_digest(explainer, args.steps, args.seed))
+    done = finished_rows(as_items(items), folder, explainer.classifier, digest=recipe_digest(explainer, args.steps, args.seed))
     return [row["folder"] for row in done.values() if row.get("status") == "ok" and row.get("evaluation") != evaluation]
 
 
@@ -282,7 +304,7 @@ def main(command: str, argv: list[str]) -> int:
         size = statistics.mode(sizes)  # the most common model input size of the images
         with torch.enable_grad():
             fwd_bwd = forward_backward_seconds(classifier, size)
-        results.append(study_row(name, rows, fwd_bwd, evaluation))
+        results.append(study_row(name, rows, fwd_bwd, evaluation, explainer.recipe, explainer.recipe_version))
         _append_csv(out_dir / "study.csv", results[-1:])
         if args.markdown:
             _append_markdown(Path(args.markdown), results[-1:], f"{len(paths)} × {Path(args.images[0]).name}")
