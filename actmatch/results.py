@@ -3,7 +3,9 @@
 ``OUT/<folder>/`` receives ``mask.png`` (0/255, the file's size), ``mask_input.png`` (the mask the
 classifier saw, at the model's input size), ``explanation.png``, ``figure.png`` and
 ``summary.json`` (the image's summary row plus the classifier's ``num_classes``, ``mean``,
-``std`` and ``input_size``); with the circuit, ``circuit.json`` and ``circuit.png`` too.
+``std`` and ``input_size``); with the circuit, ``circuit.json`` and ``circuit.png`` too. A row
+names the recipe that wrote it: ``recipe`` and ``recipe_version`` (the explainer's, e.g.
+``minimal`` 16, or ``custom`` 0) and ``recipe_digest`` (of its settings, :func:`recipe_digest`).
 ``OUT/summary.csv`` holds one row per image plus an ``__aggregate__`` row, ``OUT/aggregate.json``
 the aggregate.
 
@@ -59,6 +61,8 @@ SUMMARY_FIELDS = [
     "seconds",
     "seed",
     "recipe",
+    "recipe_version",
+    "recipe_digest",
     "status",
     "error",
 ]
@@ -128,7 +132,8 @@ def write_result(
     extra: dict | None = None,
 ) -> dict:
     """Write one image's folder ``out_dir/folder`` (default: the file's stem) atomically and
-    return its summary row (plus ``extra`` fields); ``result`` holds this image only."""
+    return its summary row (with the explainer's ``recipe`` and ``recipe_version``, plus ``extra``
+    fields such as ``recipe_digest``); ``result`` holds this image only."""
     folder = folder or path.stem
     width, height = original.size
     mask_small = result.masks[:1]  # (1, 1, h, w)
@@ -155,6 +160,8 @@ def write_result(
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
         "seed": seed,
+        "recipe": explainer.recipe,
+        "recipe_version": explainer.recipe_version,
         "status": "ok",
         "error": "",
         **(extra or {}),
@@ -210,7 +217,9 @@ def clean_staging(out_dir: Path) -> int:
 
 def finished_row(folder: Path, drop: tuple[str, ...] = (), circuit: bool = False) -> dict | None:
     """The summary row of a complete image folder (all its files there, ``summary.json``
-    readable and ``ok``), without the keys in ``drop``; None if the folder is not complete."""
+    readable and ``ok``), without the keys in ``drop``; None if the folder is not complete.
+    A folder written before recipes had names keeps its digest as ``recipe``: the row gives it as
+    ``recipe_digest``."""
     names = RESULT_FILES + (CIRCUIT_FILES if circuit else ())
     if not all((folder / name).is_file() for name in names):
         return None
@@ -220,13 +229,17 @@ def finished_row(folder: Path, drop: tuple[str, ...] = (), circuit: bool = False
         return None
     if not isinstance(summary, dict) or summary.get("status") != "ok":
         return None
-    return {key: value for key, value in summary.items() if key not in drop}
+    row = {key: value for key, value in summary.items() if key not in drop}
+    if "recipe" in row and "recipe_version" not in row and "recipe_digest" not in row:
+        row["recipe_digest"] = row.pop("recipe")
+    return row
 
 
 def recipe_digest(explainer, steps: int | None, seed: int, amortized: bool = False, warm_start: bool = False) -> str:
     """8 hex digits naming what produced a mask: the classifier, the U-Net, the loss terms, the
-    fitting strategy and its settings, the steps, restarts, fill and seed. A resumed run keeps
-    only the folders written with the same recipe."""
+    fitting strategy and its settings, the steps, restarts, fill and seed (not the recipe's name,
+    which a config states). Written as ``recipe_digest``; a resumed run keeps only the folders
+    written with the same digest."""
     parts = [explainer.classifier.name, repr(getattr(explainer.classifier, "settings", {})), repr(explainer.unet.__class__),
              repr({k: v for k, v in vars(explainer.unet).items() if not k.startswith("_") and k != "training"}),
              repr([(type(t).__name__, repr(t)) for t in explainer.losses]), repr(explainer.fitting),
@@ -235,15 +248,15 @@ def recipe_digest(explainer, steps: int | None, seed: int, amortized: bool = Fal
 
 
 def finished_rows(items: list[ImageItem], out_dir: Path, classifier: FrozenClassifier,
-                  circuit: bool = False, recipe: str | None = None) -> dict[int, dict]:
+                  circuit: bool = False, digest: str | None = None) -> dict[int, dict]:
     """Position in ``items`` -> summary row, for the images whose folder under ``out_dir`` is
     complete (rows as written, less the classifier's settings that summary.json adds) and, with
-    ``recipe``, was written with that recipe (:func:`recipe_digest`)."""
+    ``digest``, was written with that ``recipe_digest`` (:func:`recipe_digest`)."""
     drop = tuple(getattr(classifier, "settings", {}))
     rows = {}
     for index, item in enumerate(items):
         row = finished_row(out_dir / item.folder, drop, circuit)
-        if row is not None and (recipe is None or row.get("recipe") == recipe):
+        if row is not None and (digest is None or row.get("recipe_digest") == digest):
             rows[index] = {**row, "folder": item.folder}
     return rows
 

@@ -166,16 +166,26 @@ def test_every_explain_recipe_fits(path, tiny_classifier):
     assert set(result.masks.unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("path", sorted((EXPERIMENTS / "explain").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_preset_goes_by_its_file_name_and_a_version(path):
+    """``--preset NAME`` results say ``recipe: NAME`` and the preset's version (a config without them is custom)."""
+    init = yaml.safe_load(path.read_text())["model"]["init_args"]
+    assert init["recipe"] == path.stem and isinstance(init["recipe_version"], int) and init["recipe_version"] >= 1
+
+
 @pytest.mark.parametrize("path", ["experiments/explain/minimal.yaml", "experiments/explain_folder.yaml"])
 def test_the_default_recipe_files_are_the_built_in_default(path, tiny_classifier):
     """``--preset minimal`` and ``actmatch predict --config experiments/explain_folder.yaml`` spell out the
     built-in default (``actmatch explain`` without a config): the same loss terms, fitting strategy and
-    settings, U-Net and steps, so a change of the default cannot miss one of them."""
+    settings, U-Net and steps, so a change of the default cannot miss one of them; and they go by the
+    built-in recipe's name and version."""
     from actmatch.commands.explain import build_explainer
+    from actmatch.explainers.module import DEFAULT_RECIPE, DEFAULT_RECIPE_VERSION, ActMatchExplainer
     from actmatch.results import recipe_digest
-    from actmatch.explainers.module import ActMatchExplainer
 
     from_file = build_explainer(str(ROOT / path), classifier=tiny_classifier)
     built_in = ActMatchExplainer(classifier=tiny_classifier)
     assert repr(from_file.fitting) == repr(built_in.fitting)
     assert recipe_digest(from_file, None, 0) == recipe_digest(built_in, None, 0)
+    names = [(e.recipe, e.recipe_version) for e in (from_file, built_in)]
+    assert names == [(DEFAULT_RECIPE, DEFAULT_RECIPE_VERSION)] * 2

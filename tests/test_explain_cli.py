@@ -9,14 +9,17 @@ in the behaviour tests (``make test-behaviour``).
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from lightning_helpers import plain_fit_config, tiny_explainer_config
+import yaml
+from lightning_helpers import PLAIN_FITTING, plain_fit_config, tiny_explainer_config
 from PIL import Image
 
 from actmatch import results
@@ -125,13 +128,15 @@ def test_a_failure_halfway_keeps_the_previous_result(small_coffee_path, tmp_path
 
 def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
     """The default recipe (no --config: lookahead, scan, pruning, border-free cut) at a 64 px input,
-    where every stage runs on few cells."""
+    where every stage runs on few cells; its results go by the minimal preset's name and version."""
     masks = []
     for name in ("a", "b"):
         assert run([str(small_coffee_path), "--out", str(tmp_path / name), "--steps", "6", "--seed", "1",
                     "--input-size", "64"]) == 0
         masks.append((tmp_path / name / "small_coffee" / "mask.png").read_bytes())
     assert masks[0] == masks[1]
+    summary = json.loads((tmp_path / "a" / "small_coffee" / "summary.json").read_text())
+    assert (summary["recipe"], summary["recipe_version"]) == ("minimal", 16)
 
 
 def test_config_file_and_flags(small_coffee_path, tmp_path):
@@ -269,14 +274,42 @@ def test_rerun_with_another_recipe_explains_again(small_coffee_path, tmp_path, c
     out = tmp_path / "out"
     assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
     first = json.loads(next(out.rglob("summary.json")).read_text())
-    assert len(first["recipe"]) == 8
+    assert (first["recipe"], first["recipe_version"]) == ("custom", 0)  # a config that names no recipe
     capsys.readouterr()
     other = [*fast[: fast.index("--steps")], "--steps", "2"]
     assert run([str(small_coffee_path), "--out", str(out), *other]) == 0
     err = capsys.readouterr().err
     assert "explained with another recipe" in err and "already explained" not in err
     second = json.loads(next(out.rglob("summary.json")).read_text())
-    assert second["steps"] == 2 and second["recipe"] != first["recipe"]
+    assert second["steps"] == 2 and second["recipe_digest"] != first["recipe_digest"]
+
+
+def test_results_name_the_recipe_and_an_older_folder_still_counts(small_coffee_path, tmp_path, capsys):
+    """summary.json and summary.csv carry the config's recipe name and version beside the digest of its
+    settings; a folder written before recipes had names (the digest as ``recipe``) is still skipped."""
+    config = tmp_path / "named.yaml"
+    config.write_text(yaml.safe_dump({"model": {"init_args": {"recipe": "plain", "recipe_version": 3,
+                                                              "fitting": PLAIN_FITTING}}}))
+    out = tmp_path / "out"
+    args = [str(small_coffee_path), "--out", str(out), "--config", str(config), *STEPS]
+    assert run(args) == 0
+    path = out / "small_coffee" / "summary.json"
+    summary = json.loads(path.read_text())
+    assert (summary["recipe"], summary["recipe_version"]) == ("plain", 3)
+    assert re.fullmatch("[0-9a-f]{8}", summary["recipe_digest"])
+    with (out / "summary.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert (row["recipe"], row["recipe_version"], row["recipe_digest"]) == ("plain", "3", summary["recipe_digest"])
+
+    older = {key: value for key, value in summary.items() if key not in ("recipe", "recipe_version", "recipe_digest")}
+    path.write_text(json.dumps({**older, "recipe": summary["recipe_digest"]}))
+    written = path.read_text()
+    capsys.readouterr()
+    assert run(args) == 0
+    assert "1 image(s) already explained" in capsys.readouterr().err and path.read_text() == written
+    with (out / "summary.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert (row["recipe"], row["recipe_version"], row["recipe_digest"]) == ("", "", summary["recipe_digest"])
 
 
 def test_throughput_command_prints_one_row_per_batch_size(tmp_path, capsys):

@@ -46,7 +46,9 @@ def test_predict_writes_explain_folders_and_summary(tmp_path):
         folder = out / row["folder"]
         assert row["folder"] == path.relative_to(data).with_suffix("").as_posix() and row["status"] == "ok"
         assert sorted(p.name for p in folder.iterdir()) == sorted(RESULT_FILES + (MODEL_MASK,))
-        assert json.loads((folder / "summary.json").read_text())["folder"] == row["folder"]
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["folder"] == row["folder"]
+        assert {"recipe", "recipe_version", "recipe_digest"} <= set(summary) and row["recipe_digest"] == summary["recipe_digest"]
         width, height = Image.open(path).size
         assert np.asarray(Image.open(folder / "mask.png")).shape == (height, width)
     assert json.loads((out / "aggregate.json").read_text())["explained"] == len(paths)

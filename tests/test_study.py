@@ -47,6 +47,7 @@ def test_row_on_two_tiny_images_has_every_column(two_images, tiny_config, tmp_pa
     assert len(rows) == 1 and list(rows[0]) == STUDY_FIELDS
     row = rows[0]
     assert row["config"] == "tiny" and row["images"] == "2"
+    assert (row["recipe"], row["recipe_version"]) == ("custom", "0")  # the config names no recipe
     assert all(row[key] != "" for key in STUDY_FIELDS)
     assert 0 <= float(row["kept"]) <= 1 and 0 <= float(row["robust_median"]) <= 1
     for key in ("robust_photos_mean", "dilated_kept", "shift_kept", "readback_kept", "resampled_kept"):
@@ -109,3 +110,15 @@ def test_resume_keeps_scored_images_and_names_other_settings(two_images, tiny_co
     err = capsys.readouterr().err
     assert "(seed 1000)" not in err and "(seed 7)" in err and "another --out" in err
     assert summary.read_text() == written
+
+
+def test_rows_appended_to_a_study_csv_with_older_columns_keep_its_columns(tmp_path):
+    """A study.csv begun before a column existed (here: recipe_version) gets rows under its own header."""
+    path = tmp_path / "study.csv"
+    older = [key for key in STUDY_FIELDS if key != "recipe_version"]
+    path.write_text(",".join(older) + "\n")
+    row = {key: f"v_{key}" for key in STUDY_FIELDS}
+    study._append_csv(path, [row])
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows == [{key: f"v_{key}" for key in older}]

@@ -66,7 +66,7 @@ class ExplanationWriter(BasePredictionWriter):
             clean_staging(self.out_dir)
             if not self.overwrite:
                 done = finished_rows(datamodule.items, self.out_dir, pl_module.classifier, self.circuit,
-                                     self._recipe(pl_module))
+                                     self._digest(pl_module))
         self.done = trainer.strategy.broadcast(done, src=0)
         self.rows = {}
         out = self.out_dir.resolve()
@@ -89,12 +89,12 @@ class ExplanationWriter(BasePredictionWriter):
                 original = read_rgb(path)
                 self.rows[index] = write_result(pl_module, path, original, batch["image"][i].cpu(),
                                                 explanation_at(prediction, i, size), self.out_dir, seed,
-                                                self.circuit, folder, {"recipe": self._recipe(pl_module)})
+                                                self.circuit, folder, {"recipe_digest": self._digest(pl_module)})
             except (ImageReadError, OSError, ValueError, RuntimeError) as err:
                 self.rows[index] = self._error_row(path, str(err))
 
     @staticmethod
-    def _recipe(pl_module) -> str:
+    def _digest(pl_module) -> str:
         """What produces the masks (resumed folders must match it): see ``recipe_digest``."""
         seed = inspect.signature(pl_module.fit_images).parameters["seed"].default
         return recipe_digest(pl_module, None, seed, getattr(pl_module, "mode", None) == "amortized")

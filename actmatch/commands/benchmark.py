@@ -208,8 +208,9 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict]:
 
 def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClassifier, exam_description: str = "") -> dict:
     """What decides a run's rows, written to OUT/settings.json: a resumed run must match it.
-    ``am``'s config file is replaced by its recipe (:func:`~actmatch.results.recipe_digest`),
-    so an edited config or a changed default counts as a change."""
+    ``am``'s config file is replaced by its recipe: the name and version it goes by and the digest
+    of its settings (:func:`~actmatch.results.recipe_digest`), so an edited config or a changed
+    default counts as a change."""
     from actmatch.results import recipe_digest
 
     per_method = {}
@@ -218,7 +219,9 @@ def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClas
         settings.pop("config", None)
         settings.pop("batch", None)  # RISE's chunk: how masks are batched, not which
         if isinstance(method, ActMatchMethod):
-            settings["recipe"] = recipe_digest(method.explainer, method.steps, method.seed, method.mode == "amortized")
+            explainer = method.explainer
+            settings["recipe"], settings["recipe_version"] = explainer.recipe, explainer.recipe_version
+            settings["recipe_digest"] = recipe_digest(explainer, method.steps, method.seed, method.mode == "amortized")
         per_method[name] = settings
     return {"backbone": classifier.name, "weights": args.weights, "input_size": classifier.input_size, "seed": args.seed,
             "area": args.area,

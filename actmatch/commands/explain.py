@@ -274,8 +274,8 @@ def explain_files(
     classifier = explainer.classifier
     items = as_items(paths)
     clean_staging(out_dir)
-    recipe = recipe_digest(explainer, steps, seed, amortized, init_state is not None)
-    rows = finished_rows(items, out_dir, classifier, circuit, recipe) if resume else {}
+    digest = recipe_digest(explainer, steps, seed, amortized, init_state is not None)
+    rows = finished_rows(items, out_dir, classifier, circuit, digest) if resume else {}
     if resume and show_progress:
         others = len(finished_rows(items, out_dir, classifier, circuit)) - len(rows)
         if rows:
@@ -286,7 +286,7 @@ def explain_files(
     measure_one = measure
 
     def measure(images, result, original, path) -> dict:
-        return {**(measure_one(images, result, original, path) if measure_one else {}), "recipe": recipe}
+        return {**(measure_one(images, result, original, path) if measure_one else {}), "recipe_digest": digest}
     todo = [(index, item) for index, item in enumerate(items) if index not in rows]
     bar = tqdm(total=len(todo), desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
 
