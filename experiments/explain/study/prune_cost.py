@@ -3,7 +3,7 @@
     .venv/bin/python experiments/explain/study/prune_cost.py IMAGE_DIR N
 
 Fits each of the first N images with ``experiments/explain/study/lookahead5.yaml``'s recipe
-(the session-7 default: no pruning), then prunes its mask with [16, 8] and with [32, 16, 8]
+(`minimal` v9: no pruning), then prunes its mask with [16, 8] and with [32, 16, 8]
 px cells and prints the seconds, classifier passes and area of each.
 """
 import sys, time, torch
