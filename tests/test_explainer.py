@@ -164,10 +164,10 @@ def test_invalid_configuration_fails_before_any_work(tiny_classifier, kwargs, me
 @pytest.mark.behaviour  # two full fits at the model's input size
 def test_shipped_recipes_on_the_espresso_photo_keep_the_label_with_small_masks(lite0, coffee_path):
     """The default per-image fit and ``--preset smallest`` on scikit-image's coffee photo keep the
-    espresso label with at most a tenth of the image (the issue's bound, with a margin).
+    espresso label with at most a tenth of the image (the study's bound of 0.05, with a margin).
 
-    Measured with 2 threads: the default 0.032 of the image (session 15, ``make demo``), ``smallest``
-    0.038; the fit depends on the thread count (README "Determinism"); the tests run with one thread
+    Measured with 2 threads: the default (``minimal`` v16) 0.032 of the image (``make demo``), ``smallest``
+    v2 0.038; the fit depends on the thread count (README "Determinism"); the tests run with one thread
     (tests/conftest.py).
     """
     from actmatch.commands.explain import build_explainer, preset_path
