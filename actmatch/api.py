@@ -126,12 +126,14 @@ def _settings(config: str | None, settings: dict) -> dict:
     valid = [p for p in inspect.signature(ActMatchExplainer).parameters if p not in _LOADING_ARGS]
     refused = sorted(set(settings) & set(_LOADING_ARGS))
     if refused:
-        raise ValueError(f"{refused} load a classifier; the API explains the model you pass (give mean/std/"
-                         f"input_size to describe it)")
+        raise ValueError(
+            f"{refused} load a classifier; the API explains the model you pass (give mean/std/input_size to describe it)"
+        )
     unknown = sorted(set(settings) - set(valid))
     if unknown:
-        raise ValueError(f"unknown explainer setting(s) {unknown}; valid: mean, std, target, seed, config, input_size, "
-                         f"{', '.join(valid)}")
+        raise ValueError(
+            f"unknown explainer setting(s) {unknown}; valid: mean, std, target, seed, config, input_size, {', '.join(valid)}"
+        )
     init = {}
     if config is not None:
         from actmatch.commands.explain import explainer_init_args

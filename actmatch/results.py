@@ -41,9 +41,21 @@ from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.classifier import FrozenClassifier
 from actmatch.explainers.module import ActMatchExplainer, Explanation
 
-__all__ = ["write_result", "write_summary", "aggregate", "finished_row", "finished_rows", "recipe_digest",
-           "clean_staging", "explanation_at", "as_items", "SUMMARY_FIELDS", "RESULT_FILES", "MODEL_MASK",
-           "CIRCUIT_FILES"]
+__all__ = [
+    "write_result",
+    "write_summary",
+    "aggregate",
+    "finished_row",
+    "finished_rows",
+    "recipe_digest",
+    "clean_staging",
+    "explanation_at",
+    "as_items",
+    "SUMMARY_FIELDS",
+    "RESULT_FILES",
+    "MODEL_MASK",
+    "CIRCUIT_FILES",
+]
 
 SUMMARY_FIELDS = [
     "image",
@@ -180,9 +192,7 @@ def write_result(
         (staging / "mask.png").write_bytes(_png_bytes(mask_u8))
         (staging / MODEL_MASK).write_bytes(_png_bytes((mask_small[0, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255))
         (staging / "explanation.png").write_bytes(_png_bytes(explanation_u8))
-        (staging / "figure.png").write_bytes(
-            _figure_png(np.asarray(original), mask_u8, explanation_u8, titles)
-        )
+        (staging / "figure.png").write_bytes(_figure_png(np.asarray(original), mask_u8, explanation_u8, titles))
         if circuit:
             from actmatch.explainers.circuits import write_circuit_outputs
 
@@ -240,15 +250,26 @@ def recipe_digest(explainer, steps: int | None, seed: int, amortized: bool = Fal
     fitting strategy and its settings, the steps, restarts, fill and seed (not the recipe's name,
     which a config states). Written as ``recipe_digest``; a resumed run keeps only the folders
     written with the same digest."""
-    parts = [explainer.classifier.name, repr(getattr(explainer.classifier, "settings", {})), repr(explainer.unet.__class__),
-             repr({k: v for k, v in vars(explainer.unet).items() if not k.startswith("_") and k != "training"}),
-             repr([(type(t).__name__, repr(t)) for t in explainer.losses]), repr(explainer.fitting),
-             str(steps or explainer.steps), str(explainer.restarts), explainer.fill, str(seed), str(amortized), str(warm_start)]
+    parts = [
+        explainer.classifier.name,
+        repr(getattr(explainer.classifier, "settings", {})),
+        repr(explainer.unet.__class__),
+        repr({k: v for k, v in vars(explainer.unet).items() if not k.startswith("_") and k != "training"}),
+        repr([(type(t).__name__, repr(t)) for t in explainer.losses]),
+        repr(explainer.fitting),
+        str(steps or explainer.steps),
+        str(explainer.restarts),
+        explainer.fill,
+        str(seed),
+        str(amortized),
+        str(warm_start),
+    ]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
 
 
-def finished_rows(items: list[ImageItem], out_dir: Path, classifier: FrozenClassifier,
-                  circuit: bool = False, digest: str | None = None) -> dict[int, dict]:
+def finished_rows(
+    items: list[ImageItem], out_dir: Path, classifier: FrozenClassifier, circuit: bool = False, digest: str | None = None
+) -> dict[int, dict]:
     """Position in ``items`` -> summary row, for the images whose folder under ``out_dir`` is
     complete (rows as written, less the classifier's settings that summary.json adds) and, with
     ``digest``, was written with that ``recipe_digest`` (:func:`recipe_digest`)."""
@@ -265,8 +286,11 @@ def explanation_at(result: Explanation, index: int, images: int = 1) -> Explanat
     """Image ``index`` of a batched ``result`` as a batch of one (float tensors in float32);
     ``seconds`` is the batch's time shared by its ``images``."""
     one = result.select(slice(index, index + 1))
-    floats = {f.name: value.float() for f in dataclasses.fields(one)
-              if isinstance(value := getattr(one, f.name), torch.Tensor) and value.is_floating_point()}
+    floats = {
+        f.name: value.float()
+        for f in dataclasses.fields(one)
+        if isinstance(value := getattr(one, f.name), torch.Tensor) and value.is_floating_point()
+    }
     return dataclasses.replace(one, **floats, seconds=result.seconds / max(1, images))
 
 

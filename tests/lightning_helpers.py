@@ -25,10 +25,12 @@ TESTS = Path(__file__).resolve().parent
 
 def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m actmatch.cli ARGS`` in a subprocess; probes in tests/ are importable."""
-    full_env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(TESTS),
-                    OMP_NUM_THREADS="1", **(env or {}))
-    proc = subprocess.run([sys.executable, "-m", "actmatch.cli", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    full_env = dict(
+        os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1", **(env or {})
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "actmatch.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     return proc
 
 
@@ -118,10 +120,17 @@ class RankProbe(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps({
-            "rank": trainer.global_rank, "world_size": trainer.world_size, "batches": self.batches,
-            "local_mask_area": float(torch.cat(self.areas).mean()), "metrics": metrics,
-        }))
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps(
+                {
+                    "rank": trainer.global_rank,
+                    "world_size": trainer.world_size,
+                    "batches": self.batches,
+                    "local_mask_area": float(torch.cat(self.areas).mean()),
+                    "metrics": metrics,
+                }
+            )
+        )
 
 
 class StepRecorder(L.Callback):
@@ -146,14 +155,18 @@ class KillAt(L.Callback):
             os._exit(17)
 
 
-def tiny_explainer_config(path: Path, input_size: int | None = None, steps: int | None = None,
-                          data_size: int | None = None) -> Path:
+def tiny_explainer_config(
+    path: Path, input_size: int | None = None, steps: int | None = None, data_size: int | None = None
+) -> Path:
     """Write the config of a random-init ``test_resnet`` explainer (4 classes, a width-8 U-Net) to
     ``path``: for ``actmatch explain --config``, or with ``data_size`` also the predict datamodule's
     backbone and image size (for ``actmatch predict``)."""
-    init = {"backbone": "test_resnet", "pretrained": False, "num_classes": 4,
-            "unet": {"class_path": "actmatch.explainers.unet.MaskUNet",
-                     "init_args": {"width": 8, "depth": 2, "working_size": None}}}
+    init = {
+        "backbone": "test_resnet",
+        "pretrained": False,
+        "num_classes": 4,
+        "unet": {"class_path": "actmatch.explainers.unet.MaskUNet", "init_args": {"width": 8, "depth": 2, "working_size": None}},
+    }
     init.update({k: v for k, v in (("input_size", input_size), ("steps", steps)) if v is not None})
     config = {"model": {"init_args": init}}
     if data_size is not None:

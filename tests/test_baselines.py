@@ -74,7 +74,6 @@ def test_rise_favours_the_region_the_model_depends_on():
     assert maps[..., :16].mean() > maps[..., 16:].mean()
 
 
-
 class RedPatchNet(torch.nn.Module):
     """A hand-built CNN whose evidence is exactly the saturated red pixels.
 
@@ -151,6 +150,7 @@ def test_every_baseline_finds_the_planted_patch(shortcut_images, name):
     # the check can fail: a map that ignores the patch is at chance
     noise = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
     assert (top_share_on_patch(noise, patches) < 0.2).all()
+
 
 def test_bad_inputs_are_named(resnet):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):

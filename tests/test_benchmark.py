@@ -18,8 +18,22 @@ from actmatch.evaluation.families import default_exam
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.unet import MaskUNet
 
-CHEAP = ["--steps", "2", "--rise-masks", "4", "--window", "24", "--ig-steps", "2", "--curve-steps", "2", "--sanity-images", "1",
-         "--input-size", "48"]
+CHEAP = [
+    "--steps",
+    "2",
+    "--rise-masks",
+    "4",
+    "--window",
+    "24",
+    "--ig-steps",
+    "2",
+    "--curve-steps",
+    "2",
+    "--sanity-images",
+    "1",
+    "--input-size",
+    "48",
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +92,9 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     assert all(r["area"] == am_area[r["image"]] for r in rows)  # every map cut to actmatch's area
     summary = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [r["method"] for r in summary] == methods.split(",")
-    for r in summary:  # every metric has its interval, and the interval holds the estimate (n/a: no value, e.g. a constant map's ρ)
+    for (
+        r
+    ) in summary:  # every metric has its interval, and the interval holds the estimate (n/a: no value, e.g. a constant map's ρ)
         for key, *_ in benchmark.SUMMARY_METRICS:
             if math.isnan(float(r[key])):
                 assert math.isnan(float(r[f"{key}_ci_low"])), key
@@ -100,7 +116,14 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     out = capsys.readouterr().out
     assert "kept@area" in out and "kept@10%" in out and "rise" in out and "median equal-area cut" in out
     assert "am vs" in out and "p<0.05" in out and " [" in out and "On the exam" in out and "p(Holm)" in out
-    assert max(len(line) for line in out.splitlines() if not line.startswith(("wrote", "label kept", "am against", "metrics", "On the"))) <= 120
+    assert (
+        max(
+            len(line)
+            for line in out.splitlines()
+            if not line.startswith(("wrote", "label kept", "am against", "metrics", "On the"))
+        )
+        <= 120
+    )
     assert "images classified = floor" in out
 
     # --from-results: the same tables from the rows on disk, for all images or the first N
@@ -225,8 +248,14 @@ def test_benchmark_logs_its_tables_to_an_offline_wandb_run(setup, tmp_path):
     env.update(WANDB_SILENT="true", WANDB_DATA_DIR=str(tmp_path / "wandb-data"))  # artifact staging, off the home folder
     argv = ["--images", str(photos), "--methods", "am,saliency,gradcam", "--out", "out", "--backbone", "test_efficientnet",
             "--weights", str(weights), "--wandb", *CHEAP]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "actmatch.cli", "benchmark", *argv], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "actmatch.cli", "benchmark", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
@@ -262,8 +291,10 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
     names am's recipe (the built-in one is the minimal preset) beside its digest."""
     classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
     config = tmp_path / "am.yaml"
-    config.write_text("model:\n  init_args:\n    fitting:\n      class_path: actmatch.explainers.fitting.AreaContinuation\n"
-                      "      init_args: {lookahead: 4}\n")
+    config.write_text(
+        "model:\n  init_args:\n    fitting:\n      class_path: actmatch.explainers.fitting.AreaContinuation\n"
+        "      init_args: {lookahead: 4}\n"
+    )
 
     def settings(*extra):
         args = benchmark.parse_args("benchmark", ["--images", str(tmp_path), "--out", str(tmp_path), *extra])
@@ -275,7 +306,10 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
     assert (am["recipe"], am["recipe_version"], len(am["recipe_digest"])) == ("minimal", 16, 8)
     assert benchmark.settings_changes(saved, settings()) == []
     assert benchmark.settings_changes(saved, settings("--config", str(config))) == [
-        "methods.am.recipe", "methods.am.recipe_version", "methods.am.recipe_digest"]  # a config without a name: custom
+        "methods.am.recipe",
+        "methods.am.recipe_version",
+        "methods.am.recipe_digest",
+    ]  # a config without a name: custom
     assert benchmark.settings_changes(tmp_path / "missing.json", settings()) == []  # an older run: nothing to compare
 
 
@@ -293,7 +327,9 @@ def test_sufficient_area_with_cut_takes_the_equal_area_cut_when_it_keeps_the_lab
 
 def _rows(values: dict[str, list[float]], column: str) -> list[dict]:
     """results.csv-like rows: one per image and method, ``column`` set from ``values[method]``."""
-    return [{"image": f"{i}.png", "method": method, "error": "", column: v} for method, vs in values.items() for i, v in enumerate(vs)]
+    return [
+        {"image": f"{i}.png", "method": method, "error": "", column: v} for method, vs in values.items() for i, v in enumerate(vs)
+    ]
 
 
 def test_the_paired_table_never_counts_a_column_true_by_construction():
@@ -313,7 +349,9 @@ def test_the_paired_table_never_counts_a_column_true_by_construction():
 
 def test_holm_corrects_over_every_counted_comparison():
     """Two exam columns, one baseline: p(Holm) of the smaller p is 2 x p (m = 2)."""
-    rows = _rows({"am": [0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2], "rise": [0.3] * 12}, "robust_sufficient_area")
+    rows = _rows(
+        {"am": [0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2], "rise": [0.3] * 12}, "robust_sufficient_area"
+    )
     for r in rows:
         r["dg_score"] = -1.0 if r["method"] == "am" else 0.5
     paired = [r for r in compare_pairs(rows) if r["n"]]
@@ -326,8 +364,10 @@ def test_a_recipe_that_fits_on_a_held_out_exam_family_is_refused(setup, tmp_path
     """Photos (a fit's `shuffle` backgrounds) are held out: a recipe whose robustness term draws them is refused by name."""
     photos, weights, _, pool = setup
     config = tmp_path / "photo_fit.yaml"
-    config.write_text("losses:\n  - {class_path: actmatch.explainers.losses.CrossEntropy, init_args: {weight: 1.0}}\n"
-                      "  - {class_path: actmatch.explainers.losses.Robustness, init_args: {weight: 1.0, backgrounds: [shuffle]}}\n")
+    config.write_text(
+        "losses:\n  - {class_path: actmatch.explainers.losses.CrossEntropy, init_args: {weight: 1.0}}\n"
+        "  - {class_path: actmatch.explainers.losses.Robustness, init_args: {weight: 1.0, backgrounds: [shuffle]}}\n"
+    )
     argv = ["--images", str(photos), "--methods", "am,saliency", "--out", str(tmp_path / "out"), "--backbone", "test_efficientnet",
             "--weights", str(weights), "--config", str(config), "--exam-photos", str(pool), *CHEAP]  # fmt: skip
     assert benchmark.main("benchmark", argv) == 2

@@ -44,11 +44,18 @@ def test_mask_panel_shapes_and_overlay():
 
 
 def _outputs(b: int = 2, size: int = 16) -> dict:
-    return {"images": torch.rand(b, 3, size, size), "masks": _square(size, 0, 0, 4).expand(b, -1, -1, -1),
-            "explanations": torch.rand(b, 3, size, size), "target": torch.zeros(b, dtype=torch.long),
-            "confidence_original": torch.full((b,), 0.9), "confidence_explanation": torch.full((b,), 0.7),
-            "label_kept": torch.ones(b, dtype=torch.bool), "mask_area": torch.full((b,), 1 / 16),
-            "terms": {"area": torch.full((b,), 1 / 16)}, "loss": torch.tensor(1.0)}
+    return {
+        "images": torch.rand(b, 3, size, size),
+        "masks": _square(size, 0, 0, 4).expand(b, -1, -1, -1),
+        "explanations": torch.rand(b, 3, size, size),
+        "target": torch.zeros(b, dtype=torch.long),
+        "confidence_original": torch.full((b,), 0.9),
+        "confidence_explanation": torch.full((b,), 0.7),
+        "label_kept": torch.ones(b, dtype=torch.bool),
+        "mask_area": torch.full((b,), 1 / 16),
+        "terms": {"area": torch.full((b,), 1 / 16)},
+        "loss": torch.tensor(1.0),
+    }
 
 
 def test_wandb_callbacks_are_no_ops_with_one_warning_under_csv(tmp_path):
@@ -76,8 +83,17 @@ def test_callbacks_reject_unknown_stages():
 def test_smoke_yaml_logs_images_metrics_and_config_to_wandb_offline(tmp_path):
     """The acceptance test: smoke.yaml with W&B offline; images and metric keys are in the run."""
     save_dir = tmp_path / "wb"
-    proc = run_cli(["fit", "--config", "experiments/smoke.yaml", "--trainer.logger.init_args.save_dir", str(save_dir),
-                    "--trainer.default_root_dir", str(tmp_path)])
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            "experiments/smoke.yaml",
+            "--trainer.logger.init_args.save_dir",
+            str(save_dir),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((save_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"expected one offline run under {save_dir}/wandb"
@@ -86,12 +102,30 @@ def test_smoke_yaml_logs_images_metrics_and_config_to_wandb_offline(tmp_path):
         assert list((files / "media" / "images" / stage).glob("masks_*.png")), f"no {stage}/masks images"
     assert list((files / "media" / "table" / "val").glob("results_*.table.json")), "no val/results table"
     keys = history_keys(runs[0])
-    expected = {"train/loss_step", "train/mask_area_step", "train/label_kept_step", "train/confidence_delta_step",
-                "train/area_step", "train/activation_matching_step", "train/robustness_step",
-                "train/epoch/mask_area", "train/epoch/label_kept", "train/epoch/confidence_delta", "train/epoch/area",
-                "val/mask_area", "val/label_kept", "val/confidence_delta", "val/epoch/mask_area",
-                "val/mask_precision", "val/mask_recall", "val/pointing", "train/masks/_type", "val/masks/_type",
-                "val/results/_type", "train/hist/mask_area/_type"}
+    expected = {
+        "train/loss_step",
+        "train/mask_area_step",
+        "train/label_kept_step",
+        "train/confidence_delta_step",
+        "train/area_step",
+        "train/activation_matching_step",
+        "train/robustness_step",
+        "train/epoch/mask_area",
+        "train/epoch/label_kept",
+        "train/epoch/confidence_delta",
+        "train/epoch/area",
+        "val/mask_area",
+        "val/label_kept",
+        "val/confidence_delta",
+        "val/epoch/mask_area",
+        "val/mask_precision",
+        "val/mask_recall",
+        "val/pointing",
+        "train/masks/_type",
+        "val/masks/_type",
+        "val/results/_type",
+        "train/hist/mask_area/_type",
+    }
     assert expected <= keys, f"missing: {sorted(expected - keys)}"
     config = (files / "config.yaml").read_text()
     assert "actmatch.explainers.losses.Area" in config and "SyntheticDataModule" in config

@@ -63,8 +63,18 @@ def test_lightning_checkpoint_prefix_is_stripped(two_class_model, tmp_path, pref
     state = {f"{prefix}{k}": v for k, v in two_class_model.state_dict().items()}
     state["unet.head.weight"] = torch.zeros(3)  # other parts of the LightningModule are dropped
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": state, "epoch": 3, "global_step": 30, "pytorch-lightning_version": "2.4.0",
-                "hyper_parameters": {"lr": 0.01, "backbone": ARCH}, "optimizer_states": [], "lr_schedulers": []}, path)
+    torch.save(
+        {
+            "state_dict": state,
+            "epoch": 3,
+            "global_step": 30,
+            "pytorch-lightning_version": "2.4.0",
+            "hyper_parameters": {"lr": 0.01, "backbone": ARCH},
+            "optimizer_states": [],
+            "lr_schedulers": [],
+        },
+        path,
+    )
     loaded = load_classifier(ARCH, weights=path)
     assert loaded.num_classes == 2
     assert same_logits(loaded, two_class_model)
@@ -81,8 +91,7 @@ def test_match_state_dict_prefers_the_prefix_that_names_model_keys():
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_model.bin"])
 def test_save_for_hf_folder_needs_no_backbone(two_class_model, tmp_path, safe):
     folder = tmp_path / "my-model"
-    timm.models.save_for_hf(two_class_model, str(folder), model_config={"label_names": ["cat", "dog"]},
-                            safe_serialization=safe)
+    timm.models.save_for_hf(two_class_model, str(folder), model_config={"label_names": ["cat", "dog"]}, safe_serialization=safe)
     config = json.loads((folder / "config.json").read_text())
     config["pretrained_cfg"].update(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], input_size=[3, 96, 96])
     (folder / "config.json").write_text(json.dumps(config))
@@ -95,8 +104,9 @@ def test_save_for_hf_folder_needs_no_backbone(two_class_model, tmp_path, safe):
 def test_overrides_beat_the_data_config(plain_weights, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
-    loaded = load_classifier(ARCH, weights=plain_weights, class_names=labels, mean=[0.1, 0.2, 0.3],
-                             std=[0.5, 0.5, 0.5], input_size=48)
+    loaded = load_classifier(
+        ARCH, weights=plain_weights, class_names=labels, mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5], input_size=48
+    )
     assert loaded.class_name(1) == "dog"
     assert loaded.settings == {"num_classes": 2, "mean": [0.1, 0.2, 0.3], "std": [0.5] * 3, "input_size": 48}
 
@@ -195,10 +205,32 @@ def test_labels_and_preprocessing_reach_summary_json(plain_weights, image_path, 
     labels = tmp_path / "labels.json"
     labels.write_text('["cat", "dog"]')
     out = tmp_path / "out"
-    code = explain_cmd.main("explain", [str(image_path), "--out", str(out), "--backbone", ARCH, "--weights",
-                                        str(plain_weights), "--labels", str(labels), "--steps", "2",
-                                        "--input-size", "64", "--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0.2",
-                                        "0.2"])
+    code = explain_cmd.main(
+        "explain",
+        [
+            str(image_path),
+            "--out",
+            str(out),
+            "--backbone",
+            ARCH,
+            "--weights",
+            str(plain_weights),
+            "--labels",
+            str(labels),
+            "--steps",
+            "2",
+            "--input-size",
+            "64",
+            "--mean",
+            "0.5",
+            "0.5",
+            "0.5",
+            "--std",
+            "0.2",
+            "0.2",
+            "0.2",
+        ],
+    )
     assert code == 0
     summary = json.loads((out / "photo" / "summary.json").read_text())
     assert summary["label_name"] in ("cat", "dog")
@@ -209,11 +241,14 @@ def test_labels_and_preprocessing_reach_summary_json(plain_weights, image_path, 
 
 def test_explain_a_save_for_hf_folder_without_backbone(two_class_model, image_path, tmp_path):
     folder = tmp_path / "my-model"
-    timm.models.save_for_hf(two_class_model, str(folder), model_config={"label_names": ["cat", "dog"]},
-                            safe_serialization=True)
+    timm.models.save_for_hf(two_class_model, str(folder), model_config={"label_names": ["cat", "dog"]}, safe_serialization=True)
     out = tmp_path / "out"
-    assert explain_cmd.main("explain", [str(image_path), "--out", str(out), "--weights", str(folder), "--steps", "2",
-                                        "--input-size", "64"]) == 0
+    assert (
+        explain_cmd.main(
+            "explain", [str(image_path), "--out", str(out), "--weights", str(folder), "--steps", "2", "--input-size", "64"]
+        )
+        == 0
+    )
     summary = json.loads((out / "photo" / "summary.json").read_text())
     assert summary["backbone"] == ARCH and summary["label_name"] == ["cat", "dog"][summary["label"]]
     assert summary["mean"] == [0.485, 0.456, 0.406] and summary["num_classes"] == 2  # from config.json

@@ -342,8 +342,20 @@ def test_circuit_command_end_to_end(tmp_path, monkeypatch, capsys):
     rows = (out / "circuits.csv").read_text().splitlines()
     assert len(rows) == 3 and ",ok," in rows[1] and "error" in rows[2]
     # reuse the mask just written
-    rc = main(["circuit", str(good), "--out", str(tmp_path / "again"), "--masks-from", str(out), "--fraction", "0.5",
-               "--ablation", "mean"])
+    rc = main(
+        [
+            "circuit",
+            str(good),
+            "--out",
+            str(tmp_path / "again"),
+            "--masks-from",
+            str(out),
+            "--fraction",
+            "0.5",
+            "--ablation",
+            "mean",
+        ]
+    )
     assert rc == 0
     assert "mask.png" in (tmp_path / "again" / "circuits.csv").read_text()
 
@@ -397,14 +409,16 @@ def test_circuit_callback_logs_image_and_table_to_wandb_only(tiny):
     before = hook_count(tiny)
     callback.on_validation_batch_end(trainer, module, outputs, None, 0)
     assert hook_count(tiny) == before
-    (metrics, step), = wandb_logger.logged
+    ((metrics, step),) = wandb_logger.logged
     assert step == 7
     assert isinstance(metrics["val/circuit"], wandb.Image)
     table = metrics["val/circuit_edges"]
     assert isinstance(table, wandb.Table) and table.columns == EDGE_COLUMNS and len(table.data) > 0
     callback.on_validation_batch_end(trainer, module, outputs, None, 1)  # not the first batch
     assert len(wandb_logger.logged) == 1
-    other = SimpleNamespace(is_global_zero=True, loggers=[CSVLogger("/tmp")], sanity_checking=False, current_epoch=0, global_step=0)
+    other = SimpleNamespace(
+        is_global_zero=True, loggers=[CSVLogger("/tmp")], sanity_checking=False, current_epoch=0, global_step=0
+    )
     with pytest.warns(UserWarning, match="Weights & Biases"):
         callback.on_validation_batch_end(other, module, outputs, None, 0)  # a no-op
     not_zero = SimpleNamespace(**{**vars(trainer), "is_global_zero": False})
@@ -417,7 +431,7 @@ def test_max_in_edges_keeps_the_strongest_inputs(tiny, image):
     pruned = CircuitReader(tiny, TAPS, k=4, scoring="weight", max_in_edges=1).read(image, test=False)
     for node, data in pruned.nodes(data=True):
         if data["kind"] == "channel" and data["layer"] in ("act2", "act3"):
-            (u, _), = pruned.in_edges(node)
+            ((u, _),) = pruned.in_edges(node)
             strongest = max(full.in_edges(node, data="score"), key=lambda e: e[2])
             assert u == strongest[0]
 

@@ -141,8 +141,9 @@ def test_families_name_the_perturbations_a_recipe_uses():
     assert RobustOn(kinds=["shuffle", "blur"]).families == {"photos", "blur"}
     assert AllOf([Confident(0.8, fill="black"), RobustOn(kinds=["solid"])]).families == {"fill", "solid"}
     assert default_fitting().families == {"fill"}
-    robust = AreaContinuation(select="smallest_robust", criterion=AllOf([Sufficient(), RobustOn(kinds=["uniform"])]),
-                              stages=[Verify(), Prune([8])])
+    robust = AreaContinuation(
+        select="smallest_robust", criterion=AllOf([Sufficient(), RobustOn(kinds=["uniform"])]), stages=[Verify(), Prune([8])]
+    )
     assert robust.families == {"fill", "noise"}
 
 

@@ -53,8 +53,15 @@ def test_synthetic_datamodule_batches_are_dicts_with_disjoint_splits():
     assert not torch.equal(dm.val_set[0]["image"], dm.test_set[0]["image"])
 
 
-@pytest.mark.parametrize("kwargs,match", [({"num_classes": 9}, "num_classes"), ({"variant": "x"}, "variant"),
-                                          ({"image_size": 8}, "image_size"), ({"background": "y"}, "background")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_classes": 9}, "num_classes"),
+        ({"variant": "x"}, "variant"),
+        ({"image_size": 8}, "image_size"),
+        ({"background": "y"}, "background"),
+    ],
+)
 def test_synthetic_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SyntheticEvidence(4, **kwargs)

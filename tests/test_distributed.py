@@ -15,22 +15,62 @@ from lightning_helpers import class_folder_images, run_cli, tiny_explainer_confi
 
 from actmatch.callbacks import ResultsTable
 
-SMALL = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
-         "--data.init_args.image_size", "48", "--data.init_args.batch_size", "4"]
+SMALL = [
+    "--trainer.logger",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--data.init_args.image_size",
+    "48",
+    "--data.init_args.batch_size",
+    "4",
+]
 
 
 @pytest.mark.behaviour  # two processes
 def test_ddp_two_cpu_processes_both_run_and_sync_metrics(tmp_path):
     probe_dir = tmp_path / "ranks"
     extra = tmp_path / "ddp.yaml"
-    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [
-        {"class_path": "actmatch.callbacks.ExplanationMetrics", "init_args": {"stages": ["train"], "histograms": False}},
-        {"class_path": "lightning_helpers.RankProbe", "init_args": {"out_dir": str(probe_dir)}},
-    ]}}))
-    proc = run_cli(["fit", "--config", "experiments/smoke.yaml", "--config", str(extra), *SMALL,
-                    "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                    "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-                    "--trainer.default_root_dir", str(tmp_path)], timeout=900)
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [
+                        {
+                            "class_path": "actmatch.callbacks.ExplanationMetrics",
+                            "init_args": {"stages": ["train"], "histograms": False},
+                        },
+                        {"class_path": "lightning_helpers.RankProbe", "init_args": {"out_dir": str(probe_dir)}},
+                    ]
+                }
+            }
+        )
+    )
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            "experiments/smoke.yaml",
+            "--config",
+            str(extra),
+            *SMALL,
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.limit_train_batches",
+            "3",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
@@ -46,18 +86,33 @@ def test_killed_run_resumes_from_checkpoint_without_losing_steps(tmp_path):
     steps_file, ckpt_dir = tmp_path / "steps.jsonl", tmp_path / "ckpt"
 
     def callbacks(kill: bool) -> str:
-        items = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"dirpath": str(ckpt_dir), "every_n_train_steps": 1, "save_last": True, "save_top_k": 0}},
-                 {"class_path": "lightning_helpers.StepRecorder", "init_args": {"path": str(steps_file)}}]
+        items = [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(ckpt_dir), "every_n_train_steps": 1, "save_last": True, "save_top_k": 0},
+            },
+            {"class_path": "lightning_helpers.StepRecorder", "init_args": {"path": str(steps_file)}},
+        ]
         if kill:
             items.append({"class_path": "lightning_helpers.KillAt", "init_args": {"step": 3}})
         path = tmp_path / f"callbacks_{kill}.yaml"
         path.write_text(yaml.safe_dump({"trainer": {"callbacks": items}}))
         return str(path)
 
-    common = ["fit", "--config", "experiments/smoke.yaml", *SMALL, "--trainer.max_steps", "6",
-              "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "1",
-              "--trainer.default_root_dir", str(tmp_path)]
+    common = [
+        "fit",
+        "--config",
+        "experiments/smoke.yaml",
+        *SMALL,
+        "--trainer.max_steps",
+        "6",
+        "--trainer.limit_train_batches",
+        "6",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     killed = run_cli([*common, "--config", callbacks(kill=True)])
     assert killed.returncode == 17, killed.stderr[-3000:]  # killed part-way, no clean shutdown
     assert (ckpt_dir / "last.ckpt").is_file()
@@ -101,11 +156,29 @@ def test_ddp_predict_explains_each_image_once_and_merges_the_summary(tmp_path):
     data, out, probes = tmp_path / "data", tmp_path / "out", tmp_path / "probes"
     paths = class_folder_images(data, 5, seed=3, shape=lambda i: (40, 48 + 4 * i))
     extra = tiny_explainer_config(tmp_path / "extra.yaml", input_size=48, steps=3, data_size=48)
-    args = ["predict", "--config", "experiments/explain_folder.yaml", "--config", str(extra),
-            "--data.init_args.root", str(data), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-            "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
-            "--trainer.callbacks+=actmatch.callbacks.ExplanationWriter", "--trainer.callbacks.init_args.out_dir", str(out),
-            "--trainer.callbacks+=test_distributed.PredictProbe", "--trainer.callbacks.init_args.out_dir", str(probes)]
+    args = [
+        "predict",
+        "--config",
+        "experiments/explain_folder.yaml",
+        "--config",
+        str(extra),
+        "--data.init_args.root",
+        str(data),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks+=actmatch.callbacks.ExplanationWriter",
+        "--trainer.callbacks.init_args.out_dir",
+        str(out),
+        "--trainer.callbacks+=test_distributed.PredictProbe",
+        "--trainer.callbacks.init_args.out_dir",
+        str(probes),
+    ]
     proc = run_cli(args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     per_rank = [json.loads((probes / f"predict-rank{r}.json").read_text()) for r in (0, 1)]
@@ -134,11 +207,38 @@ def test_ddp_predict_explains_each_image_once_and_merges_the_summary(tmp_path):
 @pytest.mark.behaviour  # two processes
 def test_ddp_results_table_gathers_rows_from_every_rank(tmp_path):
     extra = tmp_path / "table.yaml"
-    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [
-        {"class_path": "test_distributed.TableProbe", "init_args": {"out_dir": str(tmp_path / "table")}}]}}))
-    proc = run_cli(["validate", "--config", "experiments/smoke.yaml", "--config", str(extra), *SMALL,
-                    "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                    "--trainer.limit_val_batches", "2", "--trainer.default_root_dir", str(tmp_path)], timeout=900)
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [
+                        {"class_path": "test_distributed.TableProbe", "init_args": {"out_dir": str(tmp_path / "table")}}
+                    ]
+                }
+            }
+        )
+    )
+    proc = run_cli(
+        [
+            "validate",
+            "--config",
+            "experiments/smoke.yaml",
+            "--config",
+            str(extra),
+            *SMALL,
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads((tmp_path / "table" / "table.json").read_text())
     assert table["rank"] == 0 and table["stage"] == "val"

@@ -22,8 +22,11 @@ EXPERIMENTS = ROOT / "experiments"
 EXPLAIN_FILES = sorted(p.relative_to(ROOT).as_posix() for p in (EXPERIMENTS / "explain").rglob("*.yaml"))
 # configs for `actmatch predict` (per-image fits of a folder; run end to end in tests/test_predict_writer.py)
 PREDICT_FILES = ["experiments/explain_folder.yaml"]
-ALL_FILES = sorted(p.relative_to(ROOT).as_posix() for p in EXPERIMENTS.rglob("*.yaml")
-                   if p.name != "sweep.yaml" and p.relative_to(ROOT).as_posix() not in EXPLAIN_FILES + PREDICT_FILES)
+ALL_FILES = sorted(
+    p.relative_to(ROOT).as_posix()
+    for p in EXPERIMENTS.rglob("*.yaml")
+    if p.name != "sweep.yaml" and p.relative_to(ROOT).as_posix() not in EXPLAIN_FILES + PREDICT_FILES
+)
 
 
 def base_of(path: str) -> list[str]:
@@ -53,14 +56,43 @@ def stand_in_args(chain: list[str], tmp_path: Path) -> list[str]:
     config = merged(chain)
     model, data = config["model"]["init_args"], config["data"]
     # like fast_dev_run (one train and one val batch), which LightningCLI would not save the config for
-    args = ["--trainer.max_epochs", "1", "--trainer.max_steps", "1", "--trainer.limit_train_batches", "1",
-            "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "1.0", "--trainer.num_sanity_val_steps", "0",
-            "--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-            "--data.init_args.batch_size", "2"]
+    args = [
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.val_check_interval",
+        "1.0",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.batch_size",
+        "2",
+    ]
     if data["class_path"].endswith("SyntheticDataModule"):
-        args += ["--data.init_args.train_size", "4", "--data.init_args.val_size", "2", "--data.init_args.test_size", "2",
-                 "--data.init_args.image_size", "48"]
+        args += [
+            "--data.init_args.train_size",
+            "4",
+            "--data.init_args.val_size",
+            "2",
+            "--data.init_args.test_size",
+            "2",
+            "--data.init_args.image_size",
+            "48",
+        ]
     if data["class_path"].endswith("ImageNetDataModule"):
         layout = "flat" if "imagenet-sample" in str(data["init_args"].get("root")) else "split"
         root = fake_imagenet(tmp_path / "imagenet", layout=layout, per_class=1)
@@ -81,11 +113,18 @@ def stand_in_args(chain: list[str], tmp_path: Path) -> list[str]:
 
 def test_experiment_files_exist():
     names = set(ALL_FILES)
-    for required in ("experiments/smoke.yaml", "experiments/paper_resnet18.yaml", "experiments/efficientnet_lite0.yaml",
-                     "experiments/synthetic_classifier.yaml", "experiments/synthetic_explainer.yaml"):
+    for required in (
+        "experiments/smoke.yaml",
+        "experiments/paper_resnet18.yaml",
+        "experiments/efficientnet_lite0.yaml",
+        "experiments/synthetic_classifier.yaml",
+        "experiments/synthetic_explainer.yaml",
+    ):
         assert required in names
     assert (EXPERIMENTS / "sweep.yaml").is_file() and (EXPERIMENTS / "README.md").is_file()
-    assert any(n.startswith("experiments/ablations/") for n in names) and any(n.startswith("experiments/backbones/") for n in names)
+    assert any(n.startswith("experiments/ablations/") for n in names) and any(
+        n.startswith("experiments/backbones/") for n in names
+    )
 
 
 @pytest.mark.parametrize("path", ALL_FILES + PREDICT_FILES)
@@ -110,14 +149,14 @@ def test_every_experiment_runs_fast_dev_run(path, tmp_path):
     assert config_files, "the resolved config was not saved beside the run"
     if "synthetic_classifier" in path:  # the exported classifier loads as an explainer backbone
         saved = yaml.safe_load(config_files[0].read_text())["model"]["init_args"]
-        load_classifier(saved["backbone"], weights=tmp_path / "classifier.safetensors", pretrained=False,
-                        num_classes=saved["num_classes"])
+        load_classifier(
+            saved["backbone"], weights=tmp_path / "classifier.safetensors", pretrained=False, num_classes=saved["num_classes"]
+        )
 
 
 def test_loss_weight_flags_set_the_listed_terms(tmp_path):
     chain = ["experiments/smoke.yaml"]
-    argv = ["--config", chain[0], *stand_in_args(chain, tmp_path), "--loss_weights.area", "9.5",
-            "--loss_weights.robustness", "0"]
+    argv = ["--config", chain[0], *stand_in_args(chain, tmp_path), "--loss_weights.area", "9.5", "--loss_weights.robustness", "0"]
     with contextlib.chdir(ROOT):
         assert cli_in_process("fit", argv) == 0
     saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
@@ -126,8 +165,13 @@ def test_loss_weight_flags_set_the_listed_terms(tmp_path):
 
 
 def test_loss_weight_flag_for_an_absent_term_is_an_error(tmp_path):
-    argv = ["--config", "experiments/smoke.yaml", *stand_in_args(["experiments/smoke.yaml"], tmp_path),
-            "--loss_weights.necessity", "1"]
+    argv = [
+        "--config",
+        "experiments/smoke.yaml",
+        *stand_in_args(["experiments/smoke.yaml"], tmp_path),
+        "--loss_weights.necessity",
+        "1",
+    ]
     with contextlib.chdir(ROOT), pytest.raises(ValueError, match="no Necessity term"):
         cli_in_process("fit", argv)
 

@@ -69,8 +69,18 @@ def test_outputs_follow_the_contract(small_coffee_path, tmp_path, capsys, fast):
     assert Image.open(folder / "explanation.png").size == (width, height)
     assert Image.open(folder / "figure.png").size[0] > width
     summary = json.loads((folder / "summary.json").read_text())
-    for key in ["image", "backbone", "label", "label_name", "confidence_original", "confidence_explanation",
-                "label_kept", "mask_area", "steps", "seconds"]:
+    for key in [
+        "image",
+        "backbone",
+        "label",
+        "label_name",
+        "confidence_original",
+        "confidence_explanation",
+        "label_kept",
+        "mask_area",
+        "steps",
+        "seconds",
+    ]:
         assert key in summary
     assert summary["label_name"] == "espresso" and summary["steps"] == 3
     assert 0 <= summary["mask_area"] <= 1
@@ -131,8 +141,9 @@ def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
     where every stage runs on few cells; its results go by the minimal preset's name and version."""
     masks = []
     for name in ("a", "b"):
-        assert run([str(small_coffee_path), "--out", str(tmp_path / name), "--steps", "6", "--seed", "1",
-                    "--input-size", "64"]) == 0
+        assert (
+            run([str(small_coffee_path), "--out", str(tmp_path / name), "--steps", "6", "--seed", "1", "--input-size", "64"]) == 0
+        )
         masks.append((tmp_path / name / "small_coffee" / "mask.png").read_bytes())
     assert masks[0] == masks[1]
     summary = json.loads((tmp_path / "a" / "small_coffee" / "summary.json").read_text())
@@ -179,8 +190,9 @@ def test_clear_errors_for_bad_setup(small_coffee_path, tmp_path, capsys):
 
 def test_console_script_runs(small_coffee_path, tmp_path, fast):
     exe = Path(sys.executable).with_name("actmatch")
-    proc = subprocess.run([str(exe), "explain", str(small_coffee_path), "--out", str(tmp_path), *fast],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "explain", str(small_coffee_path), "--out", str(tmp_path), *fast], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "small_coffee" / "mask.png").exists()
 
@@ -200,9 +212,13 @@ def test_circuit_flag_adds_circuit_outputs(small_coffee_path, tmp_path):
 def dataset_folder(root: Path) -> dict[str, Path]:
     """Class sub-folders with clashing file names, a same-stem pair and an unreadable file."""
     rng = np.random.default_rng(1)
-    files = {"a/img_001": root / "a" / "img_001.jpg", "b/img_001": root / "b" / "img_001.jpg",
-             "b/deep/img_002": root / "b" / "deep" / "img_002.png", "a/twin.jpg": root / "a" / "twin.jpg",
-             "a/twin.png": root / "a" / "twin.png"}
+    files = {
+        "a/img_001": root / "a" / "img_001.jpg",
+        "b/img_001": root / "b" / "img_001.jpg",
+        "b/deep/img_002": root / "b" / "deep" / "img_002.png",
+        "a/twin.jpg": root / "a" / "twin.jpg",
+        "a/twin.png": root / "a" / "twin.png",
+    }
     for i, path in enumerate(files.values()):
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(path)
@@ -233,8 +249,9 @@ def test_expand_image_items_keeps_relative_folders(tmp_path):
 def test_batched_folder_layout_and_folder_column(tmp_path, capsys):
     files = dataset_folder(tmp_path / "data")
     out, config = tmp_path / "out", tiny_explainer_config(tmp_path / "tiny.yaml")
-    code = run([str(tmp_path / "data"), "--out", str(out), "--config", str(config), "--input-size", "48",
-                "--batch-size", "2", *STEPS])
+    code = run(
+        [str(tmp_path / "data"), "--out", str(out), "--config", str(config), "--input-size", "48", "--batch-size", "2", *STEPS]
+    )
     assert code == 1 and "broken.jpg" in capsys.readouterr().err  # the bad file fails alone
     import csv
 
@@ -288,8 +305,9 @@ def test_results_name_the_recipe_and_an_older_folder_still_counts(small_coffee_p
     """summary.json and summary.csv carry the config's recipe name and version beside the digest of its
     settings; a folder written before recipes had names (the digest as ``recipe``) is still skipped."""
     config = tmp_path / "named.yaml"
-    config.write_text(yaml.safe_dump({"model": {"init_args": {"recipe": "plain", "recipe_version": 3,
-                                                              "fitting": PLAIN_FITTING}}}))
+    config.write_text(
+        yaml.safe_dump({"model": {"init_args": {"recipe": "plain", "recipe_version": 3, "fitting": PLAIN_FITTING}}})
+    )
     out = tmp_path / "out"
     args = [str(small_coffee_path), "--out", str(out), "--config", str(config), *STEPS]
     assert run(args) == 0
@@ -318,8 +336,25 @@ def test_throughput_command_prints_one_row_per_batch_size(tmp_path, capsys):
     files = dataset_folder(tmp_path / "data")
     config = tiny_explainer_config(tmp_path / "tiny.yaml")
     out = tmp_path / "tp"
-    code = main(["throughput", str(tmp_path / "data" / "a"), "--config", str(config), "--input-size", "48",
-                 "--batch-sizes", "1", "3", "--limit", "3", "--steps", "2", "--out", str(out)])
+    code = main(
+        [
+            "throughput",
+            str(tmp_path / "data" / "a"),
+            "--config",
+            str(config),
+            "--input-size",
+            "48",
+            "--batch-sizes",
+            "1",
+            "3",
+            "--limit",
+            "3",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     import csv
 

@@ -59,8 +59,15 @@ def test_amortized_training_leaves_classifier_untouched(tiny_classifier, rng_ima
     explainer = tiny_explainer(tiny_classifier, mode="amortized")
     before = state_fingerprint(tiny_classifier)
     loader = DataLoader(TensorDataset(rng_images.repeat(2, 1, 1, 1)), batch_size=2)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     unet_before = [p.clone() for p in explainer.unet.parameters()]
     trainer.fit(explainer, loader)
     assert state_fingerprint(tiny_classifier) == before
@@ -110,8 +117,9 @@ def test_one_batched_forward_per_step(tiny_classifier, rng_images):
 )
 def test_selection_among_the_steps_masks(tiny_classifier, rng_images, monkeypatch, select, expected_area):
     """Scripted steps: area 1 (kept, robust), 0.5 (kept, robust), 0.25 (kept only), 0.125 (lost)."""
-    explainer = tiny_explainer(tiny_classifier, steps=4, fitting=PenaltyFit(select=select),
-                               losses=[terms.CrossEntropy(), terms.Robustness()])
+    explainer = tiny_explainer(
+        tiny_classifier, steps=4, fitting=PenaltyFit(select=select), losses=[terms.CrossEntropy(), terms.Robustness()]
+    )
     script = iter([(1.0, True, True), (0.5, True, True), (0.25, True, False), (0.125, False, False)])
     target = explainer.reference(rng_images)[0].argmax(-1)
 

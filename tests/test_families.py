@@ -92,7 +92,9 @@ def test_photos_cover_and_centre_crop():
     tall = torch.rand(3, 8, 2)
     assert cover_resize(tall, (4, 4)).shape == (3, 4, 4)
     pool = [torch.full((3, 6, 6), 0.25), torch.full((3, 5, 9), 0.75)]
-    drawn = {round(Photos(pool).draw(torch.zeros(1, 3, 4, 4), torch.Generator().manual_seed(s)).mean().item(), 2) for s in range(20)}
+    drawn = {
+        round(Photos(pool).draw(torch.zeros(1, 3, 4, 4), torch.Generator().manual_seed(s)).mean().item(), 2) for s in range(20)
+    }
     assert drawn == {0.25, 0.75}
     with pytest.raises(ValueError, match="empty"):
         Photos([])
@@ -218,7 +220,9 @@ def test_road_curve_equals_quantus_road():
 # ----------------------------------------------------------------------------- the benchmark's exam
 def test_default_exam_and_held_out_leaks():
     with_photos = default_exam([torch.rand(3, 8, 8)])
-    assert with_photos.size == 16 and with_photos.describe().startswith("16 draws: photos ×4, blur ×2, road ×2, solid ×4, noise ×4")
+    assert with_photos.size == 16 and with_photos.describe().startswith(
+        "16 draws: photos ×4, blur ×2, road ×2, solid ×4, noise ×4"
+    )
     without = default_exam(None)
     assert without.size == 16 and without.describe().startswith("16 draws: blur ×4, road ×4, solid ×4, noise ×4")
     assert sorted(without.names) == sorted(["blur"] * 4 + ["road"] * 4 + ["solid"] * 4 + ["noise"] * 4)

@@ -57,8 +57,9 @@ def test_top_area_keeps_exactly_the_requested_fraction(area):
     ids=["penalty", "constrained", "continuation"],
 )
 def test_every_strategy_gives_binary_input_sized_masks_and_leaves_the_classifier(tiny_classifier, rng_images, strategy, losses):
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  losses=losses, steps=5, fitting=strategy)
+    explainer = ActMatchExplainer(
+        classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), losses=losses, steps=5, fitting=strategy
+    )
     before = state_fingerprint(tiny_classifier)
     result = explainer.fit_images(rng_images, seed=1)
     assert result.masks.shape == (2, 1, 64, 64)
@@ -86,8 +87,7 @@ def test_verification_returns_the_smallest_candidate_that_survives_more_backgrou
     masks, soft = small[None].clone(), small[None].clone()
     image = rng_images[:1]
     criterion = AllOf([Sufficient(), RobustOn(n=4)])
-    Verify().run(FitState(Stub(), image, Stub()(image), torch.tensor([0]), masks, soft, criterion,
-                          candidates=candidates.items))
+    Verify().run(FitState(Stub(), image, Stub()(image), torch.tensor([0]), masks, soft, criterion, candidates=candidates.items))
     assert torch.equal(masks[0], large)
 
 
@@ -128,8 +128,13 @@ def test_confident_demands_a_confident_explanation():
 
 
 def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  losses=[terms.Area()], steps=2, fitting=ConstrainedFit())
+    explainer = ActMatchExplainer(
+        classifier=tiny_classifier,
+        unet=MaskUNet(width=4, depth=2, working_size=32),
+        losses=[terms.Area()],
+        steps=2,
+        fitting=ConstrainedFit(),
+    )
     with pytest.raises(ValueError, match="constraint term 'label_margin' is not among"):
         explainer.fit_images(rng_images)
     assert hook_count(tiny_classifier) == 0
@@ -146,8 +151,10 @@ def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
         (lambda: AreaContinuation(shrink=1.5), "shrink < 1"),
         (lambda: AreaContinuation(min_area=0.9, start_area=0.5), "min_area <= start_area"),
         (lambda: terms.LabelMargin(num_backgrounds=-1), "num_backgrounds >= 0"),
-        (lambda: PenaltyFit(select="smallest_kept", criterion=AllOf([Sufficient(), RobustOn()]), stages=[Verify()]),
-         "needs select='smallest_robust'"),
+        (
+            lambda: PenaltyFit(select="smallest_kept", criterion=AllOf([Sufficient(), RobustOn()]), stages=[Verify()]),
+            "needs select='smallest_robust'",
+        ),
         (lambda: PenaltyFit(stages=[Verify()]), "the criterion Sufficient.* has none"),
         (lambda: Verify(candidates=0), "1 <= candidates"),
         (lambda: PenaltyFit(stages=[Scan(8)]), "checks cuts with the fill only"),
@@ -168,10 +175,15 @@ def test_bad_strategy_settings_are_named(make, message):
 
 def test_scan_returns_a_smaller_kept_cut_of_the_same_ranking(tiny_classifier, rng_images):
     """The scan may only shrink the selected mask, along its own ranking, and keeps the label."""
+
     def fit(scan):
         stages = [Scan(scan)] if scan else []
-        explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                      steps=6, fitting=AreaContinuation(select="smallest_kept", stages=stages))
+        explainer = ActMatchExplainer(
+            classifier=tiny_classifier,
+            unet=MaskUNet(width=4, depth=2, working_size=32),
+            steps=6,
+            fitting=AreaContinuation(select="smallest_kept", stages=stages),
+        )
         return explainer.fit_images(rng_images, seed=2)
 
     plain, scanned = fit(0), fit(16)
@@ -187,8 +199,9 @@ def test_lookahead_jumps_the_target_area_below_the_schedule(rng_images):
 
     def history(lookahead):
         strategy = AreaContinuation(shrink=0.99, lookahead=lookahead, lookahead_every=2)
-        explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                      steps=6, fitting=strategy)
+        explainer = ActMatchExplainer(
+            classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=6, fitting=strategy
+        )
         return explainer.fit_images(rng_images, seed=2).history
 
     schedule, jumped = history(0), history(8)
@@ -208,8 +221,9 @@ def test_lookahead_cuts_are_candidates_of_the_selection(rng_images):
             return found
 
     strategy = Recording(shrink=0.99, lookahead=8, lookahead_every=2, select="smallest_kept", min_area=0.02)
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  steps=6, restarts=1, fitting=strategy)
+    explainer = ActMatchExplainer(
+        classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=6, restarts=1, fitting=strategy
+    )
     result = explainer.fit_images(rng_images, seed=2)
     assert offered, "the lookahead found no kept cut to offer"
     smallest = torch.stack([torch.where(kept, masks.flatten(1).mean(1), torch.inf) for masks, _, kept in offered]).amin(0)
@@ -239,8 +253,9 @@ def test_scan_draws_only_shrink_the_mask_and_keep_the_label(rng_images):
 
     def fit(draws):
         strategy = AreaContinuation(select="smallest_kept", stages=[Scan(areas=8, draws=draws, noise=1.0)])
-        explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                      steps=4, restarts=1, fitting=strategy)
+        explainer = ActMatchExplainer(
+            classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=4, restarts=1, fitting=strategy
+        )
         return explainer.fit_images(rng_images, seed=2)
 
     plain, drawn = fit(0), fit(6)
@@ -269,13 +284,23 @@ def test_verification_fallback_when_no_candidate_survives(rng_images, fallback):
     candidates.offer(large[None], large[None], torch.tensor([True]))
     robust = RobustOn(kinds=["solid", "uniform"], n=8, rate=1.0, margin=0.1, order="cycle")
     torch.manual_seed(0)
-    rates = [robust.kept_on(Bright()(m * image + (1 - m) * robust.backgrounds(image)), torch.tensor(0)).float().mean()
-             for m in (small, large)]
+    rates = [
+        robust.kept_on(Bright()(m * image + (1 - m) * robust.backgrounds(image)), torch.tensor(0)).float().mean()
+        for m in (small, large)
+    ]
     assert rates[0] < rates[1] < 1  # neither survives every background; the large mask more of them
     torch.manual_seed(0)
     masks, soft = small[None].clone(), small[None].clone()
-    fit = FitState(Bright(), image, Bright()(image), torch.tensor([0]), masks, soft, AllOf([Sufficient(), robust]),
-                   candidates=candidates.items)
+    fit = FitState(
+        Bright(),
+        image,
+        Bright()(image),
+        torch.tensor([0]),
+        masks,
+        soft,
+        AllOf([Sufficient(), robust]),
+        candidates=candidates.items,
+    )
     Verify(candidates=4, fallback=fallback).run(fit)
     assert torch.equal(masks[0], small if fallback == "smallest" else large)
 
@@ -342,5 +367,6 @@ def test_border_free_needs_the_scan():
     with pytest.raises(ValueError, match="checks its band-free mask with the fill only"):
         BorderFree(1.5).check(SimpleNamespace(select="smallest_robust", criterion=Sufficient(), stages=[Scan(8)]))
     # with a robust criterion every cut and removal is checked on the backgrounds too: allowed
-    AreaContinuation(select="smallest_robust", criterion=AllOf([Sufficient(), RobustOn(n=4)]),
-                     stages=[Scan(8), Prune([8]), BorderFree(1.5)])
+    AreaContinuation(
+        select="smallest_robust", criterion=AllOf([Sufficient(), RobustOn(n=4)]), stages=[Scan(8), Prune([8]), BorderFree(1.5)]
+    )

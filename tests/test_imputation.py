@@ -83,9 +83,7 @@ def test_matches_quantus(comparisons, image, mask, dtype):
 
 def test_centre_pixel_by_hand():
     """3x3, centre removed: the weighted mean of its 8 neighbours, 1/6 direct and 1/12 diagonal."""
-    grid = [[0.1, 0.9, 0.3],
-            [0.5, 0.0, 0.2],
-            [0.7, 0.4, 0.8]]
+    grid = [[0.1, 0.9, 0.3], [0.5, 0.0, 0.2], [0.7, 0.4, 0.8]]
     direct = 0.9 + 0.5 + 0.2 + 0.4  # up, left, right, down = 2.0
     diagonal = 0.1 + 0.3 + 0.7 + 0.8  # = 1.9
     expected = direct / 6 + diagonal / 12  # weights sum to 4/6 + 4/12 = 1; = 0.4916...
@@ -159,13 +157,17 @@ def test_a_mask_keeping_no_pixel_is_refused():
         linear_imputation(torch.rand(3, 3, 8, 8), masks)
 
 
-@pytest.mark.parametrize("masks", [
-    torch.ones(2, 3, 8, 8),  # one channel per colour
-    torch.ones(2, 8, 8),  # no channel axis
-    torch.ones(3, 1, 8, 8),  # another batch size
-    torch.ones(2, 1, 8, 9),  # another width
-    "not a tensor",
-], ids=["channels", "3d", "batch", "width", "type"])
+@pytest.mark.parametrize(
+    "masks",
+    [
+        torch.ones(2, 3, 8, 8),  # one channel per colour
+        torch.ones(2, 8, 8),  # no channel axis
+        torch.ones(3, 1, 8, 8),  # another batch size
+        torch.ones(2, 1, 8, 9),  # another width
+        "not a tensor",
+    ],
+    ids=["channels", "3d", "batch", "width", "type"],
+)
 def test_wrong_mask_shapes_are_refused(masks):
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\) = \(2, 1, 8, 8\)"):
         linear_imputation(torch.rand(2, 3, 8, 8), masks)
@@ -192,7 +194,7 @@ def test_mask_dtypes_image_dtypes_and_batching_agree():
     for masks in (keep.to(torch.uint8), keep.long(), keep.float(), keep.double()):
         assert torch.equal(linear_imputation(images, masks), reference)
     # alone, an image may get fewer multigrid levels than in the batch: equal up to the solver's tol
-    alone = torch.cat([linear_imputation(images[i:i + 1], keep[i:i + 1], tol=1e-10) for i in range(3)])
+    alone = torch.cat([linear_imputation(images[i : i + 1], keep[i : i + 1], tol=1e-10) for i in range(3)])
     assert torch.allclose(alone, linear_imputation(images, keep, tol=1e-10), atol=1e-9)
     single = linear_imputation(images.float(), keep)
     assert single.dtype == torch.float32 and torch.allclose(single.double(), reference, atol=1e-5)
@@ -200,8 +202,9 @@ def test_mask_dtypes_image_dtypes_and_batching_agree():
     assert half.dtype == torch.float16 and torch.allclose(half.double(), reference, atol=2e-3)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+)
 def test_device_follows_the_input(device):
     images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
     masks = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(1)) > 0.6

@@ -42,16 +42,21 @@ def test_batch_size_mismatch_is_named():
 
 @pytest.mark.parametrize(
     "fitting",
-    [None, AreaContinuation(stages=[Scan(24)], lookahead=6, lookahead_every=3), AreaContinuation(explore=0.5, noise=0.5),
-     AreaContinuation(stages=[Scan(8), Prune([16, 8, 4])])],
+    [
+        None,
+        AreaContinuation(stages=[Scan(24)], lookahead=6, lookahead_every=3),
+        AreaContinuation(explore=0.5, noise=0.5),
+        AreaContinuation(stages=[Scan(8), Prune([16, 8, 4])]),
+    ],
     ids=["default", "lookahead", "explore+noise", "scan+prune"],
 )
 def test_batched_fit_equals_one_image_at_a_time(tiny_classifier, fitting):
     """The default recipe draws no random backgrounds, and the strategies' own draws (explored
     areas, ranking noise) depend on the step only, so the batched fit is the same computation
     (one restart: batching images is under test; restarts have their own test below)."""
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=8,
-                                  restarts=1, fitting=fitting)
+    explainer = ActMatchExplainer(
+        classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=8, restarts=1, fitting=fitting
+    )
     generator = torch.Generator().manual_seed(3)
     images = torch.rand(3, 3, 64, 64, generator=generator)
     batched = explainer.fit_images(images, seed=5)

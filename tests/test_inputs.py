@@ -81,7 +81,7 @@ def test_every_reader_sees_the_upright_photo(phone_photo, tmp_path):
     from actmatch.datamodules.predict import ImagePaths
 
     classifier = SimpleNamespace(input_size=SIZE, fixed_input_size=False)
-    bench, = load_images([str(sideways)], classifier, None)
+    (bench,) = load_images([str(sideways)], classifier, None)
     assert torch.equal(bench.image, upright_tensor) and bench.file_size == pixels.shape[:2]
 
     item = ImagePaths([sideways], SIZE)[0]
@@ -111,8 +111,10 @@ def test_explain_draws_on_the_upright_photo(phone_photo, tmp_path, capsys):
 
     sideways, upright, pixels = phone_photo
     out, config = tmp_path / "out", tiny_explainer_config(tmp_path / "tiny.yaml")
-    code = explain_cmd.main("explain", [str(sideways), str(upright), "--out", str(out), "--config", str(config),
-                                        "--input-size", str(SIZE), "--steps", "2"])
+    code = explain_cmd.main(
+        "explain",
+        [str(sideways), str(upright), "--out", str(out), "--config", str(config), "--input-size", str(SIZE), "--steps", "2"],
+    )
     assert code == 0, capsys.readouterr().err
     height, width = pixels.shape[:2]
     for name in ("mask.png", "explanation.png"):
@@ -143,8 +145,9 @@ def test_images_over_the_pixel_limit_are_refused_and_the_rest_explained(tmp_path
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
     monkeypatch.delenv(PIXEL_LIMIT_ENV, raising=False)
     out, config = tmp_path / "out", tiny_explainer_config(tmp_path / "tiny.yaml")
-    code = explain_cmd.main("explain", [str(photos), "--out", str(out), "--config", str(config),
-                                        "--input-size", str(SIZE), "--steps", "2"])
+    code = explain_cmd.main(
+        "explain", [str(photos), "--out", str(out), "--config", str(config), "--input-size", str(SIZE), "--steps", "2"]
+    )
     err = capsys.readouterr().err
     assert code == 1, err
     for path, pixels in ((warned, "6,000"), (huge, "12,000")):
@@ -204,24 +207,38 @@ def test_the_built_wheel_runs_the_demo(tmp_path):
     shutil.copytree(ROOT / "actmatch", source / "actmatch", ignore=shutil.ignore_patterns("__pycache__"))
     if subprocess.run([sys.executable, "-c", "import build"], capture_output=True).returncode:
         pytest.fail("the package `build` is missing: pip install -e '.[dev]'")
-    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(source)],
-         tmp_path, 600)
-    wheel, = (tmp_path / "dist").glob("actmatch-*.whl")
+    _run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(source)],
+        tmp_path,
+        600,
+    )
+    (wheel,) = (tmp_path / "dist").glob("actmatch-*.whl")
 
     fresh = tmp_path / "fresh"
     _run([sys.executable, "-m", "venv", str(fresh)], tmp_path, 300)
     python = fresh / "bin" / "python"
     _run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], tmp_path, 300)
-    fresh_site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                           tmp_path, 60).stdout.strip())
+    fresh_site = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, 60).stdout.strip()
+    )
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (fresh_site / "zz_actmatch_dependencies.pth").write_text("\n".join(sorted(deps)) + "\n")
 
     where = tmp_path / "elsewhere"
     where.mkdir()
-    found = json.loads(_run([str(python), "-c", "import json, sys, actmatch, importlib.resources as r; print(json.dumps("
-                             "[actmatch.__file__, sys.path, sorted(p.name for p in (r.files('actmatch.report') / "
-                             "'templates').iterdir())]))"], where, 120).stdout)
+    found = json.loads(
+        _run(
+            [
+                str(python),
+                "-c",
+                "import json, sys, actmatch, importlib.resources as r; print(json.dumps("
+                "[actmatch.__file__, sys.path, sorted(p.name for p in (r.files('actmatch.report') / "
+                "'templates').iterdir())]))",
+            ],
+            where,
+            120,
+        ).stdout
+    )
     assert Path(found[0]).is_relative_to(fresh_site), found[0]
     assert not any(Path(p).resolve() == ROOT for p in found[1] if p), found[1]
     assert "explain.html.j2" in found[2] and "base.html.j2" in found[2]

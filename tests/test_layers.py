@@ -45,8 +45,14 @@ def test_the_results_module_imports_neither_commands_nor_callbacks():
 
 def test_the_checker_sees_an_import_inside_a_function(tmp_path):
     path = tmp_path / "callback.py"
-    path.write_text("def f():\n    from actmatch.commands import explain\n    import actmatch.commands.study\n"
-                    "    from ..commands.benchmark import main\n")
+    path.write_text(
+        "def f():\n    from actmatch.commands import explain\n    import actmatch.commands.study\n"
+        "    from ..commands.benchmark import main\n"
+    )
     assert imports_from(path, "actmatch.commands", "actmatch.callbacks") == [
-        "actmatch.commands", "actmatch.commands.benchmark", "actmatch.commands.benchmark.main",
-        "actmatch.commands.explain", "actmatch.commands.study"]
+        "actmatch.commands",
+        "actmatch.commands.benchmark",
+        "actmatch.commands.benchmark.main",
+        "actmatch.commands.explain",
+        "actmatch.commands.study",
+    ]

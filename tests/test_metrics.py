@@ -148,6 +148,7 @@ def test_label_kept_and_confidence_delta_with_the_mean_fill(nine_white):
     # black fill: p = 7/16 = 0.4375 -> the label is lost; a fill of zeros would give the same
     assert M.label_kept(PixelFill(clf, "black"), image, mask).tolist() == [False]
     assert M.confidence_delta(PixelFill(clf, "black"), image, mask).item() == pytest.approx(0.4375 - 0.5625, abs=1e-6)
+
     # the fill is the mean colour in RGB order: reversed it would give (7 + 9 · 0.43) / 16 = 0.679375
     class Reversed(WeightedColour):
         data_config = {"mean": MEAN[::-1]}
@@ -194,7 +195,9 @@ def test_deletion_changes_ceil_of_i_n_over_s_pixels(ranked):
     counts = [math.ceil(Fraction(16 * i, 5)) for i in range(6)]
     assert counts == [0, 4, 7, 10, 13, 16]
     assert curve[0].tolist() == pytest.approx(deletion_points(counts), abs=1e-6)
-    assert M.deletion_auc(WeightedColour(), image, saliency, steps=5).item() == pytest.approx(trapezoid(deletion_points(counts)), abs=1e-6)
+    assert M.deletion_auc(WeightedColour(), image, saliency, steps=5).item() == pytest.approx(
+        trapezoid(deletion_points(counts)), abs=1e-6
+    )
 
 
 def test_the_deletion_auc_is_rise_reference_code_when_steps_divide_the_pixels():
@@ -314,7 +317,9 @@ def test_deletion_curve_equals_quantus_pixel_flipping():
                                    disable_warnings=True, display_progressbar=False)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = np.array(metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu", softmax=True))
+        theirs = np.array(
+            metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu", softmax=True)
+        )
     ours = M.perturbation_curve(model, x, a, y, "deletion", steps=144 // 4).numpy()
     assert theirs.shape == (3, 36)
     np.testing.assert_allclose(ours[:, 1:], theirs, atol=1e-6)  # measured: 0.0

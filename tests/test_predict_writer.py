@@ -15,6 +15,8 @@ from actmatch.commands import explain as explain_cmd
 from actmatch.results import MODEL_MASK, RESULT_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 def tiny_dataset(root: Path, count: int = 4, broken: bool = True) -> list[Path]:
     """``count`` random PNGs of different shapes in two class folders (+ an unreadable file)."""
     paths = class_folder_images(root, count, seed=2, shape=lambda i: (40 + 4 * i, 56))
@@ -25,9 +27,21 @@ def tiny_dataset(root: Path, count: int = 4, broken: bool = True) -> list[Path]:
 
 def predict_args(tmp_path: Path, data: Path, out: Path, *extra: str) -> list[str]:
     config = tiny_explainer_config(tmp_path / "tiny.yaml", input_size=48, steps=3, data_size=48)
-    return ["--config", str(ROOT / "experiments" / "explain_folder.yaml"), "--config", str(config),
-            "--data.init_args.root", str(data), "--trainer.callbacks.init_args.out_dir", str(out),
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra]
+    return [
+        "--config",
+        str(ROOT / "experiments" / "explain_folder.yaml"),
+        "--config",
+        str(config),
+        "--data.init_args.root",
+        str(data),
+        "--trainer.callbacks.init_args.out_dir",
+        str(out),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
 
 
 def summary_rows(out: Path) -> list[dict]:
@@ -73,8 +87,7 @@ def test_predict_resumes_and_overwrites(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in kept} == kept  # finished folders untouched
     assert (redo / "summary.json").is_file()
     assert sorted(r["image"] for r in summary_rows(out)) == sorted(str(p) for p in paths)
-    assert cli_in_process("predict", predict_args(tmp_path, data, out, "--trainer.callbacks.init_args.overwrite",
-                                                  "true")) == 0
+    assert cli_in_process("predict", predict_args(tmp_path, data, out, "--trainer.callbacks.init_args.overwrite", "true")) == 0
     assert all(f.stat().st_mtime_ns != t for f, t in kept.items() if f.name == "summary.json")
 
 

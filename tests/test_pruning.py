@@ -150,8 +150,9 @@ def test_pruned_fit_masks_are_kept_subsets_of_the_unpruned_masks(rng_images):
 
     def fit(prune):
         strategy = AreaContinuation(select="smallest_kept", stages=[Scan(8)] + ([Prune(prune)] if prune else []))
-        explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                      steps=4, restarts=1, fitting=strategy)
+        explainer = ActMatchExplainer(
+            classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=4, restarts=1, fitting=strategy
+        )
         return explainer.fit_images(rng_images, seed=2)
 
     plain, pruned = fit([]), fit([8, 4])
@@ -165,11 +166,13 @@ def test_pruned_fit_masks_are_kept_subsets_of_the_unpruned_masks(rng_images):
 def test_a_fit_that_never_kept_the_label_is_scanned_up_to_a_kept_cut(rng_images, monkeypatch):
     """The fit's mask loses the label: the scan cuts the ranking above it, up to the whole image."""
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
-    explainer = ActMatchExplainer(classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32),
-                                  steps=2, restarts=1)
+    explainer = ActMatchExplainer(
+        classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=2, restarts=1
+    )
     # class 0 needs texture (pixel std > 0.2), the flat fill is class 1
-    monkeypatch.setattr(tiny_classifier, "forward",
-                        lambda x: torch.stack([x.flatten(1).std(1) - 0.2, torch.zeros(x.shape[0])], 1))
+    monkeypatch.setattr(
+        tiny_classifier, "forward", lambda x: torch.stack([x.flatten(1).std(1) - 0.2, torch.zeros(x.shape[0])], 1)
+    )
     logits = tiny_classifier(rng_images)
     target = logits.argmax(-1)
     assert target.tolist() == [0, 0]
@@ -219,15 +222,23 @@ def test_pruning_backgrounds_are_drawn_from_the_criterions_kinds(rng_images, mon
 
     drawn = []
     sample_kind = BackgroundSampler.sample_kind
-    monkeypatch.setattr(BackgroundSampler, "sample_kind",
-                        lambda self, images, kind: drawn.append(kind) or sample_kind(self, images, kind))
+    monkeypatch.setattr(
+        BackgroundSampler, "sample_kind", lambda self, images, kind: drawn.append(kind) or sample_kind(self, images, kind)
+    )
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
     image = rng_images[:1]
     logits = tiny_classifier(image)
 
     def prune(robust):
-        state = FitState(tiny_classifier, image, logits, logits.argmax(-1), torch.ones(1, 1, 64, 64),
-                         torch.rand(1, 1, 64, 64), AllOf([Sufficient(), robust]))
+        state = FitState(
+            tiny_classifier,
+            image,
+            logits,
+            logits.argmax(-1),
+            torch.ones(1, 1, 64, 64),
+            torch.rand(1, 1, 64, 64),
+            AllOf([Sufficient(), robust]),
+        )
         Prune(cells=[32]).run(state)
 
     prune(RobustOn(kinds=["solid", "solid"], n=4))
@@ -292,8 +303,9 @@ def test_check_margin_keeps_the_cells_a_margin_on_own_backgrounds_needs(rng_imag
     of 0.05 needs more of the bright image kept than top-1 does."""
     tiny_classifier = load_classifier("resnet10t", pretrained=False, num_classes=2)
     image = rng_images[:1].clamp(0.4, 1.0)
-    monkeypatch.setattr(tiny_classifier, "forward",
-                        lambda x: torch.stack([x.flatten(1).mean(1) - 0.45, torch.zeros(x.shape[0])], 1))
+    monkeypatch.setattr(
+        tiny_classifier, "forward", lambda x: torch.stack([x.flatten(1).mean(1) - 0.45, torch.zeros(x.shape[0])], 1)
+    )
     soft = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     pruned = {}
     for margin in (0.0, 0.05):

@@ -69,8 +69,11 @@ def make_explain_folder(root: Path, folder_column: bool = True) -> Path:
     rows.append({"image": "__aggregate__", "label_kept": 0.6667, "mask_area": 0.2, "seconds": 2.5, "status": "3 ok, 1 failed"})
     fields = EXPLAIN_FIELDS + ["robustness"] + (["folder"] if folder_column else [])
     _write_csv(root / "summary.csv", fields, rows)
-    (root / "aggregate.json").write_text(json.dumps({"images": 4, "explained": 3, "failed": 1, "label_kept_rate": 0.6667,
-                                                     "median_mask_area": 0.2, "median_seconds": 2.5}))
+    (root / "aggregate.json").write_text(
+        json.dumps(
+            {"images": 4, "explained": 3, "failed": 1, "label_kept_rate": 0.6667, "median_mask_area": 0.2, "median_seconds": 2.5}
+        )
+    )
     return root
 
 
@@ -191,8 +194,12 @@ def test_benchmark_report_without_maps_shows_comparison_png(tmp_path):
 
 
 def test_write_method_maps_writes_small_overlays_and_skips_failed_methods(tmp_path):
-    files = write_method_maps(tmp_path, "a/b/photo 1.jpg", torch.rand(1, 3, 300, 400),
-                              {"am": torch.rand(1, 1, 300, 400), "rise": torch.rand(300, 400), "ig": None})
+    files = write_method_maps(
+        tmp_path,
+        "a/b/photo 1.jpg",
+        torch.rand(1, 3, 300, 400),
+        {"am": torch.rand(1, 1, 300, 400), "rise": torch.rand(300, 400), "ig": None},
+    )
     assert set(files) == {"photo", "am", "rise"}
     for rel in files.values():
         with Image.open(tmp_path / rel) as image:

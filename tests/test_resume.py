@@ -13,6 +13,8 @@ from pathlib import Path
 from lightning_helpers import class_folder_images, tiny_explainer_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 def complete_folders(out: Path) -> list[Path]:
     return sorted(p.parent for p in out.glob("class_*/img_*/summary.json"))
 
@@ -22,8 +24,19 @@ def file_times(folders: list[Path]) -> dict[str, int]:
 
 
 def explain_command(images: Path, out: Path, config: Path) -> list[str]:
-    return [str(Path(sys.executable).with_name("actmatch")), "explain", str(images), "--out", str(out),
-            "--config", str(config), "--steps", "60", "--input-size", "48"]
+    return [
+        str(Path(sys.executable).with_name("actmatch")),
+        "explain",
+        str(images),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--steps",
+        "60",
+        "--input-size",
+        "48",
+    ]
 
 
 def test_killed_run_resumes_each_image_once(tmp_path):
@@ -31,8 +44,9 @@ def test_killed_run_resumes_each_image_once(tmp_path):
     config = tiny_explainer_config(tmp_path / "tiny.yaml")
     paths = class_folder_images(images, 6, seed=0, prefix="class_")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(explain_command(images, out, config), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        explain_command(images, out, config), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     while len(complete_folders(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -46,8 +60,7 @@ def test_killed_run_resumes_each_image_once(tmp_path):
     stale.mkdir(parents=True, exist_ok=True)
     (stale / "mask.png").write_bytes(b"partial")
 
-    rerun = subprocess.run(explain_command(images, out, config), cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(explain_command(images, out, config), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{len(finished)} image(s) already explained" in rerun.stderr
     assert file_times(finished) == before  # the finished folders were not rewritten

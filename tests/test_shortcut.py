@@ -31,12 +31,27 @@ def patch_overlap(mask_png: Path, patch_png: Path) -> tuple[float, float]:
 @pytest.mark.behaviour
 def test_the_per_image_mask_finds_the_planted_shortcut(tmp_path):
     L.seed_everything(0)
-    data = SyntheticDataModule(num_classes=4, image_size=64, variant="shortcut", background="clutter",
-                               train_size=1024, val_size=128, test_size=128, batch_size=32)
+    data = SyntheticDataModule(
+        num_classes=4,
+        image_size=64,
+        variant="shortcut",
+        background="clutter",
+        train_size=1024,
+        val_size=128,
+        test_size=128,
+        batch_size=32,
+    )
     weights = tmp_path / "model.pth"
     trainer_module = ClassifierTrainer("test_resnet", num_classes=4, lr=3e-3, export_path=str(weights))
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(trainer_module, data)
     accuracy = trainer.test(trainer_module, data, verbose=False)[0]["test/accuracy"]
     assert accuracy > 0.9  # the patch decides (the object's shape is drawn at random)
@@ -47,8 +62,22 @@ def test_the_per_image_mask_finds_the_planted_shortcut(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("red patch\ngreen patch\nblue patch\nyellow patch\n")  # PATCH_COLOURS, in class order
     out = tmp_path / "explained"
-    code = explain_cmd.main("explain", [*map(str, held_out_paths), "--out", str(out), "--backbone", "test_resnet",
-                                        "--weights", str(weights), "--input-size", "64", "--labels", str(labels)])
+    code = explain_cmd.main(
+        "explain",
+        [
+            *map(str, held_out_paths),
+            "--out",
+            str(out),
+            "--backbone",
+            "test_resnet",
+            "--weights",
+            str(weights),
+            "--input-size",
+            "64",
+            "--labels",
+            str(labels),
+        ],
+    )
     assert code == 0
     found = []
     for path in sorted(images.glob("*.png")):
@@ -57,8 +86,10 @@ def test_the_per_image_mask_finds_the_planted_shortcut(tmp_path):
         assert summary["label_name"].endswith(" patch")
         # a minimal mask keeps only as much of the patch as the label needs, but it must lie on it
         found.append(summary["label_kept"] and on_patch >= 0.8)
-        print(f"{path.name}: kept {summary['label_kept']}, area {summary['mask_area']:.3f}, on the patch {on_patch:.2f}, "
-              f"patch covered {coverage:.2f}")
+        print(
+            f"{path.name}: kept {summary['label_kept']}, area {summary['mask_area']:.3f}, on the patch {on_patch:.2f}, "
+            f"patch covered {coverage:.2f}"
+        )
     assert sum(found) >= 19, f"the mask lay on the patch and kept the label on {sum(found)}/20 images"
     figure = ROOT / "outputs" / "shortcut-figure.png"
     figure.parent.mkdir(exist_ok=True)

@@ -28,8 +28,9 @@ def red():
 def state(red, masks, soft, criterion=None, **kwargs) -> tuple[FitState, dict]:
     image, logits_x, target = red
     passes = {}
-    fit = FitState(CountedClassifier(RedMeter(), passes, "stage"), image, logits_x, target, masks, soft,
-                   criterion or Sufficient(), **kwargs)
+    fit = FitState(
+        CountedClassifier(RedMeter(), passes, "stage"), image, logits_x, target, masks, soft, criterion or Sufficient(), **kwargs
+    )
     return fit, passes
 
 
@@ -109,8 +110,11 @@ def test_verify_returns_the_smallest_candidate_that_passes_the_criterions_backgr
     candidates = _Candidates(1, k=4)
     for mask in (large, small):
         candidates.offer(mask, mask, torch.tensor([True]))
-    for backgrounds, fallback, expected in (((0.3, 0.9), "smallest", large), ((0.1, 0.3, 0.9), "smallest", small),
-                                            ((0.1, 0.3, 0.9), "most_kept", large)):
+    for backgrounds, fallback, expected in (
+        ((0.3, 0.9), "smallest", large),
+        ((0.1, 0.3, 0.9), "smallest", small),
+        ((0.1, 0.3, 0.9), "most_kept", large),
+    ):
         masks, soft = small.clone(), small.clone()
         criterion = AllOf([Sufficient(), FixedBackgrounds(solid_reds(*backgrounds), rate=1.0)])
         fit, passes = state(red, masks, soft, criterion, candidates=candidates.items)
@@ -133,10 +137,12 @@ def test_the_fit_counts_every_image_it_classifies(rng_images):
     forward-only; together, every image the classifier saw after the reference pass."""
     torch.manual_seed(0)  # this classifier keeps its label on small cuts of these images
     classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
-    strategy = AreaContinuation(shrink=0.9, min_area=0.05, lookahead=4, lookahead_every=2,
-                                stages=[Scan(8), Prune([16]), BorderFree(1.5)])
-    explainer = ActMatchExplainer(classifier=classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=6,
-                                  fitting=strategy)
+    strategy = AreaContinuation(
+        shrink=0.9, min_area=0.05, lookahead=4, lookahead_every=2, stages=[Scan(8), Prune([16]), BorderFree(1.5)]
+    )
+    explainer = ActMatchExplainer(
+        classifier=classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=6, fitting=strategy
+    )
     reference = explainer.reference(rng_images)
     unet = IndependentNets([explainer.fresh_unet(0) for _ in range(2)])
     seen = []

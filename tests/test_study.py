@@ -39,8 +39,9 @@ def test_row_on_two_tiny_images_has_every_column(two_images, tiny_config, tmp_pa
     out = tmp_path / "out"
     md = tmp_path / "table.md"
     png = tmp_path / "plot.png"
-    code = study.main("study", [str(two_images), "--config", str(tiny_config), "--out", str(out),
-                                "--markdown", str(md), "--plot", str(png)])
+    code = study.main(
+        "study", [str(two_images), "--config", str(tiny_config), "--out", str(out), "--markdown", str(md), "--plot", str(png)]
+    )
     assert code == 0
     with (out / "study.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -14,7 +14,17 @@ from actmatch.explainers.circuits import CircuitReader, circuit_taps, draw_circu
 
 __all__ = ["CircuitGraphs", "EDGE_COLUMNS", "edge_rows"]
 
-EDGE_COLUMNS = ["source", "target", "source_layer", "source_channel", "target_layer", "target_channel", "score", "kind", "scoring"]
+EDGE_COLUMNS = [
+    "source",
+    "target",
+    "source_layer",
+    "source_channel",
+    "target_layer",
+    "target_channel",
+    "score",
+    "kind",
+    "scoring",
+]
 
 
 def edge_rows(graph, max_rows: int | None = None) -> list[list]:
@@ -89,15 +99,17 @@ class CircuitGraphs(WandbCallback):
             explanation = self._explanation(pl_module, outputs).detach().clone()
             label = int(outputs["target"][0]) if "target" in outputs else None
             layers = circuit_taps(pl_module.classifier, self.layers, pl_module.taps)
-            reader = CircuitReader(pl_module.classifier, layers, k=self.k, scoring=self.scoring,
-                                   ablation=self.ablation)
+            reader = CircuitReader(pl_module.classifier, layers, k=self.k, scoring=self.scoring, ablation=self.ablation)
             graph = reader.read(explanation, label=label)
         figure = draw_circuit(graph)
-        caption = (f"{graph.graph['label_name']}: circuit keeps label {graph.graph['label_kept']} "
-                   f"(p={graph.graph['confidence']:.2f})")
+        caption = (
+            f"{graph.graph['label_name']}: circuit keeps label {graph.graph['label_kept']} (p={graph.graph['confidence']:.2f})"
+        )
         table = wandb.Table(columns=EDGE_COLUMNS, data=edge_rows(graph, self.max_edges))
-        logger.log_metrics({"val/circuit": wandb.Image(_figure_array(figure), caption=caption), "val/circuit_edges": table},
-                           step=trainer.global_step)
+        logger.log_metrics(
+            {"val/circuit": wandb.Image(_figure_array(figure), caption=caption), "val/circuit_edges": table},
+            step=trainer.global_step,
+        )
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0 and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:

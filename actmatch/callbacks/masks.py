@@ -61,8 +61,11 @@ class MaskImages(WandbCallback):
                 f"{names(label)}: p(x)={float(outputs['confidence_original'][i]):.2f} "
                 f"p(e)={float(outputs['confidence_explanation'][i]):.2f} area={float(outputs['mask_area'][i]):.3f}"
             )
-            images.append(wandb.Image(panel, caption=caption,
-                                      masks={"mask": {"mask_data": overlay, "class_labels": {0: "removed", 1: "kept"}}}))
+            images.append(
+                wandb.Image(
+                    panel, caption=caption, masks={"mask": {"mask_data": overlay, "class_labels": {0: "removed", 1: "kept"}}}
+                )
+            )
         logger.log_metrics({f"{stage}/masks": images}, step=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:

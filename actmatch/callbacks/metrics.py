@@ -200,8 +200,11 @@ class EvidenceMetrics(_Hooks):
             truth = batch[key].to(masks.device)
             if truth.shape[-2:] != masks.shape[-2:]:
                 raise ValueError(f"batch[{key!r}] is {tuple(truth.shape)} but the masks are {tuple(masks.shape)}")
-            for quantity, value in (("precision", mask_precision(masks, truth)), ("recall", mask_recall(masks, truth)),
-                                    ("pointing", pointing_hits(masks, truth).float())):
+            for quantity, value in (
+                ("precision", mask_precision(masks, truth)),
+                ("recall", mask_recall(masks, truth)),
+                ("pointing", pointing_hits(masks, truth).float()),
+            ):
                 self.means.get(stage, self.metric_name(name, quantity), pl_module.device).update(value)
 
     def emit(self, trainer, pl_module, stage: str) -> None:

@@ -50,8 +50,16 @@ class ResultsTable(WandbCallback):
                 return
             label = int(outputs["target"][i])
             p_x, p_e = float(outputs["confidence_original"][i]), float(outputs["confidence_explanation"][i])
-            row = [len(rows), label, names(label), p_x, p_e, p_e - p_x, bool(outputs["label_kept"][i]),
-                   float(outputs["mask_area"][i])]
+            row = [
+                len(rows),
+                label,
+                names(label),
+                p_x,
+                p_e,
+                p_e - p_x,
+                bool(outputs["label_kept"][i]),
+                float(outputs["mask_area"][i]),
+            ]
             if truth is not None:
                 row += [precision[i], bool(pointing[i])]
             if self.panels:
@@ -85,8 +93,16 @@ class ResultsTable(WandbCallback):
             return
         import wandb
 
-        columns = ["index", "label", "class", "confidence_original", "confidence_explanation", "confidence_delta",
-                   "label_kept", "mask_area"]
+        columns = [
+            "index",
+            "label",
+            "class",
+            "confidence_original",
+            "confidence_explanation",
+            "confidence_delta",
+            "label_kept",
+            "mask_area",
+        ]
         width = len(rows[0]) - (1 if self.panels else 0)
         if width > len(columns):
             columns += ["mask_precision", "pointing"]

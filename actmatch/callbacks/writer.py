@@ -56,28 +56,34 @@ class ExplanationWriter(BasePredictionWriter):
             return
         datamodule = trainer.datamodule
         if not (hasattr(datamodule, "items") and hasattr(datamodule, "drop")):
-            raise TypeError(f"ExplanationWriter needs a datamodule that lists its images (items, drop), got "
-                            f"{type(datamodule).__name__}; use data.class_path=actmatch.datamodules.PredictDataModule")
+            raise TypeError(
+                f"ExplanationWriter needs a datamodule that lists its images (items, drop), got "
+                f"{type(datamodule).__name__}; use data.class_path=actmatch.datamodules.PredictDataModule"
+            )
         if getattr(pl_module, "mode", None) == "per_image" and trainer.predict_loop.inference_mode:
-            raise ValueError("per-image fits need gradients, which predict's inference mode turns off; "
-                             "set trainer.inference_mode=false (experiments/explain_folder.yaml does)")
+            raise ValueError(
+                "per-image fits need gradients, which predict's inference mode turns off; "
+                "set trainer.inference_mode=false (experiments/explain_folder.yaml does)"
+            )
         done = {}
         if trainer.is_global_zero:
             clean_staging(self.out_dir)
             if not self.overwrite:
-                done = finished_rows(datamodule.items, self.out_dir, pl_module.classifier, self.circuit,
-                                     self._digest(pl_module))
+                done = finished_rows(datamodule.items, self.out_dir, pl_module.classifier, self.circuit, self._digest(pl_module))
         self.done = trainer.strategy.broadcast(done, src=0)
         self.rows = {}
         out = self.out_dir.resolve()
         outputs = {item.folder for item in datamodule.items if item.path.resolve().is_relative_to(out)}
         datamodule.drop({row["folder"] for row in self.done.values()} | outputs)  # results are not inputs
         if self.done:
-            rank_zero_info(f"{len(self.done)} image(s) already explained in {self.out_dir}, skipped "
-                           f"(ExplanationWriter overwrite=true redoes them)")
+            rank_zero_info(
+                f"{len(self.done)} image(s) already explained in {self.out_dir}, skipped "
+                f"(ExplanationWriter overwrite=true redoes them)"
+            )
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx: int,
-                           dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         size = len(batch["path"])
         seed = inspect.signature(pl_module.fit_images).parameters["seed"].default  # what predict_step fits with
         for i in range(size):
@@ -87,9 +93,18 @@ class ExplanationWriter(BasePredictionWriter):
                 continue
             try:
                 original = read_rgb(path)
-                self.rows[index] = write_result(pl_module, path, original, batch["image"][i].cpu(),
-                                                explanation_at(prediction, i, size), self.out_dir, seed,
-                                                self.circuit, folder, {"recipe_digest": self._digest(pl_module)})
+                self.rows[index] = write_result(
+                    pl_module,
+                    path,
+                    original,
+                    batch["image"][i].cpu(),
+                    explanation_at(prediction, i, size),
+                    self.out_dir,
+                    seed,
+                    self.circuit,
+                    folder,
+                    {"recipe_digest": self._digest(pl_module)},
+                )
             except (ImageReadError, OSError, ValueError, RuntimeError) as err:
                 self.rows[index] = self._error_row(path, str(err))
 
@@ -117,6 +132,8 @@ class ExplanationWriter(BasePredictionWriter):
         rows = [merged[index] for index in sorted(merged)]
         agg = write_summary(rows, self.out_dir)
         write_report(self.out_dir)
-        rank_zero_info(f"wrote {self.out_dir}/: {agg['explained']}/{agg['images']} explained "
-                       f"({len(self.done)} from earlier runs), {agg['failed']} failed, label kept "
-                       f"{agg['label_kept_rate']}, median area {agg['median_mask_area']}")
+        rank_zero_info(
+            f"wrote {self.out_dir}/: {agg['explained']}/{agg['images']} explained "
+            f"({len(self.done)} from earlier runs), {agg['failed']} failed, label kept "
+            f"{agg['label_kept_rate']}, median area {agg['median_mask_area']}"
+        )

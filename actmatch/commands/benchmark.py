@@ -104,34 +104,64 @@ __all__ = [
 
 def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"actmatch {command}", description=__doc__.split("\n\n")[0].strip("`"))
-    parser.add_argument("--images", nargs="+", default=None, help="image files, folders or glob patterns (required "
-                        "unless --from-results)")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {list(METHODS)} (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="output folder (default: outputs/benchmark; with --from-results: "
-                        "print only)")
+    parser.add_argument(
+        "--images", nargs="+", default=None, help="image files, folders or glob patterns (required unless --from-results)"
+    )
+    parser.add_argument(
+        "--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {list(METHODS)} (default: %(default)s)"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: outputs/benchmark; with --from-results: print only)")
     parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
-    parser.add_argument("--weights", default=None,
-                        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
-                             "or a folder written by timm's save_for_hf (then --backbone is not needed)")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="short side images are resized to for the classifier (default: its timm data config)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
+        "or a folder written by timm's save_for_hf (then --backbone is not needed)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="short side images are resized to for the classifier (default: its timm data config)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="per-image steps of `am` (default: the explainer's)")
     parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint for `am-amortized`")
-    parser.add_argument("--config", default=None, help="explainer YAML for `am` / `am-amortized` (as `actmatch explain --config`)")
+    parser.add_argument(
+        "--config", default=None, help="explainer YAML for `am` / `am-amortized` (as `actmatch explain --config`)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted within folders)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fits (am's U-Net and backgrounds) and of RISE's "
-                        "masks (default: %(default)s)")
-    parser.add_argument("--exam-seed", type=int, default=EXAM_SEED, help="seed of the exam's draws; must differ from "
-                        "--seed (default: %(default)s)")
-    parser.add_argument("--exam-photos", default=None, metavar="DIR",
-                        help="folder of background photos for the exam (e.g. ../shared/data/imagenet-train); it must not "
-                             "hold any of the --images. Without it the exam uses blur and ROAD draws in their place")
-    parser.add_argument("--robust-rate", type=float, default=0.8,
-                        help="share of the exam's 16 draws a cut must keep the label on to count as robust-sufficient "
-                             "(default: %(default)s)")
-    parser.add_argument("--sanity-images", type=int, default=20,
-                        help="explain the first N images again with a model whose top blocks are re-initialised (the "
-                             "sanity check; it doubles the methods' time on those images; 0: off; default: %(default)s)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the fits (am's U-Net and backgrounds) and of RISE's masks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--exam-seed",
+        type=int,
+        default=EXAM_SEED,
+        help="seed of the exam's draws; must differ from --seed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--exam-photos",
+        default=None,
+        metavar="DIR",
+        help="folder of background photos for the exam (e.g. ../shared/data/imagenet-train); it must not "
+        "hold any of the --images. Without it the exam uses blur and ROAD draws in their place",
+    )
+    parser.add_argument(
+        "--robust-rate",
+        type=float,
+        default=0.8,
+        help="share of the exam's 16 draws a cut must keep the label on to count as robust-sufficient (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sanity-images",
+        type=int,
+        default=20,
+        help="explain the first N images again with a model whose top blocks are re-initialised (the "
+        "sanity check; it doubles the methods' time on those images; 0: off; default: %(default)s)",
+    )
     parser.add_argument("--area", type=float, default=0.2, help="cut area when `am` is not run (default: %(default)s)")
     parser.add_argument("--rise-masks", type=int, default=1000, help="RISE masks per image (default: %(default)s)")
     parser.add_argument("--window", type=int, default=32, help="occlusion / convad window, px (default: %(default)s)")
@@ -141,22 +171,40 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--curve-steps", type=int, default=50, help="insertion/deletion steps (default: %(default)s)")
     parser.add_argument("--gallery", type=int, default=4, help="images in comparison.png (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--chunk", type=int, default=None,
-                        help="perturbed images per classifier forward in the metrics (default: 8 on CPU, where larger "
-                             "chunks were slower per image, 64 on GPU)")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log the tables to W&B (offline unless WANDB_MODE is set; the run goes to OUT/wandb)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="perturbed images per classifier forward in the metrics (default: 8 on CPU, where larger "
+        "chunks were slower per image, 64 on GPU)",
+    )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the tables to W&B (offline unless WANDB_MODE is set; the run goes to OUT/wandb)",
+    )
     parser.add_argument("--wandb-project", default="actmatch", help="W&B project (default: %(default)s)")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the images that OUT/results.csv already has for every method (an interrupted run "
-                             "of the same images and settings) and run only the others")
-    parser.add_argument("--reuse-maps", default=None, metavar="DIR",
-                        help="an earlier run's output folder: take the maps (and seconds, and sanity-check maps) of every "
-                             "method whose settings did not change from DIR/raw/ instead of computing them again (e.g. "
-                             "the baselines, when only am's recipe changed)")
-    parser.add_argument("--from-results", default=None, metavar="CSV",
-                        help="summarize an earlier run's results.csv instead of running (its first --limit images): "
-                             "print the tables and, with --out, write summary.csv and paired.csv there")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the images that OUT/results.csv already has for every method (an interrupted run "
+        "of the same images and settings) and run only the others",
+    )
+    parser.add_argument(
+        "--reuse-maps",
+        default=None,
+        metavar="DIR",
+        help="an earlier run's output folder: take the maps (and seconds, and sanity-check maps) of every "
+        "method whose settings did not change from DIR/raw/ instead of computing them again (e.g. "
+        "the baselines, when only am's recipe changed)",
+    )
+    parser.add_argument(
+        "--from-results",
+        default=None,
+        metavar="CSV",
+        help="summarize an earlier run's results.csv instead of running (its first --limit images): "
+        "print the tables and, with --out, write summary.csv and paired.csv there",
+    )
     args = parser.parse_args(argv)
     if not args.images and not args.from_results:
         parser.error("--images is required (or --from-results CSV to summarize an earlier run)")
@@ -169,13 +217,15 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         if value is not None and value < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     if not 0 < args.area <= 1 or not 0 <= args.tau < 1 or not 0 < args.robust_rate <= 1:
-        parser.error(f"--area and --robust-rate must be in (0, 1] and --tau in [0, 1), got {args.area}, {args.robust_rate}, "
-                     f"{args.tau}")
+        parser.error(
+            f"--area and --robust-rate must be in (0, 1] and --tau in [0, 1), got {args.area}, {args.robust_rate}, {args.tau}"
+        )
     if args.sanity_images < 0:
         parser.error(f"--sanity-images must be >= 0, got {args.sanity_images}")
     if args.exam_seed == args.seed and not args.from_results:
-        parser.error(f"--exam-seed must differ from --seed (both {args.seed}): the exam's draws must come from a seed "
-                     "stream no fit uses")
+        parser.error(
+            f"--exam-seed must differ from --seed (both {args.seed}): the exam's draws must come from a seed stream no fit uses"
+        )
     return args
 
 
@@ -223,10 +273,18 @@ def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClas
             settings["recipe"], settings["recipe_version"] = explainer.recipe, explainer.recipe_version
             settings["recipe_digest"] = recipe_digest(explainer, method.steps, method.seed, method.mode == "amortized")
         per_method[name] = settings
-    return {"backbone": classifier.name, "weights": args.weights, "input_size": classifier.input_size, "seed": args.seed,
-            "area": args.area,
-            "curve_steps": args.curve_steps, "exam": exam_description, "robust_rate": args.robust_rate,
-            "sanity_images": args.sanity_images, "methods": per_method}
+    return {
+        "backbone": classifier.name,
+        "weights": args.weights,
+        "input_size": classifier.input_size,
+        "seed": args.seed,
+        "area": args.area,
+        "curve_steps": args.curve_steps,
+        "exam": exam_description,
+        "robust_rate": args.robust_rate,
+        "sanity_images": args.sanity_images,
+        "methods": per_method,
+    }
 
 
 def settings_changes(path: Path, current: dict) -> list[str]:
@@ -292,7 +350,7 @@ def plot_summary(summary: list[dict], path: Path) -> None:
             ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
             ax.set_title(HEADERS[key] + (" ↑" if better[key] else " ↓"), fontsize=9)
             ax.tick_params(axis="y", labelsize=7)
-        for ax in axes[block][len(keys):]:
+        for ax in axes[block][len(keys) :]:
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -367,8 +425,10 @@ def load_photo_pool(folder: str, images: list[BenchImage], short_side: int) -> l
     contents = {_digest(Path(item.path)) for item in images}
     shared = [p for p in paths if p.resolve() in explained or _digest(p) in contents]
     if shared:
-        raise ValueError(f"--exam-photos {folder} holds {len(shared)} of the explained images (e.g. {shared[0]}): the "
-                         "exam's background photos must be other photos; pass a disjoint folder")
+        raise ValueError(
+            f"--exam-photos {folder} holds {len(shared)} of the explained images (e.g. {shared[0]}): the "
+            "exam's background photos must be other photos; pass a disjoint folder"
+        )
     return [resize_for_model(to_tensor(read_for_model(p, short_side)[0]), short_side) for p in paths]
 
 
@@ -377,9 +437,11 @@ def check_exam(methods: dict, exam: Exam) -> None:
     for name, method in methods.items():
         leaks = held_out_leaks(recipe_families(method), exam)
         if leaks:
-            raise ValueError(f"method {name!r}: its recipe uses the held-out exam famil{'ies' if len(leaks) > 1 else 'y'} "
-                             f"{', '.join(leaks)}; the exam cannot grade a fit on what it fitted. Use a recipe without "
-                             "those backgrounds or fills")
+            raise ValueError(
+                f"method {name!r}: its recipe uses the held-out exam famil{'ies' if len(leaks) > 1 else 'y'} "
+                f"{', '.join(leaks)}; the exam cannot grade a fit on what it fitted. Use a recipe without "
+                "those backgrounds or fills"
+            )
 
 
 def _overlay(image: torch.Tensor, saliency: torch.Tensor):
@@ -425,7 +487,9 @@ def log_to_wandb(
             path, image = item.path, item.image
             for name, method_maps in maps.items():
                 row, saliency = by_key.get((path, name), {}), method_maps[i] if i < len(method_maps) else None
-                picture = wandb.Image(_overlay(image, saliency), caption=f"{name}: {Path(path).stem}") if saliency is not None else None
+                picture = (
+                    wandb.Image(_overlay(image, saliency), caption=f"{name}: {Path(path).stem}") if saliency is not None else None
+                )
                 gallery.add_data(Path(path).name, name, row.get("label_name", ""), picture, *(row.get(k) for k in metrics),
                                  row.get("error", ""))  # fmt: skip
         run.log({
@@ -470,8 +534,10 @@ def print_tables(summary: list[dict], paired: list[dict], header: str) -> None:
     print(format_table(summary))
     if paired:
         counted = sum(r["group"] != "construction" for r in paired)
-        print(f"\nam against each baseline, paired by image (wins: am better); two-sided p, Wilcoxon signed-rank or sign "
-              f"test; p(Holm): Holm-corrected over the {counted} counted comparisons (by-construction rows are not tested)")
+        print(
+            f"\nam against each baseline, paired by image (wins: am better); two-sided p, Wilcoxon signed-rank or sign "
+            f"test; p(Holm): Holm-corrected over the {counted} counted comparisons (by-construction rows are not tested)"
+        )
         print(format_paired(paired))
         print("\n" + headline(paired))
 
@@ -490,8 +556,11 @@ def summarize_earlier(args: argparse.Namespace) -> int:
         return 2
     summary, paired = summarize(rows, seed=args.seed), compare_pairs(rows, "am")
     images = len({r["image"] for r in rows})
-    print_tables(summary, paired, f"{args.from_results}, its first {images} image(s) (the settings are that run's); "
-                 "[95 % bootstrap interval over images]")
+    print_tables(
+        summary,
+        paired,
+        f"{args.from_results}, its first {images} image(s) (the settings are that run's); [95 % bootstrap interval over images]",
+    )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
@@ -529,9 +598,11 @@ def main(command: str, argv: list[str]) -> int:
         try:
             changed = settings_changes(out / "settings.json", settings_now)
             if changed:
-                raise ValueError(f"{out} was run with other settings ({', '.join(changed)} differ; see "
-                                 f"{out / 'settings.json'}): its rows would not be this run's. Pass a new --out, or "
-                                 f"drop --resume to run every image again")
+                raise ValueError(
+                    f"{out} was run with other settings ({', '.join(changed)} differ; see "
+                    f"{out / 'settings.json'}): its rows would not be this run's. Pass a new --out, or "
+                    f"drop --resume to run every image again"
+                )
             done = completed_images(out / "results.csv", list(methods))
         except ValueError as err:
             print(f"actmatch {command}: error: --resume: {err}", file=sys.stderr)
@@ -539,7 +610,13 @@ def main(command: str, argv: list[str]) -> int:
         log(f"resume: {sum(item.path in done for item in images)} of {len(images)} image(s) are in {out / 'results.csv'}")
     (out / "settings.json").write_text(json.dumps(settings_now, indent=2) + "\n")
     timing = MetricTime()
-    score_settings = {"steps": args.curve_steps, "tau": args.tau, "rate": args.robust_rate, "seed": args.seed, "chunk": args.chunk}
+    score_settings = {
+        "steps": args.curve_steps,
+        "tau": args.tau,
+        "rate": args.robust_rate,
+        "seed": args.seed,
+        "chunk": args.chunk,
+    }
 
     def sanity_methods() -> dict:
         randomized = randomized_top(classifier, seed=args.exam_seed)
@@ -569,9 +646,13 @@ def main(command: str, argv: list[str]) -> int:
             write_method_maps(out, item.path, item.image, {name: maps[name][i] for name in maps})
     report = write_report(out)
     area_note = "actmatch's mask area per image" if "am" in methods else f"area {args.area}"
-    print_tables(summary, paired, f"label kept at equal area ({area_note}) and at 5/10/20 % of the image; "
-                 f"{args.curve_steps}-step insertion/deletion AUC; exam: {exam_text}; sanity check on the first "
-                 f"{min(args.sanity_images, len(images))} image(s); [95 % bootstrap interval over images]")
+    print_tables(
+        summary,
+        paired,
+        f"label kept at equal area ({area_note}) and at 5/10/20 % of the image; "
+        f"{args.curve_steps}-step insertion/deletion AUC; exam: {exam_text}; sanity check on the first "
+        f"{min(args.sanity_images, len(images))} image(s); [95 % bootstrap interval over images]",
+    )
     areas = [float(r["area"]) for r in rows if not r["error"] and r["method"] == next(iter(methods))]
     print(f"median equal-area cut: {statistics.median(areas) if areas else math.nan:.3f} of the image")
     print(timing.line(per=max(1, sum(item.path not in done for item in images))) + f"; in all {timing.passes.images} images, "

@@ -86,25 +86,49 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--out", default="outputs/circuit", help="output folder (default: %(default)s)")
     parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
-    parser.add_argument("--weights", default=None,
-                        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
-                             "or a folder written by timm's save_for_hf (then --backbone is not needed)")
-    parser.add_argument("--taps", nargs="+", default=None,
-                        help="circuit layers: names, or 'blocks' (hidden channels inside every block, the default where "
-                             "the model has them) or 'stages' (the backbone's stage outputs)")
-    parser.add_argument("--rank", choices=list(RANKINGS), default="attribution",
-                        help="channels chosen by attribution (what the label needs; default) or energy (the paper's nodes)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
+        "or a folder written by timm's save_for_hf (then --backbone is not needed)",
+    )
+    parser.add_argument(
+        "--taps",
+        nargs="+",
+        default=None,
+        help="circuit layers: names, or 'blocks' (hidden channels inside every block, the default where "
+        "the model has them) or 'stages' (the backbone's stage outputs)",
+    )
+    parser.add_argument(
+        "--rank",
+        choices=list(RANKINGS),
+        default="attribution",
+        help="channels chosen by attribution (what the label needs; default) or energy (the paper's nodes)",
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--k", type=int, default=None, help="channels per tapped layer (absolute)")
     size.add_argument("--fraction", type=float, default=None, help="fraction of channels per tapped layer (default 0.1)")
-    parser.add_argument("--scoring", choices=sorted(SCORINGS), default="gradient",
-                        help="edge scoring: weight (one conv/linear between taps), gradient (any), auto (default: %(default)s)")
-    parser.add_argument("--ablation", choices=sorted(ABLATIONS), default="zero",
-                        help="what replaces channels outside the circuit: zero, or their mean over the given images")
+    parser.add_argument(
+        "--scoring",
+        choices=sorted(SCORINGS),
+        default="gradient",
+        help="edge scoring: weight (one conv/linear between taps), gradient (any), auto (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ablation",
+        choices=sorted(ABLATIONS),
+        default="zero",
+        help="what replaces channels outside the circuit: zero, or their mean over the given images",
+    )
     parser.add_argument("--steps", type=int, default=None, help="per-image optimisation steps of the mask")
-    parser.add_argument("--masks-from", default=None, help="folder of an earlier `actmatch explain` run: reuse DIR/<stem>/mask.png")
-    parser.add_argument("--search", action="store_true",
-                        help=f"find the smallest per-layer fraction that keeps the label (grid {list(DEFAULT_FRACTIONS)})")
+    parser.add_argument(
+        "--masks-from", default=None, help="folder of an earlier `actmatch explain` run: reuse DIR/<stem>/mask.png"
+    )
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help=f"find the smallest per-layer fraction that keeps the label (grid {list(DEFAULT_FRACTIONS)})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask fit (default: 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -204,8 +228,12 @@ def _quantiles(values: list[float]) -> dict:
     if not values:
         return {}
     ordered = sorted(values)
-    return {"min": ordered[0], "median": statistics.median(ordered), "max": ordered[-1],
-            "mean": round(statistics.fmean(ordered), 4)}
+    return {
+        "min": ordered[0],
+        "median": statistics.median(ordered),
+        "max": ordered[-1],
+        "mean": round(statistics.fmean(ordered), 4),
+    }
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -226,16 +254,20 @@ def summarize(rows: list[dict]) -> dict:
                 **_quantiles(found),
                 "share_kept_at_10pct": sum(1 for v in found if v <= 0.1) / len(searched),
             }
-        pairs = [(r["circuit_fraction"], r["circuit_fraction_original"]) for r in searched
-                 if r["circuit_label_kept"] and r["circuit_fraction_original"] is not None]
+        pairs = [
+            (r["circuit_fraction"], r["circuit_fraction_original"])
+            for r in searched
+            if r["circuit_label_kept"] and r["circuit_fraction_original"] is not None
+        ]
         out["explanation_vs_original"] = {
             "pairs": len(pairs),
             "explanation_smaller": sum(e < x for e, x in pairs),
             "equal": sum(e == x for e, x in pairs),
             "explanation_larger": sum(e > x for e, x in pairs),
             "nodes_explanation": _quantiles([r["circuit_nodes"] for r in searched if r["circuit_label_kept"]]),
-            "nodes_original": _quantiles([r["circuit_nodes_original_smallest"] for r in searched
-                                          if r["circuit_nodes_original_smallest"] is not None]),
+            "nodes_original": _quantiles(
+                [r["circuit_nodes_original_smallest"] for r in searched if r["circuit_nodes_original_smallest"] is not None]
+            ),
         }
     controls = [r["circuit_random_kept"] for r in ok if r.get("circuit_random_kept") is not None]
     if controls:
@@ -264,8 +296,11 @@ def print_summary(summary: dict, stream=sys.stdout) -> None:
             file=stream,
         )
     if "random_circuit_label_kept" in summary:
-        print(f"control: random circuits of the same size keep the label {100 * summary['random_circuit_label_kept']:.0f}% "
-              f"of the time", file=stream)
+        print(
+            f"control: random circuits of the same size keep the label {100 * summary['random_circuit_label_kept']:.0f}% "
+            f"of the time",
+            file=stream,
+        )
     print(f"node Jaccard original vs explanation: median {summary['jaccard_nodes'].get('median')}", file=stream)
 
 
@@ -317,12 +352,27 @@ def main(command: str, argv: list[str]) -> int:
             folder = out_dir / path.stem
             folder.mkdir(parents=True, exist_ok=True)
             _write_mask(mask, (original.size[1], original.size[0]), folder / "mask.png")
-            summary = write_circuit_outputs(explainer, image, mask, folder, k=k, scoring=args.scoring, ablation=ablation,
-                                            search=args.search, layers=layers, rank=args.rank)
+            summary = write_circuit_outputs(
+                explainer,
+                image,
+                mask,
+                folder,
+                k=k,
+                scoring=args.scoring,
+                ablation=ablation,
+                search=args.search,
+                layers=layers,
+                rank=args.rank,
+            )
             row.update(
-                label=label, label_name=classifier.class_name(label), mask_area=round(float(mask.mean()), 6),
-                explanation_label_kept=bool(evaluated.label_kept[0]), **summary,
-                seconds=round(time.perf_counter() - start, 2), status="ok", error="",
+                label=label,
+                label_name=classifier.class_name(label),
+                mask_area=round(float(mask.mean()), 6),
+                explanation_label_kept=bool(evaluated.label_kept[0]),
+                **summary,
+                seconds=round(time.perf_counter() - start, 2),
+                status="ok",
+                error="",
             )
             (folder / "circuit_summary.json").write_text(json.dumps(row, indent=2) + "\n")
         except (ImageReadError, OSError, ValueError, RuntimeError) as err:

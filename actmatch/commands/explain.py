@@ -50,24 +50,35 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         parser.add_argument("--photo", default="coffee", help="scikit-image photo name (default: %(default)s)")
         parser.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
     parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
-    parser.add_argument("--weights", default=None,
-                        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
-                             "or a folder written by timm's save_for_hf (then --backbone is not needed)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
+        "or a folder written by timm's save_for_hf (then --backbone is not needed)",
+    )
     add_classifier_arguments(parser)
     parser.add_argument("--steps", type=int, default=None, help="per-image optimisation steps")
     parser.add_argument("--config", default=None, help="YAML with the explainer's init args (a `model:` section works)")
-    parser.add_argument("--preset", default=None,
-                        help=f"a named recipe from experiments/explain/ ({', '.join(PRESETS)}; default: the built-in defaults)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help=f"a named recipe from experiments/explain/ ({', '.join(PRESETS)}; default: the built-in defaults)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the U-Net and backgrounds (default: 0)")
     parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint: warm-start the U-Net")
     parser.add_argument("--amortized", action="store_true", help="with --checkpoint: one forward pass, no fitting")
     parser.add_argument("--circuit", action="store_true", help="also read out the channel circuit (circuit.json/png)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="B",
-                        help="images fitted at once, each resized to the model's square input (default: 1, "
-                             "aspect ratio kept)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="explain again the images whose folder in --out is complete (default: skip them)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="B",
+        help="images fitted at once, each resized to the model's square input (default: 1, aspect ratio kept)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="explain again the images whose folder in --out is complete (default: skip them)"
+    )
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
@@ -86,16 +97,39 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
 def add_classifier_arguments(parser: argparse.ArgumentParser) -> None:
     """``--labels``, ``--num-classes``, ``--mean``, ``--std``, ``--input-size``: what the
     classifier is, when its checkpoint does not say (defaults: the checkpoint and timm's data config)."""
-    parser.add_argument("--labels", default=None, metavar="FILE",
-                        help="class names: one per line, a JSON list, or a JSON dict index -> name")
-    parser.add_argument("--num-classes", type=int, default=None, metavar="N",
-                        help="classes of the classifier's head (default: read from the checkpoint)")
-    parser.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
-                        help="per-channel mean the classifier normalises with (default: its timm data config)")
-    parser.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
-                        help="per-channel std the classifier normalises with (default: its timm data config)")
-    parser.add_argument("--input-size", type=int, default=None, metavar="N",
-                        help="short side images are resized to for the classifier (default: its timm data config)")
+    parser.add_argument(
+        "--labels", default=None, metavar="FILE", help="class names: one per line, a JSON list, or a JSON dict index -> name"
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="classes of the classifier's head (default: read from the checkpoint)",
+    )
+    parser.add_argument(
+        "--mean",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("R", "G", "B"),
+        help="per-channel mean the classifier normalises with (default: its timm data config)",
+    )
+    parser.add_argument(
+        "--std",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("R", "G", "B"),
+        help="per-channel std the classifier normalises with (default: its timm data config)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="short side images are resized to for the classifier (default: its timm data config)",
+    )
 
 
 def check_classifier_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -109,8 +143,13 @@ def check_classifier_arguments(parser: argparse.ArgumentParser, args: argparse.N
 
 def classifier_overrides(args: argparse.Namespace) -> dict:
     """The explainer init args set by :func:`add_classifier_arguments`'s flags (unset ones left out)."""
-    values = {"labels": args.labels, "num_classes": args.num_classes, "mean": args.mean, "std": args.std,
-              "input_size": args.input_size}
+    values = {
+        "labels": args.labels,
+        "num_classes": args.num_classes,
+        "mean": args.mean,
+        "std": args.std,
+        "input_size": args.input_size,
+    }
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -123,8 +162,9 @@ def preset_path(name: str) -> str:
     """The config file of preset ``name`` (experiments/explain/<name>.yaml in the repository)."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"preset {name!r} needs {path}; run actmatch from a checkout of the repository "
-                                f"or pass --config with the file")
+        raise FileNotFoundError(
+            f"preset {name!r} needs {path}; run actmatch from a checkout of the repository or pass --config with the file"
+        )
     return str(path)
 
 
@@ -281,12 +321,15 @@ def explain_files(
         if rows:
             print(f"{len(rows)} image(s) already explained in {out_dir}, skipped (--overwrite redoes them)", file=sys.stderr)
         if others:
-            print(f"{others} image(s) in {out_dir} were explained with another recipe (settings, steps or seed): "
-                  f"explained again", file=sys.stderr)
+            print(
+                f"{others} image(s) in {out_dir} were explained with another recipe (settings, steps or seed): explained again",
+                file=sys.stderr,
+            )
     measure_one = measure
 
     def measure(images, result, original, path) -> dict:
         return {**(measure_one(images, result, original, path) if measure_one else {}), "recipe_digest": digest}
+
     todo = [(index, item) for index, item in enumerate(items) if index not in rows]
     bar = tqdm(total=len(todo), desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
 
@@ -303,7 +346,10 @@ def explain_files(
                 result = explainer.explain(images)
             else:
                 result = explainer.fit_images(
-                    images, steps=steps, seed=seed, init_state=init_state,
+                    images,
+                    steps=steps,
+                    seed=seed,
+                    init_state=init_state,
                     progress=lambda i, n: bar.set_postfix_str(f"{name} step {i}/{n}", refresh=False),
                 )
         except (OSError, ValueError, RuntimeError) as err:
@@ -311,15 +357,35 @@ def explain_files(
             bar.update(len(batch))
             continue
         for i, (index, item, original, model_image) in enumerate(batch):
-            rows[index] = _write_one(explainer, item, original, model_image, explanation_at(result, i, len(batch)),
-                                     images[i : i + 1], out_dir, seed, circuit, measure)
+            rows[index] = _write_one(
+                explainer,
+                item,
+                original,
+                model_image,
+                explanation_at(result, i, len(batch)),
+                images[i : i + 1],
+                out_dir,
+                seed,
+                circuit,
+                measure,
+            )
             bar.update(1)
     bar.close()
     return [rows[index] for index in range(len(items))]
 
 
-def _write_one(explainer, item: ImageItem, original, model_image, result: Explanation, images: torch.Tensor,
-               out_dir: Path, seed: int, circuit: bool, measure) -> dict:
+def _write_one(
+    explainer,
+    item: ImageItem,
+    original,
+    model_image,
+    result: Explanation,
+    images: torch.Tensor,
+    out_dir: Path,
+    seed: int,
+    circuit: bool,
+    measure,
+) -> dict:
     """Write one image's folder; its row, or an error row if measuring or writing fails."""
     try:
         extra = measure(images, result, original, item.path) if measure else None
@@ -374,8 +440,18 @@ def main(command: str, argv: list[str]) -> int:
             print(f"actmatch explain: no images found in {args.images}", file=sys.stderr)
             return 2
     start = time.perf_counter()
-    rows = explain_files(explainer, paths, out_dir, args.seed, args.steps, init_state, args.amortized, args.circuit,
-                         batch_size=args.batch_size, resume=not args.overwrite)
+    rows = explain_files(
+        explainer,
+        paths,
+        out_dir,
+        args.seed,
+        args.steps,
+        init_state,
+        args.amortized,
+        args.circuit,
+        batch_size=args.batch_size,
+        resume=not args.overwrite,
+    )
     agg = write_summary(rows, out_dir)
     report = write_report(out_dir)
     print_table(rows, agg)

@@ -108,8 +108,12 @@ class ActMatchCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"model": {"class_path": f"{ActMatchExplainer.__module__}.{ActMatchExplainer.__name__}"}})
         for name in loss_term_classes():
-            parser.add_argument(f"--loss_weights.{name}", type=float | None, default=None,
-                                help=f"weight of the {name} loss term listed in model.init_args.losses")
+            parser.add_argument(
+                f"--loss_weights.{name}",
+                type=float | None,
+                default=None,
+                help=f"weight of the {name} loss term listed in model.init_args.losses",
+            )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -124,8 +128,9 @@ class ActMatchCLI(LightningCLI):
             cls = classes[name]
             entries = [t for t in losses if str(t.class_path).rsplit(".", 1)[-1] == cls.__name__]
             if not entries:
-                raise ValueError(f"--loss_weights.{name}: the config has no {cls.__name__} term; "
-                                 f"add it to model.init_args.losses first")
+                raise ValueError(
+                    f"--loss_weights.{name}: the config has no {cls.__name__} term; add it to model.init_args.losses first"
+                )
             for entry in entries:
                 entry.init_args.weight = float(weight)
 

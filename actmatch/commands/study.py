@@ -35,10 +35,29 @@ from actmatch.explainers.masks import border_band
 __all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
 
 STUDY_FIELDS = [
-    "config", "recipe", "recipe_version", "images", "kept", "area_median", "area_p25", "area_p75", "robust_median",
-    "robust_mean", "robust_photos_mean", "conf_ratio_median", "dilated_kept", "dilated_ratio_median", "shift_kept",
-    "readback_kept", "resampled_kept", "seconds_median", "x_fwd_bwd_median", "border_median", "border_over_5",
-    "fwd_bwd_ms", "exam",
+    "config",
+    "recipe",
+    "recipe_version",
+    "images",
+    "kept",
+    "area_median",
+    "area_p25",
+    "area_p75",
+    "robust_median",
+    "robust_mean",
+    "robust_photos_mean",
+    "conf_ratio_median",
+    "dilated_kept",
+    "dilated_ratio_median",
+    "shift_kept",
+    "readback_kept",
+    "resampled_kept",
+    "seconds_median",
+    "x_fwd_bwd_median",
+    "border_median",
+    "border_over_5",
+    "fwd_bwd_ms",
+    "exam",
 ]
 
 
@@ -48,13 +67,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Run the per-image fit of each explainer config on a fixed image list; one row per config.",
     )
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    parser.add_argument("--config", action="append", default=None,
-                        help="explainer config YAML (repeat for several rows; default: the built-in defaults)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="explainer config YAML (repeat for several rows; default: the built-in defaults)",
+    )
     parser.add_argument("--out", default="outputs/study", help="output folder (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted)")
-    parser.add_argument("--exam-photos", default=None, metavar="DIR",
-                        help="folder of background photos for the exam (e.g. ../shared/data/imagenet-train), disjoint "
-                             "from the images; without it the exam uses blur and ROAD draws in their place")
+    parser.add_argument(
+        "--exam-photos",
+        default=None,
+        metavar="DIR",
+        help="folder of background photos for the exam (e.g. ../shared/data/imagenet-train), disjoint "
+        "from the images; without it the exam uses blur and ROAD draws in their place",
+    )
     parser.add_argument("--exam-seed", type=int, default=EXAM_SEED, help="seed of the exam's draws (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit (default: 0)")
     parser.add_argument("--steps", type=int, default=None, help="override the configs' steps")
@@ -63,9 +90,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--markdown", default=None, help="append the rows to this Markdown file's table")
     parser.add_argument("--plot", default=None, help="draw area vs robustness of every row in OUT/study.csv to this PNG")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the images OUT/<config> already has from a run with the same config, seed, steps "
-                             "and exam; fit only the rest")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the images OUT/<config> already has from a run with the same config, seed, steps and exam; fit only the rest",
+    )
     args = parser.parse_args(argv)
     if args.exam_seed == args.seed:
         parser.error("--exam-seed must differ from --seed: the exam's draws must come from a seed stream the fit never uses")
@@ -101,8 +130,9 @@ def _rate(rows: list[dict], key: str) -> float:
     return round(statistics.fmean(values), 3) if values else float("nan")
 
 
-def study_row(name: str, rows: list[dict], fwd_bwd: float, exam: str = "", recipe: str = "custom",
-              recipe_version: int = 0) -> dict:
+def study_row(
+    name: str, rows: list[dict], fwd_bwd: float, exam: str = "", recipe: str = "custom", recipe_version: int = 0
+) -> dict:
     """Aggregate per-image rows (with the exam's ``robustness``, ``confidence_ratio``, ``kept_dilated``, ...,
     and ``border_kept``) of the config ``name``, whose explainer is ``recipe`` version ``recipe_version``."""
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -180,8 +210,14 @@ def plot_study(csv_path: Path | None, png_path: Path, frontier: list[dict] | Non
                            (axes[1], "conf_ratio_median", "median p(e)/p(x), mean fill")):  # fmt: skip
         for method, points in curves.items():
             points = sorted(points, key=lambda p: float(p["area"]))
-            ax.plot([float(p["area"]) for p in points], [float(p[key]) for p in points], "--", lw=1, alpha=0.8,
-                    label=f"{method}: top-k regions")
+            ax.plot(
+                [float(p["area"]) for p in points],
+                [float(p[key]) for p in points],
+                "--",
+                lw=1,
+                alpha=0.8,
+                label=f"{method}: top-k regions",
+            )
         for i, r in enumerate(rows):
             x, y = float(r["area_median"]), float(r[key])
             top = max(top, y * 1.05)
@@ -196,8 +232,15 @@ def plot_study(csv_path: Path | None, png_path: Path, frontier: list[dict] | Non
         ax.set_xlim(0, max(0.3, max(areas, default=0.3) * 1.1))
         ax.set_ylim(-0.05, 1.05 if key == "robust_median" else top)
     # beside the axes, so it never hides the points
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=0.5, labelspacing=0.4,
-                   title="squares: 100 or more images", title_fontsize=7)
+    axes[1].legend(
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        markerscale=0.5,
+        labelspacing=0.4,
+        title="squares: 100 or more images",
+        title_fontsize=7,
+    )
     fig.suptitle("per-image fit recipes on the exam: area vs robustness and vs confidence (marker size ~ time)", fontsize=9)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
@@ -219,10 +262,13 @@ def _append_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _append_markdown(path: Path, rows: list[dict], images: str) -> None:
-    lines = [f"| {r['config']} | {r['images']} | {r['kept']:.2f} | {r['area_median']:.3f} ({r['area_p25']:.3f}–{r['area_p75']:.3f}) "
-             f"| {r['robust_median']:.3f} | {r['robust_photos_mean']:.2f} | {r['conf_ratio_median']:.2f} | {r['dilated_kept']:.2f} "
-             f"| {r['dilated_ratio_median']:.2f} | {r['shift_kept']:.2f} | {r['readback_kept']:.2f} | {r['seconds_median']:.1f} "
-             f"| {r['x_fwd_bwd_median']:.0f} | {r['border_over_5']} | {images} |" for r in rows]
+    lines = [
+        f"| {r['config']} | {r['images']} | {r['kept']:.2f} | {r['area_median']:.3f} ({r['area_p25']:.3f}–{r['area_p75']:.3f}) "
+        f"| {r['robust_median']:.3f} | {r['robust_photos_mean']:.2f} | {r['conf_ratio_median']:.2f} | {r['dilated_kept']:.2f} "
+        f"| {r['dilated_ratio_median']:.2f} | {r['shift_kept']:.2f} | {r['readback_kept']:.2f} | {r['seconds_median']:.1f} "
+        f"| {r['x_fwd_bwd_median']:.0f} | {r['border_over_5']} | {images} |"
+        for r in rows
+    ]
     with path.open("a") as handle:
         handle.write("\n".join(lines) + "\n")
 
@@ -265,8 +311,10 @@ def main(command: str, argv: list[str]) -> int:
                 exam = default_exam(_photos(args, paths, explainer.classifier.input_size), args.exam_seed)
             leaks = held_out_leaks(explainer.families, exam)
             if leaks:
-                raise ValueError(f"its recipe uses the held-out exam famil{'ies' if len(leaks) > 1 else 'y'} {', '.join(leaks)}: "
-                                 "the exam cannot grade a fit on what it fitted")
+                raise ValueError(
+                    f"its recipe uses the held-out exam famil{'ies' if len(leaks) > 1 else 'y'} {', '.join(leaks)}: "
+                    "the exam cannot grade a fit on what it fitted"
+                )
         except (ClassifierLoadError, FileNotFoundError, ValueError, TypeError, ImageReadError) as err:
             print(f"actmatch study: config {config}: {err}", file=sys.stderr)
             return 2
@@ -275,9 +323,11 @@ def main(command: str, argv: list[str]) -> int:
 
         evaluation = exam.describe() + (f", photos from {args.exam_photos}" if args.exam_photos else "")
         if args.resume and (stale := _scored_elsewise(explainer, paths, out_dir / name, args, evaluation)):
-            print(f"actmatch study: --resume: {len(stale)} image(s) in {out_dir / name} (e.g. {stale[0]}) were scored "
-                  f"with other evaluation settings than {evaluation}; rerun with those settings or use another --out",
-                  file=sys.stderr)
+            print(
+                f"actmatch study: --resume: {len(stale)} image(s) in {out_dir / name} (e.g. {stale[0]}) were scored "
+                f"with other evaluation settings than {evaluation}; rerun with those settings or use another --out",
+                file=sys.stderr,
+            )
             return 2
 
         @torch.no_grad()
@@ -292,8 +342,12 @@ def main(command: str, argv: list[str]) -> int:
             values = {key: round(float(value[0]), 4) for key, value in scores.items()}
             values["confidence_ratio"] = values.pop("ratio")
             values.pop("kept")
-            return {**values, "border_kept": round(border_kept(result.masks[0, 0]), 4),
-                    "model_size": list(images.shape[-2:]), "evaluation": evaluation}
+            return {
+                **values,
+                "border_kept": round(border_kept(result.masks[0, 0]), 4),
+                "model_size": list(images.shape[-2:]),
+                "evaluation": evaluation,
+            }
 
         print(f"study: {name} on {len(paths)} image(s)", file=sys.stderr)
         rows = explain_files(explainer, paths, out_dir / name, args.seed, args.steps, measure=measure, resume=args.resume)

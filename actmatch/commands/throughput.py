@@ -26,13 +26,24 @@ from actmatch.explainers.classifier import ClassifierLoadError
 
 __all__ = ["main", "THROUGHPUT_FIELDS"]
 
-THROUGHPUT_FIELDS = ["batch_size", "images", "seconds", "images_per_minute", "speedup", "label_kept", "median_area",
-                     "device", "precision", "steps"]
+THROUGHPUT_FIELDS = [
+    "batch_size",
+    "images",
+    "seconds",
+    "images_per_minute",
+    "speedup",
+    "label_kept",
+    "median_area",
+    "device",
+    "precision",
+    "steps",
+]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="actmatch throughput",
-                                     description="Images per minute of `actmatch explain` for several batch sizes.")
+    parser = argparse.ArgumentParser(
+        prog="actmatch throughput", description="Images per minute of `actmatch explain` for several batch sizes."
+    )
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16], help="default: %(default)s")
     parser.add_argument("--limit", type=int, default=16, help="images explained per batch size (default: %(default)s)")
@@ -43,8 +54,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--weights", default=None, help="local classifier checkpoint")
     parser.add_argument("--input-size", type=int, default=None, help="classifier input side (default: its data config)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16: the fits run under torch.autocast(bfloat16) (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: the fits run under torch.autocast(bfloat16) (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if any(b < 1 for b in args.batch_sizes) or args.limit < 1:
         parser.error(f"batch sizes and --limit must be >= 1, got {args.batch_sizes} and {args.limit}")
@@ -62,8 +77,10 @@ def format_rows(rows: list[dict]) -> str:
     head = f"{'B':>4} {'images':>6} {'seconds':>8} {'img/min':>8} {'speed-up':>8} {'kept':>5} {'area':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['batch_size']:>4} {r['images']:>6} {r['seconds']:>8.1f} {r['images_per_minute']:>8.2f} "
-                     f"{r['speedup']:>7.2f}x {r['label_kept']:>5.2f} {r['median_area']:>6.3f}")
+        lines.append(
+            f"{r['batch_size']:>4} {r['images']:>6} {r['seconds']:>8.1f} {r['images_per_minute']:>8.2f} "
+            f"{r['speedup']:>7.2f}x {r['label_kept']:>5.2f} {r['median_area']:>6.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -74,7 +91,9 @@ def main(command: str, argv: list[str]) -> int:
 
     args = parse_args(argv)
     try:
-        explainer = build_explainer(args.config, args.backbone, args.weights, args.steps, input_size=args.input_size).to(args.device)
+        explainer = build_explainer(args.config, args.backbone, args.weights, args.steps, input_size=args.input_size).to(
+            args.device
+        )
     except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
         print(f"actmatch {command}: {err}", file=sys.stderr)
         return 2
@@ -106,8 +125,10 @@ def main(command: str, argv: list[str]) -> int:
         })  # fmt: skip
     for r in rows:
         r["speedup"] = r["images_per_minute"] / rows[0]["images_per_minute"]
-    print(f"{explainer.classifier.name}, {rows[0]['steps']} steps, {args.device} ({torch.get_num_threads()} threads), "
-          f"{args.precision}; one run, so the rows compare:")
+    print(
+        f"{explainer.classifier.name}, {rows[0]['steps']} steps, {args.device} ({torch.get_num_threads()} threads), "
+        f"{args.precision}; one run, so the rows compare:"
+    )
     print(format_rows(rows))
     with (out / "throughput.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=THROUGHPUT_FIELDS)

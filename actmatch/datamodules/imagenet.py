@@ -231,8 +231,13 @@ class ImageNetDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         self.setup()
         transform = backbone_transform(self.backbone, train=train, augment=self.augment, image_size=self.image_size)
-        return DataLoader(ImageFolderSubset(self.splits[split], transform), batch_size=self.batch_size, shuffle=train,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ImageFolderSubset(self.splits[split], transform),
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

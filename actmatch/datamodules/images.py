@@ -72,8 +72,10 @@ def pixel_limit() -> int | None:
     except ValueError:
         limit = 0
     if limit <= 0:
-        raise ImageReadError(f"{PIXEL_LIMIT_ENV}={value!r} is not a positive whole number of pixels; "
-                             f"set it to the pixel count (width x height) of the largest image to read, or unset it")
+        raise ImageReadError(
+            f"{PIXEL_LIMIT_ENV}={value!r} is not a positive whole number of pixels; "
+            f"set it to the pixel count (width x height) of the largest image to read, or unset it"
+        )
     Image.MAX_IMAGE_PIXELS = limit
     return limit
 
@@ -82,7 +84,8 @@ def _too_large(path: Path, limit: int, pixels: int | None, size: str = "") -> Im
     found = f"its {size}{pixels:,} pixels" if pixels else "its pixel count"
     return ImageReadError(
         f"{path}: refused, {found} is over the limit of {limit:,} pixels (Pillow's guard against "
-        f"decompression bombs); if you trust the file, set {PIXEL_LIMIT_ENV}={pixels or 'PIXELS'} (or more)")
+        f"decompression bombs); if you trust the file, set {PIXEL_LIMIT_ENV}={pixels or 'PIXELS'} (or more)"
+    )
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -268,8 +271,7 @@ def _unique_folders(found: list[tuple[Path, str]]) -> list[ImageItem]:
     counts: dict[str, int] = {}
     for _, folder in found:
         counts[folder] = counts.get(folder, 0) + 1
-    return [ImageItem(path, folder if counts[folder] == 1 else f"{folder}-{_path_digest(path)}")
-            for path, folder in found]
+    return [ImageItem(path, folder if counts[folder] == 1 else f"{folder}-{_path_digest(path)}") for path, folder in found]
 
 
 def file_items(paths: list[str | Path]) -> list[ImageItem]:

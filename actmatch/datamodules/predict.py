@@ -38,8 +38,7 @@ class ImagePaths(Dataset):
         indices: each item's position in the full list (default: 0, 1, ...).
     """
 
-    def __init__(self, items: list[ImageItem | Path], size: int, square: bool = False,
-                 indices: list[int] | None = None) -> None:
+    def __init__(self, items: list[ImageItem | Path], size: int, square: bool = False, indices: list[int] | None = None) -> None:
         self.items = [item if isinstance(item, ImageItem) else ImageItem(Path(item), Path(item).stem) for item in items]
         self.size, self.square = size, square
         self.indices = list(range(len(self.items))) if indices is None else list(indices)
@@ -58,8 +57,14 @@ class ImagePaths(Dataset):
             error = ""
         except ImageReadError as err:
             image, original, error = torch.zeros(3, self.size, self.size), (self.size, self.size), str(err)
-        return {"image": image, "path": str(item.path), "folder": item.folder, "index": self.indices[index],
-                "original_size": torch.tensor(original), "error": error}
+        return {
+            "image": image,
+            "path": str(item.path),
+            "folder": item.folder,
+            "index": self.indices[index],
+            "original_size": torch.tensor(original),
+            "error": error,
+        }
 
 
 class ShardSampler(DistributedSampler):

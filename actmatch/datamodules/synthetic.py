@@ -161,7 +161,14 @@ class SyntheticEvidence(Dataset):
             for _ in range(12):
                 kind = DISTRACTORS[int(torch.randint(len(DISTRACTORS), (1,), generator=g))]
                 cy, cx = (torch.rand(2, generator=g) * s).tolist()
-                m = render_shape(kind, s, cy, cx, s * (0.04 + 0.06 * torch.rand(1, generator=g).item()), math.pi * torch.rand(1, generator=g).item())
+                m = render_shape(
+                    kind,
+                    s,
+                    cy,
+                    cx,
+                    s * (0.04 + 0.06 * torch.rand(1, generator=g).item()),
+                    math.pi * torch.rand(1, generator=g).item(),
+                )
                 img = torch.where(m, 0.7 * img + 0.3 * self._dull(g), img)
         img = img + 0.05 * torch.randn(3, s, s, generator=g)
         return img
@@ -282,16 +289,27 @@ class SyntheticDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        kwargs = dict(num_classes=num_classes, image_size=image_size, variant=variant, background=background,
-                      distractors=distractors, object_agreement=object_agreement)
+        kwargs = dict(
+            num_classes=num_classes,
+            image_size=image_size,
+            variant=variant,
+            background=background,
+            distractors=distractors,
+            object_agreement=object_agreement,
+        )
         self.train_set = SyntheticEvidence(train_size, seed=seed, **kwargs)
         self.val_set = SyntheticEvidence(val_size, seed=seed + 1, **kwargs)
         self.test_set = SyntheticEvidence(test_size, seed=seed + 2, **kwargs)
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -112,4 +112,3 @@ def classify(
     if pending:
         classes = flush(False)
     return [torch.cat(parts) if parts else torch.empty(0, classes) for parts in results]
-

@@ -145,7 +145,9 @@ class MapStore:
     def _path(self, image: str, method: str) -> Path:
         return self.folder / Path(image).name / f"{method}.pt"
 
-    def save(self, image: str, method: str, saliency: torch.Tensor, seconds: float, randomized: torch.Tensor | None = None) -> None:
+    def save(
+        self, image: str, method: str, saliency: torch.Tensor, seconds: float, randomized: torch.Tensor | None = None
+    ) -> None:
         path = self._path(image, method)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"map": saliency.detach().cpu(), "seconds": seconds,
@@ -176,8 +178,16 @@ class MetricTime:
                 f"took {self.took / per:.1f} s")  # fmt: skip
 
 
-def score_image(classifier, item: BenchImage, maps: dict[str, torch.Tensor], logits: torch.Tensor, area: float, exam: Exam,
-                settings: dict, counter: PassCounter) -> dict[str, dict | Exception]:
+def score_image(
+    classifier,
+    item: BenchImage,
+    maps: dict[str, torch.Tensor],
+    logits: torch.Tensor,
+    area: float,
+    exam: Exam,
+    settings: dict,
+    counter: PassCounter,
+) -> dict[str, dict | Exception]:
     """Every exam column of every map (1, 1, H, W) of one image: name -> values.
 
     All maps are scored together (:func:`~actmatch.evaluation.exam.score_maps`); if that fails,
@@ -197,7 +207,9 @@ def score_image(classifier, item: BenchImage, maps: dict[str, torch.Tensor], log
         out: dict[str, dict | Exception] = {}
         for name, saliency in maps.items():
             try:
-                out[name] = {key: v[0].item() for key, v in score_maps(classifier, x, saliency, draws, target, area, **kw).items()}
+                out[name] = {
+                    key: v[0].item() for key, v in score_maps(classifier, x, saliency, draws, target, area, **kw).items()
+                }
             except Exception as err:  # noqa: BLE001
                 out[name] = err
         return out
@@ -279,7 +291,12 @@ def run_benchmark(
         probs = logits.softmax(-1)
         target = probs.argmax(-1)
         cut_area = area
-        base = {"image": path, "label": int(target), "label_name": classifier.class_name(int(target)), "confidence": probs.max().item()}
+        base = {
+            "image": path,
+            "label": int(target),
+            "label_name": classifier.class_name(int(target)),
+            "confidence": probs.max().item(),
+        }
         image_rows, image_maps, earlier = {}, {}, {}
         for name, method in methods.items():
             row = image_rows[name] = {**base, "method": name, "error": ""}
@@ -328,8 +345,9 @@ def run_benchmark(
     return rows, maps
 
 
-def _sanity(randomized: dict, x: torch.Tensor, maps: dict[str, torch.Tensor], scores: dict,
-            earlier: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+def _sanity(
+    randomized: dict, x: torch.Tensor, maps: dict[str, torch.Tensor], scores: dict, earlier: dict[str, torch.Tensor | None]
+) -> dict[str, torch.Tensor]:
     """Add ``sanity_spearman`` and ``sanity_iou`` to each scored map: the method's map of the model
     with re-initialised top blocks (explaining that model's own top-1) against the original map
     (``earlier[name]`` when an earlier run computed it). Returns the randomised maps."""
@@ -471,7 +489,9 @@ def format_table(summary: list[dict]) -> str:
     blocks = []
     for keys in TABLE_BLOCKS:
         heads = ["method", "n", *(HEADERS[k] + _mark(columns[k]) for k in keys)]
-        cells = [[r["method"], str(r["images"])] + [_cell(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"], 2) for k in keys] for r in summary]
+        cells = [
+            [r["method"], str(r["images"])] + [_cell(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"], 2) for k in keys] for r in summary
+        ]
         blocks.append(_text_table(heads, cells))
     return "\n\n".join(blocks) + "\n\n† true for am by construction (never counted)   * judged with the mean fill am fits with"
 

@@ -111,7 +111,11 @@ def region_scores(
     photo resized with another filter), NaN where not given."""
     n = regions.shape[0]
     prob = lambda lg: lg.softmax(-1)[:, y]  # noqa: E731
-    jobs = [_blend_job(image, regions, fill), _blend_job(image, M.dilate(regions), fill), _blend_job(image, M.shifted(regions), fill)]
+    jobs = [
+        _blend_job(image, regions, fill),
+        _blend_job(image, M.dilate(regions), fill),
+        _blend_job(image, M.shifted(regions), fill),
+    ]
     if file_size is not None:
         jobs.append(_blend_job(image, M.read_back(regions, file_size), fill))
     if resampled is not None:
@@ -310,7 +314,9 @@ def score_maps(
         "ratio_equal_area": prob(cut_logits) / p_x,
         "kept_equal_area_convad": (convad.argmax(-1) == y).float(),
         **{_fixed_key(f): kept[:, scanned.index(f)].float() for f in fixed_areas},
-        "ratio_at_10": torch.stack([prob(lg)[ten] for lg in scan_logits]) / p_x if ten is not None else torch.full((m,), torch.nan),
+        "ratio_at_10": torch.stack([prob(lg)[ten] for lg in scan_logits]) / p_x
+        if ten is not None
+        else torch.full((m,), torch.nan),
         "smallest_sufficient_area": sufficient,
         "region_area": M.mask_area(regions),
         "ratio_region": perturbed["ratio"],

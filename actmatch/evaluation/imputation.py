@@ -58,9 +58,7 @@ _WARM_START_TOL = 1e-2
 _PRECONDITIONER_DTYPE = torch.float32
 
 
-def linear_imputation(
-    images: torch.Tensor, masks: torch.Tensor, *, tol: float = 1e-5, max_iter: int = 2000
-) -> torch.Tensor:
+def linear_imputation(images: torch.Tensor, masks: torch.Tensor, *, tol: float = 1e-5, max_iter: int = 2000) -> torch.Tensor:
     """Fill the removed pixels of each image with ROAD's linear imputation (Rong et al. 2022).
 
     Each removed pixel ``i`` becomes the weighted mean of its in-image 8 neighbours ``N(i)``,
@@ -106,9 +104,13 @@ def linear_imputation(
         x = images.detach().to(work_dtype)
         filled, unconverged = _solve_coarse_to_fine(x, known, tol, max_iter, _WARM_START_LEVELS)
     if bool(unconverged.any()):
-        warnings.warn(f"linear_imputation: {int(unconverged.sum())} of {unconverged.numel()} (image, channel) systems, "
-                      f"e.g. {unconverged.nonzero().tolist()[:4]}, did not reach tol={tol} in max_iter={max_iter} "
-                      "iterations", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"linear_imputation: {int(unconverged.sum())} of {unconverged.numel()} (image, channel) systems, "
+            f"e.g. {unconverged.nonzero().tolist()[:4]}, did not reach tol={tol} in max_iter={max_iter} "
+            "iterations",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return torch.where(known, images.detach(), filled.to(images.dtype))  # (N, C, H, W)
 
 
@@ -157,20 +159,24 @@ def _validated_known(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     n, _, h, w = images.shape
     expected = f"(N, 1, H, W) = ({n}, 1, {h}, {w})"
     if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (n, 1, h, w):
-        raise ValueError(f"masks must have shape {expected} to match images of shape {tuple(images.shape)}, "
-                         f"got {_describe(masks)}")
+        raise ValueError(
+            f"masks must have shape {expected} to match images of shape {tuple(images.shape)}, got {_describe(masks)}"
+        )
     if masks.dtype.is_complex:
         raise ValueError(f"masks of shape {expected} must be bool, integer or floating point, got {masks.dtype}")
     masks = masks.to(images.device)
     if not bool(((masks == 0) | (masks == 1)).all()):
-        raise ValueError(f"masks of shape {expected} must hold only 0 (removed) and 1 (kept); "
-                         "binarise soft masks first, e.g. masks > 0.5")
+        raise ValueError(
+            f"masks of shape {expected} must hold only 0 (removed) and 1 (kept); binarise soft masks first, e.g. masks > 0.5"
+        )
     known = masks != 0
     empty = (~known.flatten(1).any(1)).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(f"masks {empty[:10]} of shape {expected} keep no pixel: linear imputation spreads "
-                         "the kept pixels' values and its system is singular without any; keep at least one "
-                         "pixel per mask, or fill fully removed images another way (e.g. a constant baseline)")
+        raise ValueError(
+            f"masks {empty[:10]} of shape {expected} keep no pixel: linear imputation spreads "
+            "the kept pixels' values and its system is singular without any; keep at least one "
+            "pixel per mask, or fill fully removed images another way (e.g. a constant baseline)"
+        )
     return known
 
 
@@ -200,10 +206,10 @@ def _neighbour_sum(u: torch.Tensor) -> torch.Tensor:
         return _neighbour_sum_conv(u)
     h, w = u.shape[-2:]
     p = F.pad(u, (1, 1, 1, 1))  # (N, C, H + 2, W + 2)
-    rows = p[..., :, 0:w] + p[..., :, 2:w + 2]  # (N, C, H + 2, W): [1, 2, 1] along each row
-    rows.add_(p[..., :, 1:w + 1], alpha=2.0)
-    both = rows[..., 0:h, :] + rows[..., 2:h + 2, :]  # (N, C, H, W): then along each column
-    both.add_(rows[..., 1:h + 1, :], alpha=2.0)
+    rows = p[..., :, 0:w] + p[..., :, 2 : w + 2]  # (N, C, H + 2, W): [1, 2, 1] along each row
+    rows.add_(p[..., :, 1 : w + 1], alpha=2.0)
+    both = rows[..., 0:h, :] + rows[..., 2 : h + 2, :]  # (N, C, H, W): then along each column
+    both.add_(rows[..., 1 : h + 1, :], alpha=2.0)
     return both.mul_(_W_DIAGONAL).add_(u, alpha=-4 * _W_DIAGONAL)
 
 

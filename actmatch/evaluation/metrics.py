@@ -106,7 +106,6 @@ def _target(classifier: nn.Module, images: torch.Tensor, target: torch.Tensor | 
     return classifier(images).argmax(-1)
 
 
-
 def mask_area(masks: torch.Tensor) -> torch.Tensor:
     """(B,) fraction of kept pixels."""
     return masks.detach().flatten(1).float().mean(1)
@@ -120,7 +119,9 @@ def label_kept(masker: Masker, images: torch.Tensor, masks: torch.Tensor, target
 
 
 @torch.no_grad()
-def confidence_delta(masker: Masker, images: torch.Tensor, masks: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+def confidence_delta(
+    masker: Masker, images: torch.Tensor, masks: torch.Tensor, target: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B,) p_f(e)(y) − p_f(x)(y)."""
     p_x = masker.classifier(images).softmax(-1)
     target = p_x.argmax(-1) if target is None else _target(masker.classifier, images, target)
@@ -221,15 +222,18 @@ def _auc(curve: torch.Tensor) -> torch.Tensor:
     return torch.trapezoid(curve, dx=1.0 / (curve.shape[-1] - 1), dim=-1)
 
 
-def insertion_auc(classifier: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | None = None, **kw) -> torch.Tensor:
+def insertion_auc(
+    classifier: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | None = None, **kw
+) -> torch.Tensor:
     """(B,) area under the insertion curve (higher is better); see :func:`perturbation_curve`."""
     return _auc(perturbation_curve(classifier, images, saliency, target, "insertion", **kw))
 
 
-def deletion_auc(classifier: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | None = None, **kw) -> torch.Tensor:
+def deletion_auc(
+    classifier: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | None = None, **kw
+) -> torch.Tensor:
     """(B,) area under the deletion curve (lower is better); see :func:`perturbation_curve`."""
     return _auc(perturbation_curve(classifier, images, saliency, target, "deletion", **kw))
-
 
 
 def _grid(grid: tuple[float, ...]) -> list[float]:
@@ -309,8 +313,6 @@ def smallest_sufficient_area(
     return torch.tensor(_bisect(*_bracket(kept, fractions), refine, is_kept), device=images.device)
 
 
-
-
 # ---------------------------------------------------------------------------------- the exam's families
 def allowed_failures(draws: int, rate: float) -> int:
     """The most draws a region may lose while keeping the label on at least ``rate`` of ``draws``:
@@ -334,8 +336,15 @@ def _planted_job(draws: ExamDraws, masks: torch.Tensor, which: list[int]) -> Job
     return Job(masks.shape[0] * per, make)
 
 
-def _kept_on_draws(classifier: nn.Module, draws: ExamDraws, masks: torch.Tensor, y: int, which: list[int],
-                   chunk: int, counter: PassCounter | None) -> torch.Tensor:
+def _kept_on_draws(
+    classifier: nn.Module,
+    draws: ExamDraws,
+    masks: torch.Tensor,
+    y: int,
+    which: list[int],
+    chunk: int,
+    counter: PassCounter | None,
+) -> torch.Tensor:
     """(n, len(which)) bool: mask i planted on draw which[j] keeps label y."""
     if not len(masks) or not which:
         return torch.zeros(len(masks), len(which), dtype=torch.bool)
@@ -633,7 +642,9 @@ class Robustness(MeanMetric):
         super().__init__(**kwargs)
         self._keep(classifier=classifier, exam=exam)
 
-    def values(self, images: torch.Tensor, masks: torch.Tensor, keys: list[str], target: torch.Tensor | None = None) -> torch.Tensor:
+    def values(
+        self, images: torch.Tensor, masks: torch.Tensor, keys: list[str], target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return robustness(self.classifier, images, masks, self.exam, keys, target)
 
 
@@ -670,4 +681,3 @@ class MaskPrecision(MeanMetric):
 
     def values(self, masks: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
         return mask_precision(masks, ground_truth)
-

@@ -8,13 +8,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BackgroundSampler", "cycled_backgrounds", "dead_leaves", "pink_noise", "gaussian_blur", "make_fill", "FILLS",
-           "FAMILY_OF_KIND", "FAMILY_OF_FILL", "FIT_KINDS"]
+__all__ = [
+    "BackgroundSampler",
+    "cycled_backgrounds",
+    "dead_leaves",
+    "pink_noise",
+    "gaussian_blur",
+    "make_fill",
+    "FILLS",
+    "FAMILY_OF_KIND",
+    "FAMILY_OF_FILL",
+    "FIT_KINDS",
+]
 
 FILLS = ("mean", "black", "blur")
 #: the evaluation family (actmatch.evaluation.families) each background kind belongs to
-FAMILY_OF_KIND = {"uniform": "noise", "gaussian": "noise", "solid": "solid", "blur": "blur", "shuffle": "photos",
-                  "dead_leaves": "dead_leaves", "pink": "pink_noise"}
+FAMILY_OF_KIND = {
+    "uniform": "noise",
+    "gaussian": "noise",
+    "solid": "solid",
+    "blur": "blur",
+    "shuffle": "photos",
+    "dead_leaves": "dead_leaves",
+    "pink": "pink_noise",
+}
 #: the background kinds a fit draws by default: none of them is a held-out family of the evaluation
 #: (blur and other photos are; see actmatch.evaluation.families)
 FIT_KINDS = ("solid", "uniform", "gaussian", "dead_leaves", "pink")

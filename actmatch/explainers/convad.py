@@ -61,7 +61,10 @@ def propagate_mask(mask: torch.Tensor, module: nn.Module, out_size: tuple[int, i
     padding = getattr(module, "padding", 0)
     h, w = mask.shape[-2:]
     if type(module).__name__ == "Conv2dSame" or padding == "same":
-        (top, bottom), (left, right) = (_tf_same(h, kernel[0], stride[0], dilation[0]), _tf_same(w, kernel[1], stride[1], dilation[1]))
+        (top, bottom), (left, right) = (
+            _tf_same(h, kernel[0], stride[0], dilation[0]),
+            _tf_same(w, kernel[1], stride[1], dilation[1]),
+        )
     elif isinstance(padding, str):  # "valid"
         top = bottom = left = right = 0
     else:

@@ -24,8 +24,14 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from actmatch.explainers.backgrounds import (FAMILY_OF_FILL, FAMILY_OF_KIND, FILLS, BackgroundSampler,
-                                             cycled_backgrounds, make_fill)
+from actmatch.explainers.backgrounds import (
+    FAMILY_OF_FILL,
+    FAMILY_OF_KIND,
+    FILLS,
+    BackgroundSampler,
+    cycled_backgrounds,
+    make_fill,
+)
 from actmatch.explainers.losses import logit_margin
 
 __all__ = ["Criterion", "Check", "Sufficient", "Confident", "RobustOn", "AllOf", "CountedClassifier"]
@@ -90,8 +96,9 @@ class Criterion:
         raise NotImplementedError
 
     @torch.no_grad()
-    def accepts(self, classifier, image: torch.Tensor, masks: torch.Tensor, logits_x: torch.Tensor,
-                target: torch.Tensor) -> torch.Tensor:
+    def accepts(
+        self, classifier, image: torch.Tensor, masks: torch.Tensor, logits_x: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
         """(n,) bool: which masks (n, 1, H, W) of one image keep the decision (no gradient)."""
         return self.bind(classifier, image, logits_x, target).accepts(masks)
 
@@ -220,14 +227,19 @@ class RobustOn(Criterion):
     #: backgrounds per forward pass in the staged test
     STAGE = 2
 
-    def __init__(self, kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"), n: int = 8,
-                 rate: float = 0.875, margin: float = 0.0, order: str = "random") -> None:
+    def __init__(
+        self,
+        kinds: list[str] | tuple[str, ...] = ("solid", "uniform", "gaussian"),
+        n: int = 8,
+        rate: float = 0.875,
+        margin: float = 0.0,
+        order: str = "random",
+    ) -> None:
         self.kinds = list(kinds)
         try:
             self._sampler = BackgroundSampler(self.kinds)
         except ValueError as err:
-            raise ValueError(f"RobustOn: kinds takes background kinds from {BackgroundSampler.KINDS}, "
-                             f"got {self.kinds}") from err
+            raise ValueError(f"RobustOn: kinds takes background kinds from {BackgroundSampler.KINDS}, got {self.kinds}") from err
         if not 1 <= n <= 1024 or not 0 < rate <= 1:
             raise ValueError(f"RobustOn: need 1 <= n <= 1024 backgrounds and 0 < rate <= 1, got n={n}, rate={rate}")
         if margin < 0:
@@ -312,8 +324,9 @@ class AllOf(Criterion):
     def __init__(self, criteria: list[Criterion]) -> None:
         criteria = list(criteria)
         if not criteria or not all(isinstance(c, Criterion) for c in criteria):
-            raise ValueError(f"AllOf: criteria is a non-empty list of criteria (e.g. [Sufficient(), RobustOn()]), "
-                             f"got {criteria!r}")
+            raise ValueError(
+                f"AllOf: criteria is a non-empty list of criteria (e.g. [Sufficient(), RobustOn()]), got {criteria!r}"
+            )
         self.criteria = criteria
 
     @property

@@ -33,11 +33,27 @@ import torch
 from torch import nn
 
 from actmatch.explainers.criteria import CountedClassifier, Criterion, Sufficient
-from actmatch.explainers.stages import (BorderFree, FitState, Prune, Scan, Stage, areas_below, logistic_blobs,
-                                        smallest_accepted_cut)
+from actmatch.explainers.stages import (
+    BorderFree,
+    FitState,
+    Prune,
+    Scan,
+    Stage,
+    areas_below,
+    logistic_blobs,
+    smallest_accepted_cut,
+)
 
-__all__ = ["FitStrategy", "PenaltyFit", "ConstrainedFit", "AreaContinuation", "TopArea", "FitResult", "SELECTIONS",
-           "default_fitting"]
+__all__ = [
+    "FitStrategy",
+    "PenaltyFit",
+    "ConstrainedFit",
+    "AreaContinuation",
+    "TopArea",
+    "FitResult",
+    "SELECTIONS",
+    "default_fitting",
+]
 
 #: which of the masks seen during a fit is returned, per image
 SELECTIONS = ("smallest_robust", "smallest_kept", "last")
@@ -116,20 +132,29 @@ class FitStrategy:
             ``Verify``, ``Scan``, ``Prune``, ``BorderFree``); None: none.
     """
 
-    def __init__(self, lr: float = 0.002, select: str = "smallest_robust", criterion: Criterion | None = None,
-                 stages: list[Stage] | None = None) -> None:
+    def __init__(
+        self,
+        lr: float = 0.002,
+        select: str = "smallest_robust",
+        criterion: Criterion | None = None,
+        stages: list[Stage] | None = None,
+    ) -> None:
         if select not in SELECTIONS:
             raise ValueError(f"{type(self).__name__}: unknown select {select!r}; choose one of {SELECTIONS}")
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         criterion = Sufficient() if criterion is None else criterion
         if not isinstance(criterion, Criterion):
-            raise ValueError(f"{type(self).__name__}: criterion must be a Criterion (actmatch.explainers.criteria, "
-                             f"e.g. Sufficient()), got {criterion!r}")
+            raise ValueError(
+                f"{type(self).__name__}: criterion must be a Criterion (actmatch.explainers.criteria, "
+                f"e.g. Sufficient()), got {criterion!r}"
+            )
         stages = list(stages or [])
         if not all(isinstance(stage, Stage) for stage in stages):
-            raise ValueError(f"{type(self).__name__}: stages is a list of Stage (actmatch.explainers.stages, e.g. "
-                             f"[Scan(), Prune()]), got {stages!r}")
+            raise ValueError(
+                f"{type(self).__name__}: stages is a list of Stage (actmatch.explainers.stages, e.g. "
+                f"[Scan(), Prune()]), got {stages!r}"
+            )
         self.lr, self.select, self.criterion, self.stages = lr, select, criterion, stages
         for stage in stages:
             try:
@@ -174,9 +199,11 @@ class FitStrategy:
         """Fit ``unet`` on ``images`` (B, 3, H, W), select a mask per image and run the stages."""
         fills = self.criterion.fills - {explainer.fill}
         if fills:
-            raise ValueError(f"{type(self).__name__}: the criterion {self.criterion!r} checks with the fill "
-                             f"{sorted(fills)}, but the explainer's steps fill with {explainer.fill!r}; set the "
-                             f"criterion's fill to {explainer.fill!r} (or the explainer's fill to match)")
+            raise ValueError(
+                f"{type(self).__name__}: the criterion {self.criterion!r} checks with the fill "
+                f"{sorted(fills)}, but the explainer's steps fill with {explainer.fill!r}; set the "
+                f"criterion's fill to {explainer.fill!r} (or the explainer's fill to match)"
+            )
         optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
         target = reference[0].argmax(-1)
         robust_best, kept_best = _Best(images), _Best(images)
@@ -198,8 +225,12 @@ class FitStrategy:
                 if k:
                     candidates.offer(mask, soft, robust)
                 loss = self.objective(explainer, out, i / steps)
-                record = {"loss": loss.mean().item(), "area": mask.flatten(1).mean(1).mean().item(),
-                          "kept": kept.float().mean().item(), "robust": robust.float().mean().item()}
+                record = {
+                    "loss": loss.mean().item(),
+                    "area": mask.flatten(1).mean(1).mean().item(),
+                    "kept": kept.float().mean().item(),
+                    "robust": robust.float().mean().item(),
+                }
                 if i < steps - 1:  # the last update would never be evaluated
                     optimizer.zero_grad(set_to_none=True)
                     loss.sum().backward()  # Σ_i L_i: each image's U-Net gets exactly its own gradient
@@ -215,8 +246,18 @@ class FitStrategy:
         rules = {"smallest_robust": [kept_best, robust_best], "smallest_kept": [kept_best], "last": []}[self.select]
         for rule in rules:
             masks[rule.found], soft_masks[rule.found] = rule.masks[rule.found], rule.soft[rule.found]
-        state = FitState(explainer.classifier, images, reference[0], target, masks, soft_masks, self.criterion,
-                         self.stages, kept_best.found, candidates.items)
+        state = FitState(
+            explainer.classifier,
+            images,
+            reference[0],
+            target,
+            masks,
+            soft_masks,
+            self.criterion,
+            self.stages,
+            kept_best.found,
+            candidates.items,
+        )
         for stage in self.stages:
             state.classifier = self.counted(explainer, stage.name)
             stage.run(state)
@@ -274,8 +315,10 @@ class ConstrainedFit(FitStrategy):
     ) -> None:
         super().__init__(lr, select, criterion, stages)
         if not (lambda_init > 0 and 0 < lambda_min <= lambda_max):
-            raise ValueError(f"ConstrainedFit: need lambda_init > 0 and 0 < lambda_min <= lambda_max, got "
-                             f"{lambda_init}, {lambda_min}, {lambda_max}")
+            raise ValueError(
+                f"ConstrainedFit: need lambda_init > 0 and 0 < lambda_min <= lambda_max, got "
+                f"{lambda_init}, {lambda_min}, {lambda_max}"
+            )
         if dual_up < 0 or dual_down < 0:
             raise ValueError(f"ConstrainedFit: dual steps must be >= 0, got {dual_up}, {dual_down}")
         self.constraint = constraint
@@ -289,8 +332,10 @@ class ConstrainedFit(FitStrategy):
     def objective(self, explainer, out, progress: float) -> torch.Tensor:
         if self.constraint not in out.terms:
             names = sorted(out.terms)
-            raise ValueError(f"ConstrainedFit: the constraint term {self.constraint!r} is not among the explainer's "
-                             f"active loss terms {names}; add it (e.g. actmatch.explainers.losses.LabelMargin)")
+            raise ValueError(
+                f"ConstrainedFit: the constraint term {self.constraint!r} is not among the explainer's "
+                f"active loss terms {names}; add it (e.g. actmatch.explainers.losses.LabelMargin)"
+            )
         total = self._log_lambda.exp() * out.terms[self.constraint]
         for term in explainer.losses:
             if term.weight > 0 and term.name != self.constraint:
@@ -397,12 +442,15 @@ class AreaContinuation(FitStrategy):
             raise ValueError(f"AreaContinuation: noise must be >= 0, got {noise}")
         self.noise = noise
         if lookahead < 0 or lookahead_every < 1:
-            raise ValueError(f"AreaContinuation: need lookahead >= 0 and lookahead_every >= 1, got {lookahead}, "
-                             f"{lookahead_every}")
+            raise ValueError(
+                f"AreaContinuation: need lookahead >= 0 and lookahead_every >= 1, got {lookahead}, {lookahead_every}"
+            )
         self.lookahead, self.lookahead_every = lookahead, lookahead_every
         if not (0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow):
-            raise ValueError(f"AreaContinuation: need 0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow, got "
-                             f"min_area={min_area}, start_area={start_area}, shrink={shrink}, grow={grow}")
+            raise ValueError(
+                f"AreaContinuation: need 0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow, got "
+                f"min_area={min_area}, start_area={start_area}, shrink={shrink}, grow={grow}"
+            )
         self.start_area, self.shrink, self.grow, self.min_area = start_area, shrink, grow, min_area
         self._area: torch.Tensor | None = None
 

@@ -255,8 +255,9 @@ class Robustness(LossTerm):
         return ce.view(self.num_backgrounds, -1).mean(0)
 
     def extra_repr(self) -> str:
-        return (f"weight={self.weight}, backgrounds={self.sampler.kinds}, num_backgrounds={self.num_backgrounds}, "
-                f"gates={self.gates}")
+        return (
+            f"weight={self.weight}, backgrounds={self.sampler.kinds}, num_backgrounds={self.num_backgrounds}, gates={self.gates}"
+        )
 
 
 class Necessity(LossTerm):
@@ -325,8 +326,10 @@ class LabelMargin(LossTerm):
         return (self.margin - margins).clamp_min(0).view(copies, -1).mean(0)
 
     def extra_repr(self) -> str:
-        return (f"weight={self.weight}, margin={self.margin}, backgrounds={self.sampler.kinds}, "
-                f"num_backgrounds={self.num_backgrounds}")
+        return (
+            f"weight={self.weight}, margin={self.margin}, backgrounds={self.sampler.kinds}, "
+            f"num_backgrounds={self.num_backgrounds}"
+        )
 
 
 def default_loss_terms() -> list[LossTerm]:

@@ -27,8 +27,15 @@ from actmatch.explainers.backgrounds import FAMILY_OF_FILL, FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
 from actmatch.explainers.fitting import FitStrategy, default_fitting
 from actmatch.explainers.independent import IndependentNets
-from actmatch.explainers.losses import (ActivationMatching, Evidence, LabelMargin, LossTerm, Robustness,
-                                        amortized_loss_terms, default_loss_terms)
+from actmatch.explainers.losses import (
+    ActivationMatching,
+    Evidence,
+    LabelMargin,
+    LossTerm,
+    Robustness,
+    amortized_loss_terms,
+    default_loss_terms,
+)
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
 from actmatch.explainers.unet import MaskUNet, binarize
 
@@ -380,8 +387,12 @@ class ActMatchExplainer(L.LightningModule):
             kept = (ev.logits_e.argmax(-1) == ev.target).float()
         loss = out.loss.mean()
         b = images.shape[0]
-        metrics = {f"{stage}/loss": loss.detach(), f"{stage}/mask_area": area.mean(), f"{stage}/label_kept": kept.mean(),
-                   f"{stage}/confidence_delta": (p_e - p_x).mean()}
+        metrics = {
+            f"{stage}/loss": loss.detach(),
+            f"{stage}/mask_area": area.mean(),
+            f"{stage}/label_kept": kept.mean(),
+            f"{stage}/confidence_delta": (p_e - p_x).mean(),
+        }
         metrics.update({f"{stage}/{name}": value.detach().mean() for name, value in out.terms.items()})
         self.log_dict(metrics, batch_size=b, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train", prog_bar=False)
         return {

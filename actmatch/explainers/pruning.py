@@ -42,8 +42,9 @@ def _as_mask(cells: torch.Tensor, shape: tuple[int, int, int, int], cell: int) -
 
 
 @torch.no_grad()
-def prune_cells(kept, mask: torch.Tensor, soft: torch.Tensor, cell: int, batch: int = 8,
-                border_first: bool = False) -> tuple[torch.Tensor, int]:
+def prune_cells(
+    kept, mask: torch.Tensor, soft: torch.Tensor, cell: int, batch: int = 8, border_first: bool = False
+) -> tuple[torch.Tensor, int]:
     """The mask with every cell dropped whose removal keeps the label (one greedy pass).
 
     Args:

@@ -26,8 +26,18 @@ from actmatch.explainers.criteria import Check, Criterion, RobustOn
 from actmatch.explainers.masks import border_band, top_fraction_mask
 from actmatch.explainers.pruning import prune_cells
 
-__all__ = ["Stage", "FitState", "Scan", "Prune", "BorderFree", "Verify", "logistic_blobs", "areas_below",
-           "smallest_accepted_cut", "pruned"]
+__all__ = [
+    "Stage",
+    "FitState",
+    "Scan",
+    "Prune",
+    "BorderFree",
+    "Verify",
+    "logistic_blobs",
+    "areas_below",
+    "smallest_accepted_cut",
+    "pruned",
+]
 
 
 @dataclass
@@ -90,8 +100,9 @@ def smallest_accepted_cut(accepts, scores: torch.Tensor, fractions: torch.Tensor
 
 
 @torch.no_grad()
-def pruned(check: Check, mask: torch.Tensor, soft: torch.Tensor, cells: list[int], batch: int,
-           border_first: bool = False) -> torch.Tensor | None:
+def pruned(
+    check: Check, mask: torch.Tensor, soft: torch.Tensor, cells: list[int], batch: int, border_first: bool = False
+) -> torch.Tensor | None:
     """``mask`` (1, 1, H, W) pruned on the grids ``cells``, coarse to fine, each removal accepted by
     ``check`` (:func:`~actmatch.explainers.pruning.prune_cells`); None if the mask is not accepted."""
     if not check.accepted_prefix(mask)[0]:
@@ -128,10 +139,12 @@ class Stage:
 
     def _needs_robust_criterion(self, strategy, what: str) -> None:
         if strategy.select == "smallest_robust" and not strategy.criterion.robust:
-            raise ValueError(f"{type(self).__name__} checks {what} with the fill only (criterion "
-                             f"{strategy.criterion!r}); after select='smallest_robust' use a robust criterion "
-                             f"(e.g. AllOf([Sufficient(), RobustOn(n=8)])) to keep robust masks robust, or "
-                             f"select='smallest_kept' (or 'last')")
+            raise ValueError(
+                f"{type(self).__name__} checks {what} with the fill only (criterion "
+                f"{strategy.criterion!r}); after select='smallest_robust' use a robust criterion "
+                f"(e.g. AllOf([Sufficient(), RobustOn(n=8)])) to keep robust masks robust, or "
+                f"select='smallest_kept' (or 'last')"
+            )
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -162,8 +175,7 @@ class Scan(Stage):
 
     def __init__(self, areas: int = 24, min_area: float = 0.005, draws: int = 0, noise: float = 0.5) -> None:
         if not 1 <= areas <= 1024 or not 0 < min_area < 1:
-            raise ValueError(f"Scan: need 1 <= areas <= 1024 and 0 < min_area < 1, got areas={areas}, "
-                             f"min_area={min_area}")
+            raise ValueError(f"Scan: need 1 <= areas <= 1024 and 0 < min_area < 1, got areas={areas}, min_area={min_area}")
         if not 0 <= draws <= 256 or noise < 0:
             raise ValueError(f"Scan: need 0 <= draws <= 256 and noise >= 0, got draws={draws}, noise={noise}")
         self.areas, self.min_area, self.draws, self.noise = areas, min_area, draws, noise
@@ -223,12 +235,13 @@ class Prune(Stage):
 
     name = "prune"
 
-    def __init__(self, cells: list[int] | tuple[int, ...] = (32, 16, 8), batch: int = 8,
-                 border_first: bool = False) -> None:
+    def __init__(self, cells: list[int] | tuple[int, ...] = (32, 16, 8), batch: int = 8, border_first: bool = False) -> None:
         cells = [int(size) for size in cells]
         if not 1 <= len(cells) <= 8 or any(size < 1 for size in cells) or not 1 <= batch <= 1024:
-            raise ValueError(f"Prune: cells takes 1 to 8 cell sizes >= 1 (pixels, e.g. [16, 8]) and "
-                             f"1 <= batch <= 1024, got cells={cells}, batch={batch}")
+            raise ValueError(
+                f"Prune: cells takes 1 to 8 cell sizes >= 1 (pixels, e.g. [16, 8]) and "
+                f"1 <= batch <= 1024, got cells={cells}, batch={batch}"
+            )
         self.cells, self.batch, self.border_first = cells, batch, border_first
 
     def check(self, strategy) -> None:
@@ -265,14 +278,16 @@ class BorderFree(Stage):
 
     def __init__(self, factor: float = 1.5, width: float = 0.03) -> None:
         if not factor >= 1 or not 0 < width < 0.5:
-            raise ValueError(f"BorderFree: need factor >= 1 (a size ratio) and 0 < width < 0.5, got factor={factor}, "
-                             f"width={width}")
+            raise ValueError(
+                f"BorderFree: need factor >= 1 (a size ratio) and 0 < width < 0.5, got factor={factor}, width={width}"
+            )
         self.factor, self.width = factor, width
 
     def check(self, strategy) -> None:
         if not any(isinstance(stage, Scan) for stage in strategy.stages):
-            raise ValueError("BorderFree cuts the ranking as the scan does; it needs a Scan stage in the recipe's "
-                             "stages (e.g. Scan(areas=24))")
+            raise ValueError(
+                "BorderFree cuts the ranking as the scan does; it needs a Scan stage in the recipe's stages (e.g. Scan(areas=24))"
+            )
         self._needs_robust_criterion(strategy, "its band-free mask")
 
     @torch.no_grad()
@@ -333,11 +348,15 @@ class Verify(Stage):
         if strategy.select != "smallest_robust":
             raise ValueError(f"Verify checks robust masks; it needs select='smallest_robust', got {strategy.select!r}")
         if not strategy.criterion.robust:
-            raise ValueError(f"Verify checks candidates on backgrounds of the fit's own; the criterion "
-                             f"{strategy.criterion!r} has none: use e.g. AllOf([Sufficient(), RobustOn(n=8)])")
+            raise ValueError(
+                f"Verify checks candidates on backgrounds of the fit's own; the criterion "
+                f"{strategy.criterion!r} has none: use e.g. AllOf([Sufficient(), RobustOn(n=8)])"
+            )
         if strategy.stages[0] is not self:
-            raise ValueError("Verify replaces the selected mask by a step's mask; it must be the first stage "
-                             "(after another stage it would undo that stage's work)")
+            raise ValueError(
+                "Verify replaces the selected mask by a step's mask; it must be the first stage "
+                "(after another stage it would undo that stage's work)"
+            )
 
     @torch.no_grad()
     def run(self, fit: FitState) -> None:

@@ -37,8 +37,7 @@ def default_taps(module: nn.Module, max_transformer_taps: int = 4) -> list[str]:
     names = [n for n in names if n]
     if not names:
         raise ValueError(
-            f"{type(model).__name__} has no timm feature_info; pass the layers to tap explicitly "
-            f"(e.g. --taps layer1 layer2)"
+            f"{type(model).__name__} has no timm feature_info; pass the layers to tap explicitly (e.g. --taps layer1 layer2)"
         )
     if len(names) > max_transformer_taps and getattr(model, "num_prefix_tokens", None) is not None:
         step = len(names) / max_transformer_taps
@@ -167,16 +166,23 @@ def stage_taps(module: nn.Module, input_shape: tuple[int, int] = (224, 224), max
     """
     model = _model_of(module)
     param = next(model.parameters(), None)
-    probe = torch.zeros(1, 3, *input_shape, device=param.device if param is not None else None,
-                        dtype=param.dtype if param is not None and param.is_floating_point() else None)
+    probe = torch.zeros(
+        1,
+        3,
+        *input_shape,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None and param.is_floating_point() else None,
+    )
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad(), _OutputShapes(model) as shapes:
             model(probe)
     except Exception as err:  # noqa: BLE001 - any model error: ask for explicit taps
-        raise ValueError(f"could not run {type(model).__name__} on a {tuple(probe.shape)} probe to find its stages "
-                         f"({err}); pass the layers to tap explicitly") from err
+        raise ValueError(
+            f"could not run {type(model).__name__} on a {tuple(probe.shape)} probe to find its stages "
+            f"({err}); pass the layers to tap explicitly"
+        ) from err
     finally:
         for m, mode in modes:
             m.training = mode
@@ -190,8 +196,10 @@ def stage_taps(module: nn.Module, input_shape: tuple[int, int] = (224, 224), max
     names = [name for _, order, name in sorted(best.values(), key=lambda entry: entry[1])]
     if not names:
         valid = [n for n, _ in model.named_modules() if n]
-        raise ValueError(f"{type(model).__name__} produces no (B, C, h, w) feature map; pass the layers to tap "
-                         f"explicitly, from: {', '.join(valid[:60])}")
+        raise ValueError(
+            f"{type(model).__name__} produces no (B, C, h, w) feature map; pass the layers to tap "
+            f"explicitly, from: {', '.join(valid[:60])}"
+        )
     return names[-max_taps:]
 
 

@@ -30,9 +30,7 @@ class _StraightThrough(torch.autograd.Function):
         return grad * (soft * (1 - soft)).clamp_min(ctx.floor), None, None
 
 
-def binarize(
-    logits: torch.Tensor, threshold: float = 0.5, floor: float = 0.02
-) -> tuple[torch.Tensor, torch.Tensor]:
+def binarize(logits: torch.Tensor, threshold: float = 0.5, floor: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard mask with a straight-through gradient.
 
     Forward: m = 1[σ(z) > t], exactly 0 or 1. Backward: ∂m/∂z = max(σ'(z), floor). The floor

@@ -43,12 +43,15 @@ def require_browser() -> str:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as err:
-        raise BrowserUnavailable(f"the Python package playwright is not importable ({err}); "
-                                 "pip install playwright (no browser download needed)") from err
+        raise BrowserUnavailable(
+            f"the Python package playwright is not importable ({err}); pip install playwright (no browser download needed)"
+        ) from err
     chromium = find_chromium()
     if chromium is None:
-        raise BrowserUnavailable("no Chromium found (looked for $ACTMATCH_CHROMIUM, then "
-                                 f"{', '.join(CHROMIUM_NAMES)} on PATH); apt-get install chromium")
+        raise BrowserUnavailable(
+            "no Chromium found (looked for $ACTMATCH_CHROMIUM, then "
+            f"{', '.join(CHROMIUM_NAMES)} on PATH); apt-get install chromium"
+        )
     return chromium
 
 
@@ -65,8 +68,9 @@ def open_page(html: Path, width: int = 1400, height: int = 1000) -> Iterator:
 
     chromium = require_browser()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
         try:
             page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
             page.goto(Path(html).resolve().as_uri(), wait_until="load")

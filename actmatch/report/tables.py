@@ -29,15 +29,43 @@ ID_COLUMNS = {"label", "label_explanation", "seed", "num_classes", "input_size"}
 #: benchmark results columns that describe the image, not a method
 IMAGE_COLUMNS = {"label", "confidence"}
 #: columns holding a fraction of the image's pixels (shown in %)
-PERCENT_COLUMNS = {"mask_area", "median_mask_area", "label_kept_rate", "area", "smallest_sufficient_area",
-                   "median_smallest_sufficient_area", "sufficient_area_with_cut", "median_sufficient_area_with_cut",
-                   "border_kept", "robust_sufficient_area", "median_robust_sufficient_area", "region_area"}
+PERCENT_COLUMNS = {
+    "mask_area",
+    "median_mask_area",
+    "label_kept_rate",
+    "area",
+    "smallest_sufficient_area",
+    "median_smallest_sufficient_area",
+    "sufficient_area_with_cut",
+    "median_sufficient_area_with_cut",
+    "border_kept",
+    "robust_sufficient_area",
+    "median_robust_sufficient_area",
+    "region_area",
+}
 #: per-image columns holding a 0/1 outcome (shown as yes/no)
-FLAG_COLUMNS = {"label_kept", "kept_equal_area", "kept_equal_area_convad", "kept_at_5", "kept_at_10", "kept_at_20",
-                "kept_dilated", "kept_readback", "kept_resampled"}
+FLAG_COLUMNS = {
+    "label_kept",
+    "kept_equal_area",
+    "kept_equal_area_convad",
+    "kept_at_5",
+    "kept_at_10",
+    "kept_at_20",
+    "kept_dilated",
+    "kept_readback",
+    "kept_resampled",
+}
 #: benchmark metrics that get a sort button in each method's header, when present
-SORT_METRICS = ("robust_sufficient_area", "dg_score", "robustness", "insertion_auc", "deletion_auc", "kept_equal_area",
-                "smallest_sufficient_area", "seconds")
+SORT_METRICS = (
+    "robust_sufficient_area",
+    "dg_score",
+    "robustness",
+    "insertion_auc",
+    "deletion_auc",
+    "kept_equal_area",
+    "smallest_sufficient_area",
+    "seconds",
+)
 TITLES = {
     "confidence_original": "p(x)",
     "confidence_explanation": "p(e)",
@@ -59,8 +87,16 @@ TITLES = {
     "deletion_auc": "del.AUC",
     "median_seconds": "med.s/img",
 }
-SHORT = {"kept_equal_area": "kept", "robustness": "rob", "insertion_auc": "ins", "deletion_auc": "del",
-         "smallest_sufficient_area": "suff", "seconds": "s", "robust_sufficient_area": "r.suff", "dg_score": "DG"}
+SHORT = {
+    "kept_equal_area": "kept",
+    "robustness": "rob",
+    "insertion_auc": "ins",
+    "deletion_auc": "del",
+    "smallest_sufficient_area": "suff",
+    "seconds": "s",
+    "robust_sufficient_area": "r.suff",
+    "dg_score": "DG",
+}
 
 
 def _benchmark_titles() -> dict[str, str]:
@@ -147,8 +183,9 @@ def histogram(values: list[float], bins: int = 10) -> list[dict]:
     counts = [0] * bins
     for value in values:
         counts[min(int(value / top * bins), bins - 1)] += 1
-    return [{"low": top * i / bins, "high": top * (i + 1) / bins, "count": c, "height": c / max(counts)}
-            for i, c in enumerate(counts)]
+    return [
+        {"low": top * i / bins, "high": top * (i + 1) / bins, "count": c, "height": c / max(counts)} for i, c in enumerate(counts)
+    ]
 
 
 # ---------------------------------------------------------------------------------------- explain
@@ -172,8 +209,7 @@ def _explain_row(out_dir: Path, index: int, row: dict, metrics: list[str]) -> di
     """One gallery row: the image's files, its numbers (value and text) and whether it lost its label."""
     error = row.get("status", "ok") not in ("", "ok")
     folder = None if error else _image_folder(out_dir, row)
-    files = {name: relative(out_dir, folder / f"{name}.png") if folder else None
-             for name in ("figure", "mask", "explanation")}
+    files = {name: relative(out_dir, folder / f"{name}.png") if folder else None for name in ("figure", "mask", "explanation")}
     values = {key: to_number(row.get(key)) for key in metrics}
     return {
         "index": index,
@@ -197,8 +233,12 @@ def _explain_summary(out_dir: Path, rows: list[dict], aggregate_row: dict | None
     if path.is_file():
         agg = json.loads(path.read_text())
     elif aggregate_row:
-        agg = {"label_kept_rate": aggregate_row.get("label_kept"), "median_mask_area": aggregate_row.get("mask_area"),
-               "median_seconds": aggregate_row.get("seconds"), "status": aggregate_row.get("status")}
+        agg = {
+            "label_kept_rate": aggregate_row.get("label_kept"),
+            "median_mask_area": aggregate_row.get("mask_area"),
+            "median_seconds": aggregate_row.get("seconds"),
+            "status": aggregate_row.get("status"),
+        }
     else:
         agg = {}
     items = []
@@ -210,8 +250,9 @@ def _explain_summary(out_dir: Path, rows: list[dict], aggregate_row: dict | None
     for key in metrics:
         values = [r["numbers"][key] for r in rows if r["numbers"].get(key) is not None]
         if key not in covered and values:
-            items.append({"key": f"median_{key}", "title": f"median {title(key)}",
-                          "text": format_value(key, statistics.median(values))})
+            items.append(
+                {"key": f"median_{key}", "title": f"median {title(key)}", "text": format_value(key, statistics.median(values))}
+            )
     return items
 
 
@@ -255,8 +296,9 @@ def _summary_columns(fields: list[str]) -> list[dict]:
         if base != key and base in fields:
             continue
         low, high = f"{key}_ci_low", f"{key}_ci_high"
-        columns.append({"key": key, "title": title(key), "low": low if low in fields else None,
-                        "high": high if high in fields else None})
+        columns.append(
+            {"key": key, "title": title(key), "low": low if low in fields else None, "high": high if high in fields else None}
+        )
     return columns
 
 
@@ -328,8 +370,10 @@ def benchmark_context(out_dir: Path) -> dict:
     for row in results:
         by_image.setdefault(row["image"], []).append(row)
     maps = read_maps(out_dir)
-    rows = [_benchmark_row(i, image, group, methods, metrics, maps.get(image, {}))
-            for i, (image, group) in enumerate(by_image.items())]
+    rows = [
+        _benchmark_row(i, image, group, methods, metrics, maps.get(image, {}))
+        for i, (image, group) in enumerate(by_image.items())
+    ]
     return {
         "kind": "benchmark",
         "title": f"actmatch benchmark: {out_dir.name}",
@@ -360,11 +404,30 @@ def _paired_context(out_dir: Path) -> dict:
     parsed = []
     for r in rows:
         try:
-            parsed.append({**r, "wins": int(r["wins"]), "losses": int(r["losses"]), "significant": r.get("significant") == "True",
-                           "group": r.get("group", "exam")})
+            parsed.append(
+                {
+                    **r,
+                    "wins": int(r["wins"]),
+                    "losses": int(r["losses"]),
+                    "significant": r.get("significant") == "True",
+                    "group": r.get("group", "exam"),
+                }
+            )
         except (KeyError, ValueError):
             return {"headline": None, "paired": []}  # a paired.csv of another version
-    table = [{"metric": title(r["metric"]), "group": r["group"], "baseline": r["baseline"], "n": r["n"], "wins": r["wins"],
-              "ties": r.get("ties", ""), "losses": r["losses"], "p": format_value("p", to_number(r.get("p_value"))),
-              "p_holm": format_value("p", to_number(r.get("p_holm"))), "significant": r["significant"]} for r in parsed]
+    table = [
+        {
+            "metric": title(r["metric"]),
+            "group": r["group"],
+            "baseline": r["baseline"],
+            "n": r["n"],
+            "wins": r["wins"],
+            "ties": r.get("ties", ""),
+            "losses": r["losses"],
+            "p": format_value("p", to_number(r.get("p_value"))),
+            "p_holm": format_value("p", to_number(r.get("p_holm"))),
+            "significant": r["significant"],
+        }
+        for r in parsed
+    ]
     return {"headline": headline(parsed) if parsed else None, "paired": table}

@@ -31,8 +31,19 @@ from actmatch.evaluation.families import default_exam
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.masks import top_fraction_mask
 
-FIELDS = ["method", "area", "images", "robust_median", "robust_mean", "robust_photos_mean", "conf_ratio_median", "kept",
-          "dilated_kept", "shift_kept", "readback_kept"]
+FIELDS = [
+    "method",
+    "area",
+    "images",
+    "robust_median",
+    "robust_mean",
+    "robust_photos_mean",
+    "conf_ratio_median",
+    "kept",
+    "dilated_kept",
+    "shift_kept",
+    "readback_kept",
+]
 
 
 def main(argv: list[str]) -> int:
@@ -83,8 +94,10 @@ def main(argv: list[str]) -> int:
         writer.writeheader()
         writer.writerows(rows)
     for r in rows:
-        print(f"{r['method']:<10} {r['area']:>5.2f}  robust {r['robust_median']:.3f} (photos {r['robust_photos_mean']:.2f})  "
-              f"pe/px {r['conf_ratio_median']:.3f}  kept {r['kept']:.2f}")
+        print(
+            f"{r['method']:<10} {r['area']:>5.2f}  robust {r['robust_median']:.3f} (photos {r['robust_photos_mean']:.2f})  "
+            f"pe/px {r['conf_ratio_median']:.3f}  kept {r['kept']:.2f}"
+        )
     if args.plot:
         plot_study(Path(args.study) if args.study else None, Path(args.plot), frontier=rows)
     return 0

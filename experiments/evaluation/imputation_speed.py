@@ -70,16 +70,17 @@ def main() -> None:
     m = torch.tensor(keep, device=device)[:, None]  # (8, 1, H, W)
 
     def ours(i: int | None):
-        images, ms = (x, m[i:i + 1]) if i is not None else (x.expand(len(keep), -1, -1, -1), m)
+        images, ms = (x, m[i : i + 1]) if i is not None else (x.expand(len(keep), -1, -1, -1), m)
         out = linear_imputation(images, ms)
         sync()
         return out
 
-    print(f"{args.size}x{args.size} photo, torch {args.dtype} on {args.device}, {args.threads} thread(s); "
-          f"area = {'removed' if args.removed else 'kept'} fraction")
+    print(
+        f"{args.size}x{args.size} photo, torch {args.dtype} on {args.device}, {args.threads} thread(s); "
+        f"area = {'removed' if args.removed else 'kept'} fraction"
+    )
     print("seconds per mask, wall clock and CPU time of this process (the CPU time is steadier on a busy machine)")
-    print(f"{'area':>8} | {'quantus':>8} {'ours':>7} {'ratio':>6} | {'quantus':>8} {'ours':>7} {'ratio':>6} | "
-          f"{'max |diff|':>10}")
+    print(f"{'area':>8} | {'quantus':>8} {'ours':>7} {'ratio':>6} | {'quantus':>8} {'ours':>7} {'ratio':>6} | {'max |diff|':>10}")
     print(f"{'':>8} | {'wall':>8} {'wall':>7} {'':>6} | {'cpu':>8} {'cpu':>7} {'':>6} |")
     totals, worst = np.zeros(4), 0.0  # quantus wall, ours wall, quantus cpu, ours cpu
     for i, area in enumerate(AREAS):
@@ -89,16 +90,22 @@ def main() -> None:
         result, o_wall, o_cpu = timed(lambda: ours(i))
         diff = float(np.abs(result[0].double().cpu().numpy() - reference).max())
         totals, worst = totals + (q_wall, o_wall, q_cpu, o_cpu), max(worst, diff)
-        print(f"{area:8.3f} | {q_wall:8.3f} {o_wall:7.3f} {q_wall / o_wall:5.1f}x | {q_cpu:8.3f} {o_cpu:7.3f} "
-              f"{q_cpu / o_cpu:5.1f}x | {diff:10.1e}")
+        print(
+            f"{area:8.3f} | {q_wall:8.3f} {o_wall:7.3f} {q_wall / o_wall:5.1f}x | {q_cpu:8.3f} {o_cpu:7.3f} "
+            f"{q_cpu / o_cpu:5.1f}x | {diff:10.1e}"
+        )
     n = len(AREAS)
     q_wall, o_wall, q_cpu, o_cpu = totals / n
-    print(f"{'mean':>8} | {q_wall:8.3f} {o_wall:7.3f} {q_wall / o_wall:5.1f}x | {q_cpu:8.3f} {o_cpu:7.3f} "
-          f"{q_cpu / o_cpu:5.1f}x | {worst:10.1e}")
+    print(
+        f"{'mean':>8} | {q_wall:8.3f} {o_wall:7.3f} {q_wall / o_wall:5.1f}x | {q_cpu:8.3f} {o_cpu:7.3f} "
+        f"{q_cpu / o_cpu:5.1f}x | {worst:10.1e}"
+    )
     ours(None)  # warm-up
     _, b_wall, b_cpu = timed(lambda: ours(None))
-    print(f"{'batched':>8} | {'':>8} {b_wall / n:7.3f} {q_wall * n / b_wall:5.1f}x | {'':>8} {b_cpu / n:7.3f} "
-          f"{q_cpu * n / b_cpu:5.1f}x |   (ours: all {n} masks in one call)")
+    print(
+        f"{'batched':>8} | {'':>8} {b_wall / n:7.3f} {q_wall * n / b_wall:5.1f}x | {'':>8} {b_cpu / n:7.3f} "
+        f"{q_cpu * n / b_cpu:5.1f}x |   (ours: all {n} masks in one call)"
+    )
 
 
 if __name__ == "__main__":

@@ -190,7 +190,10 @@ def faithfulness(
 
 @torch.no_grad()
 def ablated_logits(
-    classifier: nn.Module, image: torch.Tensor, keeps: list[dict[str, torch.Tensor]], ablation: str | Ablation = "zero",
+    classifier: nn.Module,
+    image: torch.Tensor,
+    keeps: list[dict[str, torch.Tensor]],
+    ablation: str | Ablation = "zero",
     chunk: int = 4,
 ) -> torch.Tensor:
     """(len(keeps), K) logits of ``image`` (1, 3, H, W) under several circuits, batched ``chunk`` at a time."""

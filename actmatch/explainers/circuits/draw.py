@@ -69,8 +69,16 @@ def draw_circuit(
             link_max[key] = max(link_max.get(key, 0.0), d["score"])
         edges = list(shown.edges(data=True))
         widths = [0.2 + 3.0 * d["score"] / (link_max[shown.nodes[u]["layer_index"]] or 1.0) for u, _, d in edges]
-        nx.draw_networkx_edges(shown, pos, edgelist=[(u, v) for u, v, _ in edges], width=widths, alpha=0.45,
-                               edge_color="tab:gray", arrows=False, ax=ax)
+        nx.draw_networkx_edges(
+            shown,
+            pos,
+            edgelist=[(u, v) for u, v, _ in edges],
+            width=widths,
+            alpha=0.45,
+            edge_color="tab:gray",
+            arrows=False,
+            ax=ax,
+        )
         highlight = highlight or set()
         colors = []
         for node, data in shown.nodes(data=True):
@@ -79,8 +87,10 @@ def draw_circuit(
             else:
                 colors.append("tab:orange" if node in highlight else "tab:blue")
         nx.draw_networkx_nodes(shown, pos, node_color=colors, node_size=180, ax=ax)
-        labels = {n: (d.get("name", str(d["channel"]))[:18] if d.get("kind") == "class" else str(d["channel"]))
-                  for n, d in shown.nodes(data=True)}
+        labels = {
+            n: (d.get("name", str(d["channel"]))[:18] if d.get("kind") == "class" else str(d["channel"]))
+            for n, d in shown.nodes(data=True)
+        }
         nx.draw_networkx_labels(shown, pos, labels=labels, font_size=6, ax=ax)
         xs = {}
         for node, data in shown.nodes(data=True):
@@ -99,7 +109,10 @@ def draw_circuit(
 
 
 def draw_comparison(
-    original: nx.DiGraph, explanation: nx.DiGraph, path: str | Path | None = None, max_nodes: int = 12,
+    original: nx.DiGraph,
+    explanation: nx.DiGraph,
+    path: str | Path | None = None,
+    max_nodes: int = 12,
     comparison: dict | None = None,
 ) -> Figure:
     """Original's and explanation's circuits side by side; shared channels in orange."""
@@ -112,8 +125,13 @@ def draw_comparison(
     axes = fig.subplots(1, 2)
     for ax, graph, name in ((axes[0], original, "original"), (axes[1], explanation, "explanation")):
         n = sum(1 for _, d in graph.nodes(data=True) if d.get("kind") == "channel")
-        draw_circuit(graph, ax=ax, max_nodes=max_nodes, highlight=shared,
-                     title=f"{name}: {n} channels, label kept: {graph.graph.get('label_kept')}")
+        draw_circuit(
+            graph,
+            ax=ax,
+            max_nodes=max_nodes,
+            highlight=shared,
+            title=f"{name}: {n} channels, label kept: {graph.graph.get('label_kept')}",
+        )
     fig.suptitle(
         f"shared channels {len(shared)} (Jaccard {comparison['jaccard_nodes']:.2f}), "
         f"shared edges {comparison['shared_edges']} (Jaccard {comparison['jaccard_edges']:.2f})",

@@ -55,10 +55,31 @@ class NotLinkableError(ValueError):
 # modules that act on each channel separately: they keep channel i at index i
 _CHANNELWISE = (
     nn.modules.batchnorm._BatchNorm,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
-    nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.Flatten,
 )
 
 
@@ -208,9 +229,7 @@ def find_ingress(classifier: nn.Module, image: torch.Tensor, source: Site, targe
     linear: _Call | None = None
     path: list[str] = []
     while tensor is not source_tensor:
-        candidates = sorted(
-            (c for c in recorder.calls if c.output is tensor and 0 <= c.end < position), key=lambda c: -c.end
-        )
+        candidates = sorted((c for c in recorder.calls if c.output is tensor and 0 <= c.end < position), key=lambda c: -c.end)
         step = None
         for call in candidates:
             if isinstance(call.module, (nn.Conv2d, nn.Linear)):

@@ -192,6 +192,7 @@ class CircuitReader:
         label = int(acts.logits.argmax()) if label is None else int(label)
         counts = self.counts(acts, k)
         generator = torch.Generator().manual_seed(seed)
+
         def draw() -> dict[str, torch.Tensor]:
             return {name: torch.randperm(acts.channels(name), generator=generator)[: counts[name]] for name in self.layers}
 
@@ -310,8 +311,14 @@ class CircuitReader:
         for index, layer in enumerate(acts.layers):
             for rank, channel in enumerate(kept[layer].tolist()):
                 graph.add_node(
-                    node_id(layer, channel), kind="channel", layer=layer, layer_index=index, channel=channel,
-                    activation=float(acts.mean[layer][channel]), energy=float(acts.energy[layer][channel]), rank=rank,
+                    node_id(layer, channel),
+                    kind="channel",
+                    layer=layer,
+                    layer_index=index,
+                    channel=channel,
+                    activation=float(acts.mean[layer][channel]),
+                    energy=float(acts.energy[layer][channel]),
+                    rank=rank,
                 )
         where = sites(self.classifier, acts.layers, self.head)
         for source, target in zip(acts.layers[:-1], acts.layers[1:]):
@@ -324,15 +331,23 @@ class CircuitReader:
             targets_ = kept[target].tolist()
             rows, cols = torch.nonzero(scores > 0, as_tuple=True)
             graph.add_edges_from(
-                (node_id(source, sources_[a]), node_id(target, targets_[b]), {"kind": "edge", "score": float(scores[a, b]), "scoring": used})
+                (
+                    node_id(source, sources_[a]),
+                    node_id(target, targets_[b]),
+                    {"kind": "edge", "score": float(scores[a, b]), "scoring": used},
+                )
                 for a, b in zip(rows.tolist(), cols.tolist())
             )
         self._class_links(graph, acts, kept[PRE_LOGITS], label, names)
         if test:
             keep = _as_masks(acts, {name: kept[name] for name in self.layers})
             result = self.faithfulness(image, k, label, acts, keep=keep)
-            graph.graph.update(label_kept=result.label_kept, confidence=result.confidence,
-                               label_ablated=result.label_ablated, confidence_full=result.confidence_full)
+            graph.graph.update(
+                label_kept=result.label_kept,
+                confidence=result.confidence,
+                label_ablated=result.label_ablated,
+                confidence_full=result.confidence_full,
+            )
         return graph
 
     def _class_links(self, graph: nx.DiGraph, acts: Activations, features: torch.Tensor, label: int, names: list[str]) -> None:
@@ -344,9 +359,16 @@ class CircuitReader:
         energy = acts.energy[PRE_LOGITS]
         for c in classes:
             graph.add_node(
-                node_id("class", c), kind="class", layer="classes", layer_index=index, channel=c,
-                activation=float(acts.logits[c]), energy=float(probs[c]), rank=classes.index(c),
-                name=names[c] if c < len(names) else str(c), probability=float(probs[c]),
+                node_id("class", c),
+                kind="class",
+                layer="classes",
+                layer_index=index,
+                channel=c,
+                activation=float(acts.logits[c]),
+                energy=float(probs[c]),
+                rank=classes.index(c),
+                name=names[c] if c < len(names) else str(c),
+                probability=float(probs[c]),
             )
             for i in features.tolist():
                 score = float(weight[c, i] * energy[i])

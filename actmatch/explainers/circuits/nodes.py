@@ -151,8 +151,7 @@ def resolve_counts(k: KSpec, channels: Mapping[str, int]) -> dict[str, int]:
                 raise ValueError(f"k for layer {name!r} must be >= 1 channel, got {value}")
             if value > total:
                 raise ValueError(
-                    f"k={value} is larger than the {total} channels of layer {name!r}; "
-                    f"use k <= {total} or a fraction such as 0.1"
+                    f"k={value} is larger than the {total} channels of layer {name!r}; use k <= {total} or a fraction such as 0.1"
                 )
             counts[name] = value
         else:
@@ -248,9 +247,7 @@ TAP_PRESETS = {"blocks": block_taps, "stages": default_taps}
 """Named tap sets for circuits: ``blocks`` (hidden channels inside every block) and ``stages``."""
 
 
-def circuit_taps(
-    classifier: nn.Module, layers: str | list[str] | None = None, fallback: list[str] | None = None
-) -> list[str]:
+def circuit_taps(classifier: nn.Module, layers: str | list[str] | None = None, fallback: list[str] | None = None) -> list[str]:
     """The circuit's layers: explicit names, a preset name from :data:`TAP_PRESETS`, or by default
     :func:`block_taps` where the model has such blocks, else its stages, else ``fallback`` (e.g. the
     explainer's taps)."""

@@ -89,8 +89,9 @@ def write_circuit_outputs(
     explanation = evaluated.explanations.to(device)
     label = int(evaluated.label[0])
     layers = circuit_taps(explainer.classifier, layers, fallback=explainer.taps)
-    reader = CircuitReader(explainer.classifier, layers, k=DEFAULT_K if k is None else k,
-                           scoring=scoring, ablation=ablation, rank=rank)
+    reader = CircuitReader(
+        explainer.classifier, layers, k=DEFAULT_K if k is None else k, scoring=scoring, ablation=ablation, rank=rank
+    )
     fraction_e = fraction_x = None
     trials = []
     if search and k is None:
@@ -102,8 +103,12 @@ def write_circuit_outputs(
     graph_x = reader.read(image, k=circuit_k, label=label, input_name="original")
     comparison = compare_circuits(graph_x, graph_e)
     random_kept = reader.random_control(explanation, circuit_k, label, random_draws) if random_draws else None
-    write_json(graph_e, out_dir / "circuit.json", search=[list(t) for t in trials],
-               comparison={k_: v for k_, v in comparison.items() if k_ != "shared_nodes"})
+    write_json(
+        graph_e,
+        out_dir / "circuit.json",
+        search=[list(t) for t in trials],
+        comparison={k_: v for k_, v in comparison.items() if k_ != "shared_nodes"},
+    )
     write_graphml(graph_e, out_dir / "circuit.graphml")
     write_json(graph_x, out_dir / "circuit_original.json")
     draw_circuit(graph_e, out_dir / "circuit.png")

@@ -7,6 +7,7 @@ mean fill: the label's probability and rank on the original, on the explanation,
 with the border band (``actmatch.explainers.masks.border_band``, as the study's border column) removed, and on the
 fill alone.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -35,10 +36,14 @@ for folder in map(Path, sys.argv[1:]):
     summary = json.loads((folder / "summary.json").read_text())
     x = load_image(Path(summary["image"]), ex.classifier.input_size)[0][None]
     mask = torch.from_numpy(np.array(Image.open(folder / "mask_input.png").convert("L")) > 127).float()[None, None]
-    assert mask.shape[-2:] == x.shape[-2:], f"{folder}: mask_input.png is {tuple(mask.shape[-2:])}, the input {tuple(x.shape[-2:])}"
+    assert mask.shape[-2:] == x.shape[-2:], (
+        f"{folder}: mask_input.png is {tuple(mask.shape[-2:])}, the input {tuple(x.shape[-2:])}"
+    )
     inner = (~border_band(mask)).float()
     fill = make_fill(x, ex.fill, ex.classifier.data_config["mean"])
     masks = torch.cat([torch.ones_like(mask), mask, mask * inner, torch.zeros_like(mask)])
     stats = label_stats(masks * x + (1 - masks) * fill, summary["label"])
-    print(f"{folder.name:28s} area {mask.mean():.3f} (band {(mask * (1 - inner)).sum() / mask.sum():.2f} of it) | "
-          f"original {stats[0]} | mask {stats[1]} | mask without band {stats[2]} | fill only {stats[3]}")
+    print(
+        f"{folder.name:28s} area {mask.mean():.3f} (band {(mask * (1 - inner)).sum() / mask.sum():.2f} of it) | "
+        f"original {stats[0]} | mask {stats[1]} | mask without band {stats[2]} | fill only {stats[3]}"
+    )

@@ -6,6 +6,7 @@ For each image folder of an ``actmatch study`` run, re-scores ``mask_input.png``
 16 evaluation backgrounds (``metrics.robustness``'s seed-1000 set: solid, uniform, gaussian in
 turn) and prints the mask area, the robustness and the label kept per kind.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image
 from actmatch.commands.explain import build_explainer
 from actmatch.datamodules.images import load_image
 from actmatch.explainers.backgrounds import cycled_backgrounds
+
 torch.set_num_threads(2)
 KINDS = ("solid", "uniform", "gaussian")
 ex = build_explainer(None, None, None, None)  # the classifier only

@@ -34,9 +34,13 @@ def main(folder: str, count: int, configs: list[str]) -> None:
             areas.append(float(result.masks.mean()) if ok else 1.0)
             kept += ok
             ratios.append(float(result.confidence_explanation[0] / result.confidence_original[0]))
-        print(f"{Path(config).stem:24s} kept {kept}/{len(paths)} median {statistics.median(areas):.3f} "
-              f"mean {statistics.mean(areas):.3f} pe/px {statistics.median(ratios):.2f} "
-              f"sec {statistics.median(seconds):.1f} |", " ".join(f"{a:.3f}" for a in areas), flush=True)
+        print(
+            f"{Path(config).stem:24s} kept {kept}/{len(paths)} median {statistics.median(areas):.3f} "
+            f"mean {statistics.mean(areas):.3f} pe/px {statistics.median(ratios):.2f} "
+            f"sec {statistics.median(seconds):.1f} |",
+            " ".join(f"{a:.3f}" for a in areas),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
