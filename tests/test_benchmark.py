@@ -11,9 +11,16 @@ import torch
 from PIL import Image
 
 from actmatch.commands import benchmark
-from actmatch.evaluation.benchmark import add_derived, compare_pairs, headline, result_fields, score_image, sufficient_with_cut
 from actmatch.evaluation.batching import PassCounter
-from actmatch.evaluation.benchmark import BenchImage
+from actmatch.evaluation.benchmark import (
+    BenchImage,
+    add_derived,
+    compare_pairs,
+    headline,
+    result_fields,
+    score_image,
+    sufficient_with_cut,
+)
 from actmatch.evaluation.families import default_exam
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.unet import MaskUNet

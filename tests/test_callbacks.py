@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from lightning_helpers import history_keys, run_cli, wandb_records
 
 from actmatch.callbacks import EvidenceMetrics, ExplanationMetrics, MaskImages, ResultsTable
 from actmatch.callbacks.masks import mask_panel
 from actmatch.callbacks.metrics import mask_precision, mask_recall, pointing_hits
+from lightning_helpers import history_keys, run_cli, wandb_records
 
 
 def _square(size: int, y: int, x: int, side: int) -> torch.Tensor:

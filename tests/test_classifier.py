@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
-import pytest
 
 from actmatch.datamodules.images import load_image
 from actmatch.explainers.classifier import (

@@ -35,9 +35,8 @@ def test_partial_mask_changes_the_logits(cnn):
 
 
 def test_hooks_are_removed_when_the_forward_fails(cnn):
-    with pytest.raises(RuntimeError):
-        with Deactivation(cnn, torch.ones(1, 1, 64, 64)):
-            cnn(torch.rand(1, 5, 64, 64))  # wrong channel count
+    with pytest.raises(RuntimeError), Deactivation(cnn, torch.ones(1, 1, 64, 64)):
+        cnn(torch.rand(1, 5, 64, 64))  # wrong channel count
     assert hook_count(cnn) == 0
 
 

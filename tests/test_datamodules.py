@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning_helpers import WNIDS, fake_imagenet
 
 from actmatch.datamodules import (
     ImageNetDataModule,
@@ -15,6 +14,7 @@ from actmatch.datamodules import (
 )
 from actmatch.datamodules.images import ImageReadError
 from actmatch.datamodules.synthetic import PATCH_COLOURS
+from lightning_helpers import WNIDS, fake_imagenet
 
 
 @pytest.mark.parametrize("variant,background", [("object", "texture"), ("shortcut", "clutter")])

@@ -11,9 +11,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
-from lightning_helpers import class_folder_images, run_cli, tiny_explainer_config
 
 from actmatch.callbacks import ResultsTable
+from lightning_helpers import class_folder_images, run_cli, tiny_explainer_config
 
 SMALL = [
     "--trainer.logger",

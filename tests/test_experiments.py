@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning_helpers import ROOT, cli_in_process, fake_imagenet, save_random_weights
 
 from actmatch.explainers.classifier import OFFLINE_DEFAULTS, load_classifier
+from lightning_helpers import ROOT, cli_in_process, fake_imagenet, save_random_weights
 
 EXPERIMENTS = ROOT / "experiments"
 # experiments/explain/ holds per-image fit recipes (actmatch explain|study --config), tested below

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from lightning_helpers import PLAIN_FITTING, plain_fit_config, tiny_explainer_config
 from PIL import Image
 
 from actmatch import results
 from actmatch.commands import explain as explain_cmd
+from lightning_helpers import PLAIN_FITTING, plain_fit_config, tiny_explainer_config
 
 STEPS = ["--steps", "3"]
 

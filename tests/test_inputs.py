@@ -18,19 +18,19 @@ import subprocess
 import sys
 import sysconfig
 import time
-import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import skimage.data
+import tomllib
 import torch
-from lightning_helpers import tiny_explainer_config
 from PIL import Image
 
 from actmatch.datamodules import images as images_mod
 from actmatch.datamodules.images import PIXEL_LIMIT_ENV, ImageReadError, load_image, read_rgb
+from lightning_helpers import tiny_explainer_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIENTATION = 0x0112  # the EXIF tag

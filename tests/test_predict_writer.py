@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lightning_helpers import class_folder_images, cli_in_process, tiny_explainer_config
 from PIL import Image
 
 from actmatch.commands import explain as explain_cmd
 from actmatch.results import MODEL_MASK, RESULT_FILES
+from lightning_helpers import class_folder_images, cli_in_process, tiny_explainer_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_criteria import H, W, FixedBackgrounds, RedMeter, rows, solid_reds
 
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.criteria import AllOf, CountedClassifier, RobustOn, Sufficient
@@ -16,6 +15,7 @@ from actmatch.explainers.masks import border_band, top_fraction_mask
 from actmatch.explainers.module import ActMatchExplainer
 from actmatch.explainers.stages import BorderFree, FitState, Prune, Scan, Verify, areas_below
 from actmatch.explainers.unet import MaskUNet
+from test_criteria import FixedBackgrounds, H, RedMeter, W, rows, solid_reds
 
 
 @pytest.fixture()

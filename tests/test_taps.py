@@ -36,9 +36,8 @@ def test_hooks_removed_on_success_and_on_error(resnet):
         assert hook_count(resnet) == 2
         resnet(torch.rand(1, 3, 32, 32))
     assert hook_count(resnet) == 0
-    with pytest.raises(RuntimeError):
-        with ActivationTaps(resnet, ["layer1"]):
-            resnet(torch.rand(1, 5, 32, 32))  # wrong channel count fails inside the forward
+    with pytest.raises(RuntimeError), ActivationTaps(resnet, ["layer1"]):
+        resnet(torch.rand(1, 5, 32, 32))  # wrong channel count fails inside the forward
     assert hook_count(resnet) == 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 
 from actmatch.callbacks.base import WandbCallback
 from actmatch.callbacks.gather import gather_objects

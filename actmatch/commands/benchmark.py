@@ -44,9 +44,7 @@ from pathlib import Path
 import torch
 
 from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_for_model, resize_for_model, to_tensor
-from actmatch.evaluation import metrics as M
 from actmatch.evaluation.benchmark import (
-    ALPHA,
     HEADERS,
     PAIRED_FIELDS,
     PAIRED_METRICS,
@@ -64,7 +62,6 @@ from actmatch.evaluation.benchmark import (
     result_fields,
     run_benchmark,
     summarize,
-    sufficient_with_cut,
 )
 from actmatch.evaluation.families import EXAM_SEED, Exam, default_exam, held_out_leaks
 from actmatch.evaluation.methods import (

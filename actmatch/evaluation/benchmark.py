@@ -20,15 +20,15 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from actmatch.evaluation import metrics as M
 from actmatch.evaluation.batching import PassCounter
-from actmatch.evaluation.exam import COLUMN_GROUPS, FIXED_AREAS, score_keys, score_maps
+from actmatch.evaluation.exam import COLUMN_GROUPS, score_keys, score_maps
 from actmatch.evaluation.families import Exam
 from actmatch.evaluation.statistics import bootstrap_ci, holm, paired_comparison
 

@@ -21,7 +21,6 @@ mask). Dilation, shifts, read-back and resampling perturb that region.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from actmatch.evaluation import metrics as M

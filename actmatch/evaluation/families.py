@@ -184,7 +184,7 @@ class _RoadDraw:
     noise: torch.Tensor  # (1, 3, H, W) noise · ε
 
 
-def held_out_leaks(used: dict[str, str], exam: "Exam") -> list[str]:
+def held_out_leaks(used: dict[str, str], exam: Exam) -> list[str]:
     """The held-out families of ``exam`` that a recipe uses (``used``: family -> where), as
     ``"family (where)"`` strings; empty when the recipe never touches them."""
     held = {family.name for family, _ in exam.families if family.held_out}

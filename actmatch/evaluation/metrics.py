@@ -42,8 +42,6 @@ these definitions deviate from the published ones, with the measured size of eac
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F

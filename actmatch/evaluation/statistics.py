@@ -7,7 +7,7 @@ a method failed carries no value). Used by ``actmatch benchmark`` for the interv
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

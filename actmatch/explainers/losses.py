@@ -48,7 +48,7 @@ def logit_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return z_y - others.amax(1)
 
 
-def planted_on_backgrounds(evidence: "Evidence", sampler: BackgroundSampler, n: int) -> torch.Tensor:
+def planted_on_backgrounds(evidence: Evidence, sampler: BackgroundSampler, n: int) -> torch.Tensor:
     """(n·B, 3, H, W) background-major copies m ⊙ x + (1 − m) ⊙ r_k, k = 1..n, r_k from ``sampler``."""
     x, m = evidence.images, evidence.mask
     return torch.cat([m * x + (1 - m) * sampler(x) for _ in range(n)])

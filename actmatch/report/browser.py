@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["BrowserUnavailable", "find_chromium", "open_page", "require_browser"]
 

@@ -20,6 +20,7 @@ from actmatch.explainers.circuits.ablation import (
     faithfulness,
     make_ablation,
 )
+from actmatch.explainers.circuits.attribution import attribution_select, channel_attribution
 from actmatch.explainers.circuits.draw import draw_circuit, draw_comparison
 from actmatch.explainers.circuits.edges import (
     SCORINGS,
@@ -43,7 +44,6 @@ from actmatch.explainers.circuits.graph import (
     read_circuit,
 )
 from actmatch.explainers.circuits.io import read_graphml, read_json, write_graphml, write_json
-from actmatch.explainers.circuits.attribution import attribution_select, channel_attribution
 from actmatch.explainers.circuits.nodes import (
     PRE_LOGITS,
     TAP_PRESETS,

@@ -7,7 +7,11 @@ Fits each of the first N images with ``experiments/explain/study/lookahead5.yaml
 px cells and prints the seconds, classifier passes and area of each.
 """
 
-import sys, time, torch
+import sys
+import time
+
+import torch
+
 from actmatch.commands.explain import build_explainer
 from actmatch.datamodules.images import expand_image_paths, load_image
 from actmatch.explainers.backgrounds import make_fill
