@@ -333,7 +333,7 @@ def test_results_name_the_recipe_and_an_older_folder_still_counts(small_coffee_p
 def test_throughput_command_prints_one_row_per_batch_size(tmp_path, capsys):
     from actmatch.cli import main
 
-    files = dataset_folder(tmp_path / "data")
+    dataset_folder(tmp_path / "data")
     config = tiny_explainer_config(tmp_path / "tiny.yaml")
     out = tmp_path / "tp"
     code = main(

@@ -17,6 +17,7 @@ image failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import statistics
@@ -326,10 +327,8 @@ def main(command: str, argv: list[str]) -> int:
     if ablation == "mean":  # dataset means over the readable images (one forward pass each)
         images = []
         for path in paths:
-            try:
+            with contextlib.suppress(ImageReadError, OSError):  # reported in the main loop
                 images.append(_load(path, classifier)[1].to(explainer.device))
-            except (ImageReadError, OSError):
-                pass  # reported in the main loop
         ablation = MeanAblation.from_images(classifier, images, list(layers)) if images else "mean"
     k = args.k if args.k is not None else args.fraction
     rows = []

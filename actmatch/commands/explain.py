@@ -350,7 +350,7 @@ def explain_files(
                     steps=steps,
                     seed=seed,
                     init_state=init_state,
-                    progress=lambda i, n: bar.set_postfix_str(f"{name} step {i}/{n}", refresh=False),
+                    progress=lambda i, n, name=name: bar.set_postfix_str(f"{name} step {i}/{n}", refresh=False),
                 )
         except (OSError, ValueError, RuntimeError) as err:
             rows.update({index: _error_row(item.path, err) for index, item, *_ in batch})

@@ -224,10 +224,9 @@ def _load_weights(model: nn.Module, path: str | Path, name: str, adapt_head: boo
     """
     raw = load_state_file(path)
     state, prefix = match_state_dict(raw, list(model.state_dict()))
-    if not prefix and not set(state) & set(model.state_dict()):  # same tensors under other names
-        if len(state) == len(model.state_dict()):
-            load_in_order(model, state, str(path))
-            return
+    if not prefix and not set(state) & set(model.state_dict()) and len(state) == len(model.state_dict()):
+        load_in_order(model, state, str(path))  # same tensors under other names
+        return
     if adapt_head:
         _adapt_head(model, state)
     problems = _mismatch(model, state)

@@ -26,6 +26,7 @@ Two scorings, chosen per circuit (see docs/circuits.md for which applies where):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -353,11 +354,8 @@ class GradientScoring(EdgeScoring):
                 handles.append(modules[target.module].register_forward_pre_hook(lambda _m, inputs: on_target(inputs[0])))
             else:
                 handles.append(modules[target.module].register_forward_hook(lambda _m, _i, output: on_target(output)))
-            with torch.enable_grad():
-                try:
-                    classifier(image)
-                except _StopForward:
-                    pass
+            with torch.enable_grad(), contextlib.suppress(_StopForward):
+                classifier(image)
         finally:
             for handle in handles:
                 handle.remove()
