@@ -205,7 +205,7 @@ def explain(
             work = F.interpolate(work, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
         _check_target(classifier, work, target)
         if init.get("taps") is None and not isinstance(getattr(classifier.model, "feature_info", None), list):
-            init["taps"] = stage_taps(classifier.model, tuple(work.shape[-2:]))
+            init["taps"] = stage_taps(classifier.model, (work.shape[-2], work.shape[-1]))
         explainer = ActMatchExplainer(**init, classifier=classifier).to(device)
         result = explainer.fit_images(work, seed=seed)
         if work.shape[-2:] != images.shape[-2:]:

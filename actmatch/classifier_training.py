@@ -39,6 +39,9 @@ class ClassifierTrainer(L.LightningModule):
         model_kwargs: passed to ``timm.create_model`` (e.g. ``drop_rate``).
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffer
+    std: torch.Tensor  # (1, 3, 1, 1) buffer
+
     def __init__(
         self,
         backbone: str = "resnet10t",
@@ -109,6 +112,6 @@ class ClassifierTrainer(L.LightningModule):
         if self.export_path and self.trainer.is_global_zero:
             path = self.export(self.export_path)
             rank_zero_info(
-                f"classifier weights written to {path}; explain it with backbone={self.hparams.backbone}, "
-                f"weights={path}, pretrained=false, num_classes={self.hparams.num_classes}"
+                f"classifier weights written to {path}; explain it with backbone={self.hparams['backbone']}, "
+                f"weights={path}, pretrained=false, num_classes={self.hparams['num_classes']}"
             )

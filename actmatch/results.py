@@ -29,7 +29,9 @@ import os
 import shutil
 import statistics
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -286,7 +288,7 @@ def explanation_at(result: Explanation, index: int, images: int = 1) -> Explanat
     """Image ``index`` of a batched ``result`` as a batch of one (float tensors in float32);
     ``seconds`` is the batch's time shared by its ``images``."""
     one = result.select(slice(index, index + 1))
-    floats = {
+    floats: dict[str, Any] = {
         f.name: value.float()
         for f in dataclasses.fields(one)
         if isinstance(value := getattr(one, f.name), torch.Tensor) and value.is_floating_point()
@@ -294,13 +296,14 @@ def explanation_at(result: Explanation, index: int, images: int = 1) -> Explanat
     return dataclasses.replace(one, **floats, seconds=result.seconds / max(1, images))
 
 
-def as_items(paths: list[Path | ImageItem]) -> list[ImageItem]:
+def as_items(paths: Sequence[Path | ImageItem]) -> list[ImageItem]:
     """Items as they are; bare paths get their stem as folder (``-<hash>`` for repeated stems)."""
-    if all(isinstance(p, ImageItem) for p in paths):
-        return list(paths)
-    if any(isinstance(p, ImageItem) for p in paths):
+    items = [p for p in paths if isinstance(p, ImageItem)]
+    if len(items) == len(paths):
+        return items
+    if items:
         raise TypeError("pass either image paths or ImageItem entries, not both")
-    return file_items(paths)
+    return file_items([p for p in paths if not isinstance(p, ImageItem)])
 
 
 def aggregate(rows: list[dict]) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import numpy as np
@@ -11,6 +12,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from actmatch.callbacks.base import WandbCallback
 from actmatch.explainers.circuits import CircuitReader, circuit_taps, draw_circuit
+
+if TYPE_CHECKING:
+    from actmatch.explainers.module import ActMatchExplainer
 
 __all__ = ["CircuitGraphs", "EDGE_COLUMNS", "edge_rows"]
 
@@ -77,7 +81,7 @@ class CircuitGraphs(WandbCallback):
         self.every_n_epochs, self.k, self.scoring, self.ablation = every_n_epochs, k, scoring, ablation
         self.layers, self.max_edges = layers, max_edges
 
-    def _explanation(self, pl_module: L.LightningModule, outputs: dict) -> torch.Tensor:
+    def _explanation(self, pl_module: ActMatchExplainer, outputs: dict) -> torch.Tensor:
         if "explanations" in outputs:
             return outputs["explanations"][:1]
         from actmatch.explainers.backgrounds import make_fill
@@ -96,18 +100,19 @@ class CircuitGraphs(WandbCallback):
         import wandb
 
         with torch.inference_mode(False):  # Lightning validates in inference mode; gradient scoring needs autograd
-            explanation = self._explanation(pl_module, outputs).detach().clone()
+            explainer = cast("ActMatchExplainer", pl_module)  # the module this callback serves
+            explanation = self._explanation(explainer, outputs).detach().clone()
             label = int(outputs["target"][0]) if "target" in outputs else None
-            layers = circuit_taps(pl_module.classifier, self.layers, pl_module.taps)
-            reader = CircuitReader(pl_module.classifier, layers, k=self.k, scoring=self.scoring, ablation=self.ablation)
+            layers = circuit_taps(explainer.classifier, self.layers, explainer.taps)
+            reader = CircuitReader(explainer.classifier, layers, k=self.k, scoring=self.scoring, ablation=self.ablation)
             graph = reader.read(explanation, label=label)
         figure = draw_circuit(graph)
         caption = (
             f"{graph.graph['label_name']}: circuit keeps label {graph.graph['label_kept']} (p={graph.graph['confidence']:.2f})"
         )
-        table = wandb.Table(columns=EDGE_COLUMNS, data=edge_rows(graph, self.max_edges))
+        table = wandb.Table(columns=EDGE_COLUMNS, data=edge_rows(graph, self.max_edges))  # type: ignore[arg-type]  # wandb annotates columns as the invariant list[str | int]
         logger.log_metrics(
-            {"val/circuit": wandb.Image(_figure_array(figure), caption=caption), "val/circuit_edges": table},
+            {"val/circuit": wandb.Image(_figure_array(figure), caption=caption), "val/circuit_edges": table},  # type: ignore[dict-item]  # Lightning types values as float; WandbLogger logs wandb media too
             step=trainer.global_step,
         )
 

@@ -38,7 +38,9 @@ class MaskImages(WandbCallback):
         stages: stages that log (``train``, ``val``, ``test``).
     """
 
-    def __init__(self, every_n_steps: int = 50, max_images: int = 8, stages: list[str] = ("train", "val", "test")) -> None:
+    def __init__(
+        self, every_n_steps: int = 50, max_images: int = 8, stages: list[str] | tuple[str, ...] = ("train", "val", "test")
+    ) -> None:
         super().__init__()
         if every_n_steps < 1 or max_images < 1:
             raise ValueError(f"every_n_steps and max_images must be >= 1, got {every_n_steps}, {max_images}")
@@ -66,7 +68,7 @@ class MaskImages(WandbCallback):
                     panel, caption=caption, masks={"mask": {"mask_data": overlay, "class_labels": {0: "removed", 1: "kept"}}}
                 )
             )
-        logger.log_metrics({f"{stage}/masks": images}, step=trainer.global_step)
+        logger.log_metrics({f"{stage}/masks": images}, step=trainer.global_step)  # type: ignore[dict-item]  # Lightning types values as float; WandbLogger logs wandb media too
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if "train" in self.stages and trainer.global_step % self.every_n_steps == 0:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from torchmetrics import CatMetric, MeanMetric
+from torchmetrics import CatMetric, MeanMetric, Metric
 
 from actmatch.callbacks.base import STAGES
 from actmatch.explainers.backgrounds import gaussian_blur
@@ -84,7 +84,8 @@ class _MetricStore:
     """torchmetrics objects created lazily per (stage, name), on the module's device."""
 
     def __init__(self, factory) -> None:
-        self.factory, self.metrics = factory, {}
+        self.factory = factory
+        self.metrics: dict[tuple[str, str], Metric] = {}
 
     def get(self, stage: str, name: str, device: torch.device):
         key = (stage, name)
@@ -113,7 +114,7 @@ class ExplanationMetrics(_Hooks):
         histograms: log per-image histograms (W&B only).
     """
 
-    def __init__(self, stages: list[str] = ("train", "val", "test"), histograms: bool = True) -> None:
+    def __init__(self, stages: list[str] | tuple[str, ...] = ("train", "val", "test"), histograms: bool = True) -> None:
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stages {unknown}; choose from {STAGES}")
@@ -138,7 +139,7 @@ class ExplanationMetrics(_Hooks):
             import wandb
 
             hist = {f"{stage}/hist/{n}": wandb.Histogram(v.float().cpu().numpy()) for n, v in gathered.items() if v.numel()}
-            wandb_logger.log_metrics(hist, step=trainer.global_step)
+            wandb_logger.log_metrics(hist, step=trainer.global_step)  # type: ignore[arg-type]  # Lightning types values as float; WandbLogger logs wandb media too
 
 
 def mask_precision(masks: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -178,7 +179,7 @@ class EvidenceMetrics(_Hooks):
         stages: stages to measure.
     """
 
-    def __init__(self, keys: dict[str, str] | None = None, stages: list[str] = ("val", "test")) -> None:
+    def __init__(self, keys: dict[str, str] | None = None, stages: list[str] | tuple[str, ...] = ("val", "test")) -> None:
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stages {unknown}; choose from {STAGES}")

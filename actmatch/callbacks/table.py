@@ -28,7 +28,7 @@ class ResultsTable(WandbCallback):
         stages: ``val`` and/or ``test``.
     """
 
-    def __init__(self, max_rows: int = 500, panels: bool = True, stages: list[str] = ("val", "test")) -> None:
+    def __init__(self, max_rows: int = 500, panels: bool = True, stages: list[str] | tuple[str, ...] = ("val", "test")) -> None:
         super().__init__()
         self.stages = self.check_stages(stages)
         self.max_rows, self.panels = max_rows, panels
@@ -108,7 +108,8 @@ class ResultsTable(WandbCallback):
         if self.panels:
             columns.append("panel")
             rows = [row[:-1] + [wandb.Image(row[-1])] for row in rows]
-        logger.log_metrics({f"{stage}/results": wandb.Table(columns=columns, data=rows)}, step=trainer.global_step)
+        table = wandb.Table(columns=columns, data=rows)  # type: ignore[arg-type]  # wandb annotates columns as the invariant list[str | int]
+        logger.log_metrics({f"{stage}/results": table}, step=trainer.global_step)  # type: ignore[dict-item]  # Lightning types values as float; WandbLogger logs wandb media too
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.flush(trainer, "val")

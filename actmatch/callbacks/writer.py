@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -26,6 +27,9 @@ from actmatch.callbacks.gather import gather_objects
 from actmatch.datamodules.images import ImageReadError, read_rgb
 from actmatch.report import write_report
 from actmatch.results import clean_staging, explanation_at, finished_rows, recipe_digest, write_result, write_summary
+
+if TYPE_CHECKING:
+    from actmatch.explainers.module import ActMatchExplainer
 
 __all__ = ["ExplanationWriter"]
 
@@ -54,7 +58,7 @@ class ExplanationWriter(BasePredictionWriter):
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
             return
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # Lightning sets it outside the Trainer class
         if not (hasattr(datamodule, "items") and hasattr(datamodule, "drop")):
             raise TypeError(
                 f"ExplanationWriter needs a datamodule that lists its images (items, drop), got "
@@ -69,7 +73,8 @@ class ExplanationWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             clean_staging(self.out_dir)
             if not self.overwrite:
-                done = finished_rows(datamodule.items, self.out_dir, pl_module.classifier, self.circuit, self._digest(pl_module))
+                classifier = cast("ActMatchExplainer", pl_module).classifier  # the module this writer serves
+                done = finished_rows(datamodule.items, self.out_dir, classifier, self.circuit, self._digest(pl_module))
         self.done = trainer.strategy.broadcast(done, src=0)
         self.rows = {}
         out = self.out_dir.resolve()

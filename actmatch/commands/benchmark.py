@@ -378,7 +378,8 @@ def plot_gallery(images: list[BenchImage], maps: dict[str, list], rows: list[dic
                 s = sal[0, 0]
                 s = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)
                 ax.imshow(s.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            mark = {1: " ✓", 0: " ✗"}.get(kept.get((path_i, name)), "")
+            kept_here = kept.get((path_i, name))
+            mark = "" if kept_here is None else {1: " ✓", 0: " ✗"}.get(kept_here, "")
             ax.set_title(name + mark, fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
@@ -447,8 +448,8 @@ def _overlay(image: torch.Tensor, saliency: torch.Tensor):
     import numpy as np
 
     s = saliency[0, 0].float()
-    s = ((s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)).numpy()
-    heat = matplotlib.colormaps["jet"](s)[..., :3]
+    scaled = ((s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)).numpy()
+    heat = matplotlib.colormaps["jet"](scaled)[..., :3]
     photo = image.permute(1, 2, 0).float().numpy()
     return (255 * (0.5 * photo + 0.5 * heat)).clip(0, 255).astype(np.uint8)
 
@@ -474,7 +475,8 @@ def log_to_wandb(
     import wandb
 
     config = {k: v for k, v in vars(args).items() if k not in ("wandb", "wandb_project")}
-    run = wandb.init(project=args.wandb_project, dir=str(out), mode=os.environ.get("WANDB_MODE", "offline"),
+    mode = os.environ.get("WANDB_MODE", "offline")  # wandb's own variable; wandb checks its value
+    run = wandb.init(project=args.wandb_project, dir=str(out), mode=mode,  # type: ignore[arg-type]
                      job_type="benchmark", config=config)  # fmt: skip
     try:
         metrics = [f for f in result_fields() if f not in ("image", "method", "label_name", "error")]
@@ -490,8 +492,8 @@ def log_to_wandb(
                 gallery.add_data(Path(path).name, name, row.get("label_name", ""), picture, *(row.get(k) for k in metrics),
                                  row.get("error", ""))  # fmt: skip
         run.log({
-            "benchmark/summary": wandb.Table(columns=SUMMARY_FIELDS, data=[[r.get(k) for k in SUMMARY_FIELDS] for r in summary]),
-            "benchmark/paired": wandb.Table(columns=PAIRED_FIELDS, data=[[r.get(k) for k in PAIRED_FIELDS] for r in paired]),
+            "benchmark/summary": wandb.Table(columns=SUMMARY_FIELDS, data=[[r.get(k) for k in SUMMARY_FIELDS] for r in summary]),  # type: ignore[arg-type]  # wandb annotates columns as the invariant list[str | int]
+            "benchmark/paired": wandb.Table(columns=PAIRED_FIELDS, data=[[r.get(k) for k in PAIRED_FIELDS] for r in paired]),  # type: ignore[arg-type]
             "benchmark/gallery": gallery,
         })  # fmt: skip
         return Path(run.dir).parent
@@ -619,7 +621,8 @@ def main(command: str, argv: list[str]) -> int:
         randomized = randomized_top(classifier, seed=args.exam_seed)
         return {name: METHODS[name](randomized, **settings.get(name, {})) for name in names}
 
-    reuse, reusable = None, set()
+    reuse: MapStore | None = None
+    reusable: set[str] = set()
     if args.reuse_maps:
         try:
             reuse, reusable = reusable_maps(Path(args.reuse_maps), settings_now)

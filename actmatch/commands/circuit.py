@@ -342,7 +342,7 @@ def main(command: str, argv: list[str]) -> int:
             original, image = _load(path, classifier)
             image = image.to(explainer.device)
             if args.masks_from:
-                mask, row["mask_source"] = saved_mask(Path(args.masks_from) / path.stem, tuple(image.shape[-2:]))
+                mask, row["mask_source"] = saved_mask(Path(args.masks_from) / path.stem, (image.shape[-2], image.shape[-1]))
             else:
                 mask = explainer.fit_images(image, steps=args.steps, seed=args.seed).masks
                 row["mask_source"] = f"fit ({args.steps or explainer.steps} steps)"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -280,7 +281,7 @@ def _batches(items: list[tuple[int, ImageItem]], classifier: FrozenClassifier, b
 
 def explain_files(
     explainer: ActMatchExplainer,
-    paths: list[Path | ImageItem],
+    paths: Sequence[Path | ImageItem],
     out_dir: Path,
     seed: int = 0,
     steps: int | None = None,
@@ -325,10 +326,9 @@ def explain_files(
                 f"{others} image(s) in {out_dir} were explained with another recipe (settings, steps or seed): explained again",
                 file=sys.stderr,
             )
-    measure_one = measure
 
-    def measure(images, result, original, path) -> dict:
-        return {**(measure_one(images, result, original, path) if measure_one else {}), "recipe_digest": digest}
+    def with_digest(images, result, original, path) -> dict:
+        return {**(measure(images, result, original, path) if measure else {}), "recipe_digest": digest}
 
     todo = [(index, item) for index, item in enumerate(items) if index not in rows]
     bar = tqdm(total=len(todo), desc="explaining", unit="image", disable=not show_progress, file=sys.stderr)
@@ -367,7 +367,7 @@ def explain_files(
                 out_dir,
                 seed,
                 circuit,
-                measure,
+                with_digest,
             )
             bar.update(1)
     bar.close()
@@ -424,9 +424,11 @@ def main(command: str, argv: list[str]) -> int:
         print(f"actmatch {command}: {err}", file=sys.stderr)
         return 2
     if args.amortized:
+        assert init_state is not None  # parse_args: --amortized needs --checkpoint
         explainer.unet.load_state_dict(init_state)
         explainer.mode = "amortized"
     explainer.to(args.device)
+    paths: Sequence[Path | ImageItem]
     if command == "demo":
         try:
             out_dir.mkdir(parents=True, exist_ok=True)

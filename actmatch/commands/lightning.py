@@ -58,9 +58,10 @@ def config_dir(trainer: L.Trainer) -> Path:
         if isinstance(logger, WandbLogger):
             return Path(logger.experiment.dir)
     for logger in trainer.loggers:
-        if getattr(logger, "log_dir", None):
-            return Path(logger.log_dir)
-    for callback in trainer.callbacks:
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir:
+            return Path(log_dir)
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]  # Lightning sets it outside the Trainer class
         if isinstance(callback, ExplanationWriter):
             return callback.out_dir
     return Path(trainer.default_root_dir)

@@ -201,7 +201,8 @@ def plot_study(csv_path: Path | None, png_path: Path, frontier: list[dict] | Non
         with csv_path.open() as handle:
             rows = list(csv.DictReader(handle))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors  # one colour per row (40 before they repeat)
+    # one colour per row (40 before they repeat); get_cmap is typed as returning a Colormap, these are ListedColormaps
+    colors = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors  # type: ignore[attr-defined]
     curves: dict[str, list[dict]] = {}
     for r in frontier or []:
         curves.setdefault(r["method"], []).append(r)
@@ -253,7 +254,8 @@ def _append_csv(path: Path, rows: list[dict]) -> None:
     fields = STUDY_FIELDS
     if not new:
         with path.open(newline="") as handle:
-            fields = next(csv.reader(handle), None) or STUDY_FIELDS
+            header = next(csv.reader(handle), None)
+        fields = header or STUDY_FIELDS
     with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new:

@@ -211,6 +211,8 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.splits:
             return
         found = scan_imagenet(self.root)
+        train_items: list[tuple[Path, int, str]] | None
+        val_items: list[tuple[Path, int, str]] | None
         if "all" in found:
             chosen = self._select(found["all"], self.root)
             train, val = {}, {}

@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def open_image(path: str | Path) -> Image.Image:
         raise
     except Image.DecompressionBombError as err:  # over twice Pillow's limit: refused by Image.open
         found = re.search(r"\((\d+) pixels\)", str(err))
+        assert limit is not None  # Pillow refuses a file only under a limit (pixel_limit() is Pillow's)
         raise _too_large(path, limit, int(found[1]) if found else None) from err
     except UnidentifiedImageError as err:
         raise ImageReadError(f"{path}: not an image PIL can read") from err
@@ -249,7 +251,7 @@ def _found(item: str | Path) -> list[tuple[Path, Path | None]]:
     return [(item_path, None)]
 
 
-def expand_image_items(items: list[str | Path]) -> list[ImageItem]:
+def expand_image_items(items: Sequence[str | Path]) -> list[ImageItem]:
     """Files, folders (their image files, recursively, sorted; hidden ones skipped) and glob
     patterns, in the order given, each with its output folder (see :class:`ImageItem`).
 
@@ -274,11 +276,11 @@ def _unique_folders(found: list[tuple[Path, str]]) -> list[ImageItem]:
     return [ImageItem(path, folder if counts[folder] == 1 else f"{folder}-{_path_digest(path)}") for path, folder in found]
 
 
-def file_items(paths: list[str | Path]) -> list[ImageItem]:
+def file_items(paths: Sequence[str | Path]) -> list[ImageItem]:
     """Items for files named on their own: the folder is the stem (see :class:`ImageItem`)."""
     return _unique_folders([(Path(p), Path(p).stem) for p in paths])
 
 
-def expand_image_paths(items: list[str | Path]) -> list[Path]:
+def expand_image_paths(items: Sequence[str | Path]) -> list[Path]:
     """The files of :func:`expand_image_items`, in order."""
     return [item.path for item in expand_image_items(items)]

@@ -11,7 +11,7 @@ once, no padding, a rank may get none), so each image is explained exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -38,7 +38,9 @@ class ImagePaths(Dataset):
         indices: each item's position in the full list (default: 0, 1, ...).
     """
 
-    def __init__(self, items: list[ImageItem | Path], size: int, square: bool = False, indices: list[int] | None = None) -> None:
+    def __init__(
+        self, items: Sequence[ImageItem | Path], size: int, square: bool = False, indices: list[int] | None = None
+    ) -> None:
         self.items = [item if isinstance(item, ImageItem) else ImageItem(Path(item), Path(item).stem) for item in items]
         self.size, self.square = size, square
         self.indices = list(range(len(self.items))) if indices is None else list(indices)
@@ -74,8 +76,9 @@ class ShardSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-        self.total_size = len(dataset)
+        size = len(dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; DistributedSampler needs one
+        self.num_samples = len(range(rank, size, num_replicas))
+        self.total_size = size
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.total_size, self.num_replicas))
@@ -145,6 +148,7 @@ class PredictDataModule(L.LightningDataModule):
     def _loader(self, shard: bool = False) -> DataLoader:
         """The images in order; with ``shard`` under DDP, this rank's share (:class:`ShardSampler`)."""
         self.setup()
+        assert self.dataset is not None  # made by setup()
         trainer = getattr(self, "trainer", None)
         sampler = None
         if shard and trainer is not None and trainer.world_size > 1:

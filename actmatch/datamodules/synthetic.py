@@ -20,7 +20,7 @@ with different seeds are disjoint draws.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import lightning as L
 import torch
@@ -46,7 +46,8 @@ BACKGROUNDS = ("texture", "clutter")
 @lru_cache(maxsize=8)
 def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel row and column coordinates, each (size, size)."""
-    return torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    return rows, cols
 
 
 def render_shape(kind: str, size: int, cy: float, cx: float, radius: float, angle: float = 0.0) -> torch.Tensor:
@@ -289,7 +290,8 @@ class SyntheticDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        kwargs = dict(
+        make = partial(
+            SyntheticEvidence,
             num_classes=num_classes,
             image_size=image_size,
             variant=variant,
@@ -297,9 +299,9 @@ class SyntheticDataModule(L.LightningDataModule):
             distractors=distractors,
             object_agreement=object_agreement,
         )
-        self.train_set = SyntheticEvidence(train_size, seed=seed, **kwargs)
-        self.val_set = SyntheticEvidence(val_size, seed=seed + 1, **kwargs)
-        self.test_set = SyntheticEvidence(test_size, seed=seed + 2, **kwargs)
+        self.train_set = make(train_size, seed=seed)
+        self.val_set = make(val_size, seed=seed + 1)
+        self.test_set = make(test_size, seed=seed + 2)
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:

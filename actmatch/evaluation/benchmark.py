@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,8 +257,8 @@ def run_benchmark(
     done: dict[str, list[dict]] | None = None,
     store: MapStore | None = None,
     reuse: MapStore | None = None,
-    reusable: set[str] = frozenset(),
-) -> tuple[list[dict], dict[str, list[torch.Tensor]]]:
+    reusable: Collection[str] = frozenset(),
+) -> tuple[list[dict], dict[str, list[torch.Tensor | None]]]:
     """Run every method on every image; rows for results.csv and the maps for the gallery.
 
     Per image: every method explains it (timed alone), then all maps are scored in one batched
@@ -275,7 +275,8 @@ def run_benchmark(
         settings: keyword arguments of :func:`~actmatch.evaluation.exam.score_maps` (steps, tau,
             grid, refine, rate, seed, chunk).
     """
-    rows, maps = [], {name: [] for name in methods}
+    rows: list[dict] = []
+    maps: dict[str, list[torch.Tensor | None]] = {name: [] for name in methods}
     randomized: dict | None = None
     for i, item in enumerate(images):
         path = item.path

@@ -28,6 +28,7 @@ from actmatch.evaluation.batching import Job, PassCounter, classify
 from actmatch.evaluation.families import ExamDraws
 from actmatch.evaluation.maskers import DeactivationMasker
 from actmatch.explainers.backgrounds import gaussian_blur, make_fill
+from actmatch.explainers.classifier import FrozenClassifier
 from actmatch.explainers.masks import cut, keep_count, pixel_ranks
 
 __all__ = ["score_maps", "region_scores", "judge_masks", "score_keys", "FIXED_AREAS", "COLUMN_GROUPS", "ROBUST_RATE"]
@@ -135,7 +136,7 @@ def region_scores(
 
 @torch.no_grad()
 def judge_masks(
-    classifier: nn.Module,
+    classifier: FrozenClassifier,
     image: torch.Tensor,
     masks: torch.Tensor,
     draws: ExamDraws,
@@ -163,7 +164,7 @@ def judge_masks(
 
 @torch.no_grad()
 def score_maps(
-    classifier: nn.Module,
+    classifier: FrozenClassifier,
     image: torch.Tensor,
     maps: torch.Tensor,
     draws: ExamDraws,

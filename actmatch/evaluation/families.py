@@ -145,7 +145,7 @@ class Photos(Family):
 
     def draw(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         index = int(torch.randint(len(self.pool), (1,), generator=generator))
-        size = tuple(image.shape[-2:])
+        size = (image.shape[-2], image.shape[-1])
         cache = self._sized.setdefault(size, {})
         if index not in cache:
             cache[index] = cover_resize(self.pool[index], size)
@@ -228,6 +228,7 @@ class ExamDraws:
         for j in which:
             draw = self.draws[j]
             if isinstance(draw, _RoadDraw):
+                assert imputed is not None  # needs_imputation(which) is True: a ROAD draw is among them
                 out.append(masks * self.image + (1 - masks) * (imputed + draw.noise))
             else:
                 out.append(masks * self.image + (1 - masks) * draw)

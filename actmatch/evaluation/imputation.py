@@ -301,9 +301,9 @@ def _v_cycle(grids: list[_Grid], r: torch.Tensor, level: int = 0) -> torch.Tenso
         return _jacobi(grid, e, r, _COARSEST_SWEEPS - 1)
     e = _jacobi(grid, e, r, _SMOOTHING_SWEEPS - 1)
     coarse = grids[level + 1]
-    size = tuple(coarse.removed.shape[-2:])
+    size = (coarse.removed.shape[-2], coarse.removed.shape[-1])
     r_coarse = _restrict(r - _apply_a(grid, e), size) * coarse.removed
-    e = e + _prolong(_v_cycle(grids, r_coarse, level + 1), tuple(grid.removed.shape[-2:])) * grid.removed
+    e = e + _prolong(_v_cycle(grids, r_coarse, level + 1), (grid.removed.shape[-2], grid.removed.shape[-1])) * grid.removed
     return _jacobi(grid, e, r, _SMOOTHING_SWEEPS)
 
 

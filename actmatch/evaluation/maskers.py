@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from actmatch.explainers.backgrounds import make_fill
+from actmatch.explainers.classifier import FrozenClassifier
 from actmatch.explainers.convad import deactivate
 
 __all__ = ["Masker", "PixelFill", "DeactivationMasker"]
@@ -30,7 +31,9 @@ class PixelFill(Masker):
     """f(m ⊙ x + (1 − m) ⊙ fill); ``fill`` as in :func:`~actmatch.explainers.backgrounds.make_fill`
     (default: the model's mean colour)."""
 
-    def __init__(self, classifier: nn.Module, fill: str = "mean") -> None:
+    classifier: FrozenClassifier
+
+    def __init__(self, classifier: FrozenClassifier, fill: str = "mean") -> None:
         super().__init__(classifier)
         self.fill = fill
 

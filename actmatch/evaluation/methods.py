@@ -67,6 +67,7 @@ class ActMatchMethod(AttributionMethod):
     def compute(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self.explainer.to(images.device)
         result = self.explainer.fit_images(images, steps=self.steps, seed=self.seed)
+        assert result.soft_masks is not None  # a fit records them
         return (result.masks + result.soft_masks).to(images.device)
 
 
@@ -154,5 +155,5 @@ def randomized_top(classifier: FrozenClassifier, seed: int = 0) -> FrozenClassif
                 module.reset_running_stats()
     finally:
         torch.random.set_rng_state(generator_state)
-    clone.randomized_modules = names
+    clone.randomized_modules = names  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules; any value is kept
     return clone

@@ -52,6 +52,7 @@ from actmatch.evaluation.batching import Job, PassCounter, classify
 from actmatch.evaluation.families import Exam, ExamDraws
 from actmatch.evaluation.maskers import Masker
 from actmatch.explainers.backgrounds import gaussian_blur, make_fill
+from actmatch.explainers.classifier import FrozenClassifier
 from actmatch.explainers.masks import cut, keep_count, pixel_ranks
 
 __all__ = [
@@ -186,7 +187,7 @@ def _check_curve(mode: str, steps: int) -> None:
 
 @torch.no_grad()
 def perturbation_curve(
-    classifier: nn.Module,
+    classifier: FrozenClassifier,
     images: torch.Tensor,
     saliency: torch.Tensor,
     target: torch.Tensor | None = None,
@@ -221,14 +222,14 @@ def _auc(curve: torch.Tensor) -> torch.Tensor:
 
 
 def insertion_auc(
-    classifier: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | None = None, **kw
+    classifier: FrozenClassifier, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | None = None, **kw
 ) -> torch.Tensor:
     """(B,) area under the insertion curve (higher is better); see :func:`perturbation_curve`."""
     return _auc(perturbation_curve(classifier, images, saliency, target, "insertion", **kw))
 
 
 def deletion_auc(
-    classifier: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | None = None, **kw
+    classifier: FrozenClassifier, images: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor | None = None, **kw
 ) -> torch.Tensor:
     """(B,) area under the deletion curve (lower is better); see :func:`perturbation_curve`."""
     return _auc(perturbation_curve(classifier, images, saliency, target, "deletion", **kw))
@@ -557,6 +558,8 @@ class MeanMetric(Metric):
 
     higher_is_better: bool | None = None
     full_state_update = False
+    total: torch.Tensor  # states (add_state)
+    count: torch.Tensor
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -607,8 +610,9 @@ class ConfidenceDelta(MeanMetric):
 
 class _CurveAUC(MeanMetric):
     mode = "deletion"
+    classifier: FrozenClassifier  # kept by _keep
 
-    def __init__(self, classifier: nn.Module, steps: int = 50, batch: int = 32, **kwargs) -> None:
+    def __init__(self, classifier: FrozenClassifier, steps: int = 50, batch: int = 32, **kwargs) -> None:
         super().__init__(**kwargs)
         self._keep(classifier=classifier)
         self.steps, self.batch = steps, batch
@@ -635,6 +639,8 @@ class Robustness(MeanMetric):
     """Mean fraction of the exam's draws that keep the label. ``update(images, masks, keys, target=None)``."""
 
     higher_is_better = True
+    classifier: nn.Module  # kept by _keep
+    exam: Exam
 
     def __init__(self, classifier: nn.Module, exam: Exam, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -650,6 +656,7 @@ class SmallestSufficientArea(MeanMetric):
     """Mean smallest sufficient top-k fraction. ``update(images, saliency, target=None)``."""
 
     higher_is_better = False
+    masker: Masker  # kept by _keep
 
     def __init__(self, masker: Masker, **kwargs) -> None:
         super().__init__(**kwargs)

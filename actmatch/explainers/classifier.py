@@ -18,6 +18,7 @@ import json
 import pickle
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
@@ -103,6 +104,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ClassifierLoadError(f"weights file not found: {path}")
+    state: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -162,8 +164,9 @@ def _adapt_head(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     head = _head_name(model)
     weight = state.get(f"{head}.weight") if head else None
     classes = int(weight.shape[0]) if weight is not None and weight.dim() >= 1 else None
-    if classes and classes != getattr(model, "num_classes", classes) and hasattr(model, "reset_classifier"):
-        model.reset_classifier(classes)
+    reset_classifier = getattr(model, "reset_classifier", None)  # timm models
+    if classes and classes != getattr(model, "num_classes", classes) and reset_classifier is not None:
+        reset_classifier(classes)
 
 
 def _shown(names: list[str]) -> str:
@@ -295,14 +298,14 @@ def load_labels(path: str | Path) -> list[str]:
     return [line.strip() for line in text.rstrip("\n").splitlines()]
 
 
-def _triple(values: list[float] | tuple[float, ...] | None, what: str, positive: bool = False) -> tuple[float, ...] | None:
+def _triple(values: Sequence[float] | None, what: str, positive: bool = False) -> tuple[float, ...] | None:
     if values is None:
         return None
-    values = tuple(float(v) for v in values)
-    if len(values) != 3 or (positive and min(values) <= 0):
+    triple = tuple(float(v) for v in values)
+    if len(triple) != 3 or (positive and min(triple) <= 0):
         rule = "three positive values" if positive else "three values"
-        raise ClassifierLoadError(f"{what} needs {rule} (R G B), got {list(values)}")
-    return values
+        raise ClassifierLoadError(f"{what} needs {rule} (R G B), got {list(triple)}")
+    return triple
 
 
 class FrozenClassifier(nn.Module):
@@ -332,13 +335,16 @@ class FrozenClassifier(nn.Module):
         class_names: one readable name per class (ImageNet names for 1000-class models).
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffer
+    std: torch.Tensor  # (1, 3, 1, 1) buffer
+
     def __init__(
         self,
         model: nn.Module,
         name: str,
         class_names: list[str] | None = None,
-        mean: list[float] | tuple[float, ...] | None = None,
-        std: list[float] | tuple[float, ...] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         input_size: int | None = None,
     ) -> None:
         super().__init__()

@@ -122,7 +122,7 @@ class Deactivation(HookContext):
         x = args[0]
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[-2] * x.shape[-1] <= 1:
             return None  # squeeze-excite and other global paths are left alone
-        mask = self.mask_at(tuple(x.shape[-2:]))
+        mask = self.mask_at((x.shape[-2], x.shape[-1]))
         self._inputs[id(module)] = mask
         return (x * mask.to(x.dtype),) + tuple(args[1:])
 
@@ -130,13 +130,13 @@ class Deactivation(HookContext):
         mask = self._inputs.pop(id(module), None)
         if mask is None or not isinstance(output, torch.Tensor) or output.dim() != 4:
             return None
-        size = tuple(output.shape[-2:])
+        size = (output.shape[-2], output.shape[-1])
         self.state[size] = propagate_mask(mask, module, size, self.tau)
         return None
 
     # -------------------------------------------------------------- context
     def register(self) -> None:
-        self.state = {tuple(self.masks.shape[-2:]): self.masks}
+        self.state = {(self.masks.shape[-2], self.masks.shape[-1]): self.masks}
         for module in self.model.modules():
             if isinstance(module, CHECKPOINT_TYPES):
                 self._handles.append(module.register_forward_pre_hook(self._pre))

@@ -87,9 +87,12 @@ class Criterion:
     :data:`~actmatch.explainers.backgrounds.FAMILY_OF_KIND` and ``FAMILY_OF_FILL``).
     """
 
-    #: whether :meth:`accepts_step` answers the criterion from the step's own logits (a fill check);
-    #: False where the check needs what only :meth:`bind` draws (the fit's own backgrounds)
-    answered_by_step: bool = True
+    @property
+    def answered_by_step(self) -> bool:
+        """Whether :meth:`accepts_step` answers the criterion from the step's own logits (a fill check);
+        False where the check needs what only :meth:`bind` draws (the fit's own backgrounds). A
+        subclass sets it as a class attribute."""
+        return True
 
     def bind(self, classifier, image: torch.Tensor, logits_x: torch.Tensor, target: torch.Tensor) -> Check:
         """The check for one image (1, 3, H, W) with logits_x (1, K) and target (1,)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -54,6 +55,16 @@ __all__ = [
     "SELECTIONS",
     "default_fitting",
 ]
+
+_T = TypeVar("_T")
+
+
+def _started(state: _T | None) -> _T:
+    """A strategy's per-batch state, which its ``start(images)`` sets."""
+    if state is None:
+        raise RuntimeError("the fit strategy was not started: call start(images) first")
+    return state
+
 
 #: which of the masks seen during a fit is returned, per image
 SELECTIONS = ("smallest_robust", "smallest_kept", "last")
@@ -336,7 +347,7 @@ class ConstrainedFit(FitStrategy):
                 f"ConstrainedFit: the constraint term {self.constraint!r} is not among the explainer's "
                 f"active loss terms {names}; add it (e.g. actmatch.explainers.losses.LabelMargin)"
             )
-        total = self._log_lambda.exp() * out.terms[self.constraint]
+        total = _started(self._log_lambda).exp() * out.terms[self.constraint]
         for term in explainer.losses:
             if term.weight > 0 and term.name != self.constraint:
                 total = total + term.weight_at(progress) * out.terms[term.name]
@@ -347,7 +358,7 @@ class ConstrainedFit(FitStrategy):
         violated = out.terms[self.constraint].detach() > 0
         step = torch.where(violated, self.dual_up, -self.dual_down)
         lo, hi = math.log(self.lambda_min), math.log(self.lambda_max)
-        self._log_lambda = (self._log_lambda + step).clamp(lo, hi)
+        self._log_lambda = (_started(self._log_lambda) + step).clamp(lo, hi)
         return {"lambda": self._log_lambda.exp().mean().item(), "violated": violated.float().mean().item()}
 
 
@@ -456,31 +467,34 @@ class AreaContinuation(FitStrategy):
 
     def start(self, images: torch.Tensor) -> None:
         self._area = torch.full((images.shape[0],), self.start_area, device=images.device)
-        self._step, self._images, self._found = 0, images, []
+        self._step, self._images = 0, images
+        self._found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def _step_area(self) -> torch.Tensor:
+        area = _started(self._area)
         if not self.explore:
-            return self._area
+            return area
         u = (self._step * 0.6180339887498949) % 1.0  # golden-ratio sequence, u_0 = 0
-        return (self._area * self.explore**u).clamp_min(self.min_area)
+        return (area * self.explore**u).clamp_min(self.min_area)
 
     def _step_noise(self, images: torch.Tensor) -> torch.Tensor | None:
         """Logistic noise of scale ``noise`` (one draw per step, seeded by the step, shared by the batch)."""
         if not self.noise:
             return None
-        return logistic_blobs(images.shape[-2:], self._step, self.noise)
+        return logistic_blobs((images.shape[-2], images.shape[-1]), self._step, self.noise)
 
     def mask_model(self, unet: nn.Module) -> nn.Module:
         return TopArea(unet, self._step_area(), self._step_noise(self._images))
 
     @torch.no_grad()
     def after_step(self, explainer, out, satisfied: torch.Tensor) -> dict[str, float]:
+        area = _started(self._area)
         if self.explore:
-            shrunk = torch.minimum(self._area * self.shrink, self._step_area())
-            self._area = torch.where(satisfied, shrunk, self._area * self.grow).clamp(self.min_area, 1.0)
+            shrunk = torch.minimum(area * self.shrink, self._step_area())
+            self._area = torch.where(satisfied, shrunk, area * self.grow).clamp(self.min_area, 1.0)
         else:
             factor = torch.where(satisfied, self.shrink, self.grow)
-            self._area = (self._area * factor).clamp(self.min_area, 1.0)
+            self._area = (area * factor).clamp(self.min_area, 1.0)
         self._step += 1
         if self.lookahead and self._step % self.lookahead_every == 0:
             self._look_ahead(explainer, out.evidence)
@@ -495,8 +509,9 @@ class AreaContinuation(FitStrategy):
         for the selection: it is a kept mask the fit has checked)."""
         masks = ev.mask.detach().clone()
         kept = torch.zeros(ev.images.shape[0], dtype=torch.bool, device=ev.images.device)
+        area = _started(self._area)  # updated in place
         for i in range(ev.images.shape[0]):
-            top = self._area[i].item()
+            top = area[i].item()
             if top <= self.min_area * 1.01:
                 continue
             grid = areas_below(top, self.min_area, self.lookahead, ev.images.device)
@@ -505,7 +520,7 @@ class AreaContinuation(FitStrategy):
             check = self.criterion.bind(classifier, ev.images[one], ev.logits[one], ev.target[one])
             cut = smallest_accepted_cut(check.accepts, ev.soft_mask[one].detach(), grid)
             if cut is not None:
-                self._area[i] = cut.mean()
+                area[i] = cut.mean()
                 masks[i], kept[i] = cut, True
         if kept.any():
             self._found.append((masks, ev.soft_mask.detach(), kept))

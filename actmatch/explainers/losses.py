@@ -251,6 +251,7 @@ class Robustness(LossTerm):
 
     def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
         target = evidence.target.repeat(self.num_backgrounds)
+        assert perturbed_logits is not None  # the logits of perturb()'s images
         ce = F.cross_entropy(perturbed_logits, target, reduction="none")  # (n·B,)
         return ce.view(self.num_backgrounds, -1).mean(0)
 
@@ -281,6 +282,7 @@ class Necessity(LossTerm):
         return (1 - m) * evidence.images + m * evidence.fill
 
     def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
+        assert perturbed_logits is not None  # the logits of perturb()'s images
         p = perturbed_logits.softmax(-1).gather(1, evidence.target[:, None]).squeeze(1)
         return (p - self.margin).clamp_min(0)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, fields, replace
+from typing import cast
 
 import lightning as L
 import torch
@@ -189,12 +190,17 @@ class ActMatchExplainer(L.LightningModule):
 
     # ------------------------------------------------------------------ core computation
     @property
+    def _terms(self) -> list[LossTerm]:
+        """The loss terms in order, typed (``self.losses`` is their ``nn.ModuleList``)."""
+        return cast("list[LossTerm]", list(self.losses))
+
+    @property
     def families(self) -> dict[str, str]:
         """The perturbation families this recipe fits, selects or prunes with: family -> where
         (the fill, a loss term's backgrounds, the fitting strategy's own checks), so an evaluation
         can refuse to grade it on them."""
         used = {FAMILY_OF_FILL[self.fill]: f"fill: {self.fill}"}
-        for term in self.losses:
+        for term in self._terms:
             for family in sorted(term.families):
                 used.setdefault(family, f"losses: {term.name}")
         for family in sorted(getattr(self.fitting, "families", set())):
@@ -203,7 +209,7 @@ class ActMatchExplainer(L.LightningModule):
 
     @property
     def matches_activations(self) -> bool:
-        return any(isinstance(t, ActivationMatching) and t.weight > 0 for t in self.losses)
+        return any(isinstance(t, ActivationMatching) and t.weight > 0 for t in self._terms)
 
     @torch.no_grad()
     def reference(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -231,7 +237,7 @@ class ActMatchExplainer(L.LightningModule):
         fill = make_fill(images, self.fill, self.classifier.data_config["mean"])
         explanation = mask * images + (1 - mask) * fill
         evidence = Evidence(images, mask, soft, fill, explanation, logits.argmax(-1), logits, logits)
-        active = [term for term in self.losses if term.weight > 0]
+        active = [term for term in self._terms if term.weight > 0]
         extras = [term.perturb(evidence) for term in active]
         batch = torch.cat([explanation] + [e for e in extras if e is not None])
         b = images.shape[0]
@@ -318,7 +324,7 @@ class ActMatchExplainer(L.LightningModule):
         """(B,) bool: the label survives on every random background any gating term (robustness,
         label margin; ``gates``) drew this step (all True when none did)."""
         kept = torch.ones_like(target, dtype=torch.bool)
-        for term in self.losses:
+        for term in self._terms:
             logits = out.perturbed.get(term.name)
             if isinstance(term, (Robustness, LabelMargin)) and getattr(term, "gates", True) and logits is not None:
                 labels = logits.detach().argmax(-1).view(-1, target.shape[0])  # (n, B)

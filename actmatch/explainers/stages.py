@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -38,6 +39,8 @@ __all__ = [
     "smallest_accepted_cut",
     "pruned",
 ]
+
+_S = TypeVar("_S", bound="Stage")
 
 
 @dataclass
@@ -66,7 +69,7 @@ class FitState:
         one = slice(i, i + 1)
         return self.criterion.bind(self.classifier, self.images[one], self.logits_x[one], self.target[one])
 
-    def stage(self, kind: type) -> Stage | None:
+    def stage(self, kind: type[_S]) -> _S | None:
         """The first stage of the recipe of this class, if any."""
         return next((stage for stage in self.stages if isinstance(stage, kind)), None)
 
@@ -207,7 +210,9 @@ class Scan(Stage):
                 area = masks[i].mean().item()
                 if area <= self.min_area:
                     break
-                noisy = ranking + logistic_blobs(ranking.shape[-2:], draw, self.noise).to(ranking) * ranking.std()
+                noisy = (
+                    ranking + logistic_blobs((ranking.shape[-2], ranking.shape[-1]), draw, self.noise).to(ranking) * ranking.std()
+                )
                 cut = smallest_accepted_cut(check.accepts, noisy, areas_below(area, self.min_area, self.areas, device))
                 if cut is not None:
                     masks[i] = cut
@@ -294,6 +299,7 @@ class BorderFree(Stage):
     def run(self, fit: FitState) -> None:
         scan, prune = fit.stage(Scan), fit.stage(Prune)
         cells, batch = (prune.cells, prune.batch) if prune is not None else ([], 1)
+        assert scan is not None  # check() refused a recipe without a Scan stage
         masks, device = fit.masks, fit.images.device
         band = border_band(masks[:1], self.width)  # (1, 1, H, W)
         for i in range(fit.images.shape[0]):

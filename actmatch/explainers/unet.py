@@ -7,6 +7,8 @@ the forward pass while the gradient flows through the sigmoid (straight-through 
 
 from __future__ import annotations
 
+from typing import Literal, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +45,10 @@ def binarize(logits: torch.Tensor, threshold: float = 0.5, floor: float = 0.02) 
     return _StraightThrough.apply(logits, threshold, floor), torch.sigmoid(logits)
 
 
-def _block(c_in: int, c_out: int, padding_mode: str = "zeros") -> nn.Sequential:
+_PaddingMode = Literal["zeros", "replicate", "reflect"]  # MaskUNet.PADDING_MODES
+
+
+def _block(c_in: int, c_out: int, padding_mode: _PaddingMode = "zeros") -> nn.Sequential:
     groups = max(1, min(8, c_out // 4))
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode=padding_mode),
@@ -92,21 +97,24 @@ class MaskUNet(nn.Module):
             raise ValueError(f"working_size={working_size} is smaller than 2**depth={2**depth}")
         self.width, self.depth, self.working_size, self.init_keep = width, depth, working_size, init_keep
         self.padding_mode = padding_mode
+        mode = cast(_PaddingMode, padding_mode)  # one of PADDING_MODES, checked above
         chans = [width * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList(
-            [_block(in_channels, chans[0], padding_mode)] + [_block(chans[i], chans[i + 1], padding_mode) for i in range(depth)]
+            [_block(in_channels, chans[0], mode)] + [_block(chans[i], chans[i + 1], mode) for i in range(depth)]
         )
-        self.decoders = nn.ModuleList([_block(chans[i + 1] + chans[i], chans[i], padding_mode) for i in reversed(range(depth))])
+        self.decoders = nn.ModuleList([_block(chans[i + 1] + chans[i], chans[i], mode) for i in reversed(range(depth))])
         self.head = nn.Conv2d(chans[0], 1, 1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer (uses the global torch RNG: seed it for reproducibility)."""
         for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if module is not self and reset is not None:
+                reset()
         with torch.no_grad():
             self.head.weight.mul_(0.1)
+            assert self.head.bias is not None  # nn.Conv2d's bias=True
             self.head.bias.fill_(self.init_keep)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

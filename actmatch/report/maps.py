@@ -42,7 +42,7 @@ def overlay(photo: np.ndarray, saliency: torch.Tensor, alpha: float = 0.5) -> np
 
 def _save_small(array: np.ndarray, path: Path, size: int) -> None:
     image = Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
-    image.thumbnail((size, size), Image.BICUBIC)
+    image.thumbnail((size, size), Image.Resampling.BICUBIC)
     image.save(path)
 
 

@@ -55,6 +55,7 @@ def draw_circuit(
         columns = len({d["layer_index"] for _, d in shown.nodes(data=True)})
         ax = Figure(figsize=(max(6.0, 2.2 * columns), 0.45 * max_nodes + 2.5)).subplots()
     fig = ax.figure
+    assert isinstance(fig, Figure), "draw_circuit draws on an Axes of a Figure, not of a SubFigure"
     ax.set_axis_off()
     if shown.number_of_nodes() == 0:
         ax.text(0.5, 0.5, "empty circuit", ha="center")

@@ -101,8 +101,8 @@ class _Call:
     module: nn.Module
     start: int
     end: int = -1
-    input: object = None
-    output: object = None
+    input: torch.Tensor | None = None
+    output: torch.Tensor | None = None
 
 
 def _first_tensor(value) -> torch.Tensor | None:
@@ -182,9 +182,11 @@ class Ingress:
 
 def ingress_matrix(module: nn.Module) -> torch.Tensor:
     """(C_out, C_in) Σ_{u,v} |W[j, i, u, v]| of a convolution (any groups) or |W| of a linear map."""
-    weight = module.weight.detach().abs().cpu()
     if isinstance(module, nn.Linear):
-        return weight
+        return module.weight.detach().abs().cpu()
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise TypeError(f"ingress_matrix: {type(module).__name__} is neither a convolution nor nn.Linear")
+    weight = module.weight.detach().abs().cpu()
     c_out, c_in_per_group = weight.shape[:2]
     groups = module.groups
     per_group = weight.flatten(2).sum(-1)  # (C_out, C_in / groups)
@@ -199,9 +201,10 @@ def ingress_matrix(module: nn.Module) -> torch.Tensor:
 
 def _site_tensor(recorder: _CallRecorder, site: Site) -> tuple[torch.Tensor, int]:
     call = recorder.last_call(site.module)
-    if site.kind == "input":
-        return call.input, call.start
-    return call.output, call.end + 1
+    tensor, position = (call.input, call.start) if site.kind == "input" else (call.output, call.end + 1)
+    if tensor is None:
+        raise ValueError(f"the forward pass gave {site.module!r} no tensor {site.kind}")
+    return tensor, position
 
 
 @torch.no_grad()
@@ -245,9 +248,9 @@ def find_ingress(classifier: nn.Module, image: torch.Tensor, source: Site, targe
             made_by = candidates[0].name if candidates else "an operation outside any module (e.g. a residual addition)"
             raise fail(f"the path passes through {made_by}" + (f" after {path[-1]}" if path else ""))
         path.append(step.name)
-        tensor, position = step.input, step.start
-        if tensor is None:
+        if step.input is None:
             raise fail(f"{step.name} has no tensor input")
+        tensor, position = step.input, step.start
     sources = source_tensor.shape[1] if source_tensor.dim() >= 2 else 0
     if linear is None:
         matrix, kind, name = torch.eye(sources), "identity", ""

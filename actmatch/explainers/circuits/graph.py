@@ -167,7 +167,7 @@ class CircuitReader:
             return {name: top_channels(acts.energy[name], count) for name, count in taps.items()}
         if image is None:
             raise ValueError("attribution ranking needs the image: pass image=..., or use rank='energy'")
-        label = int(acts.logits.argmax()) if label is None else int(label)
+        label = int(acts.need_logits().argmax()) if label is None else int(label)
         image = image.to(self.device)
         if label not in acts.attribution:  # the full-model step is shared by every k
             acts.attribution[label] = channel_attribution(self.classifier, image, self.layers, label, self.ablation)
@@ -189,7 +189,7 @@ class CircuitReader:
         """
         image = image.to(self.device)
         acts = self.activations(image)
-        label = int(acts.logits.argmax()) if label is None else int(label)
+        label = int(acts.need_logits().argmax()) if label is None else int(label)
         counts = self.counts(acts, k)
         generator = torch.Generator().manual_seed(seed)
 
@@ -215,7 +215,9 @@ class CircuitReader:
         """
         acts = acts or self.activations(image)
         keep = self.keep(acts, k, image, label) if keep is None else keep
-        return faithfulness(self.classifier, image.to(self.device), keep, label, self.ablation, acts.logits.to(self.device))
+        return faithfulness(
+            self.classifier, image.to(self.device), keep, label, self.ablation, acts.need_logits().to(self.device)
+        )
 
     def search(
         self,
@@ -236,7 +238,7 @@ class CircuitReader:
             raise ValueError(f"unknown search method {method!r}; choose 'grid' or 'bisect'")
         image = image.to(self.device)
         acts = self.activations(image)
-        label = int(acts.logits.argmax()) if label is None else int(label)
+        label = int(acts.need_logits().argmax()) if label is None else int(label)
         trials: list[tuple[float, bool, float]] = []
 
         def test(fraction: float) -> bool:
@@ -290,7 +292,7 @@ class CircuitReader:
         acts = self.activations(image)
         k = self.k if k is None else k
         counts = self.counts(acts, k)
-        label = int(acts.logits.argmax()) if label is None else int(label)
+        label = int(acts.need_logits().argmax()) if label is None else int(label)
         names = getattr(self.classifier, "class_names", None) or []
         graph = nx.DiGraph(
             backbone=str(getattr(self.classifier, "name", type(self.classifier).__name__)),
@@ -364,7 +366,7 @@ class CircuitReader:
                 layer="classes",
                 layer_index=index,
                 channel=c,
-                activation=float(acts.logits[c]),
+                activation=float(acts.need_logits()[c]),
                 energy=float(probs[c]),
                 rank=classes.index(c),
                 name=names[c] if c < len(names) else str(c),

@@ -29,7 +29,8 @@ FORMAT = "actmatch-circuit/1"
 def circuit_to_dict(graph: nx.DiGraph) -> dict:
     """The JSON document of a circuit graph."""
     nodes = [{"id": n, **data} for n, data in graph.nodes(data=True)]
-    edges, links = [], []
+    edges: list[dict] = []
+    links: list[dict] = []
     for u, v, data in graph.edges(data=True):
         entry = {"source": u, "target": v, **{k: val for k, val in data.items() if k != "kind"}}
         (links if data.get("kind") == "class_link" else edges).append(entry)

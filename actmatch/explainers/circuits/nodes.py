@@ -16,7 +16,7 @@ per layer as a mapping.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -85,10 +85,16 @@ class Activations:
         """Number of channels at ``layer``."""
         return int(self.maps[layer].shape[0])
 
+    def need_logits(self) -> torch.Tensor:
+        """(K,) :attr:`logits`; a ``ValueError`` if these activations were made without them."""
+        if self.logits is None:
+            raise ValueError("these activations hold no logits (read_activations records them)")
+        return self.logits
+
     @property
     def probs(self) -> torch.Tensor:
         """(K,) softmax of the logits."""
-        return self.logits.softmax(-1)
+        return self.need_logits().softmax(-1)
 
 
 def _model_of(module: nn.Module) -> nn.Module:
@@ -109,8 +115,9 @@ def find_head(classifier: nn.Module, head: str | None = None) -> str:
         if not isinstance(modules[head], nn.Linear):
             raise ValueError(f"the head {head!r} is a {type(modules[head]).__name__}, not nn.Linear; name the final linear layer")
         return head
-    if hasattr(model, "get_classifier"):
-        fc = model.get_classifier()
+    get_classifier = getattr(model, "get_classifier", None)  # timm models
+    if get_classifier is not None:
+        fc = get_classifier()
         for name, module in modules.items():
             if module is fc and isinstance(fc, nn.Linear):
                 return name
@@ -243,11 +250,13 @@ def block_taps(classifier: nn.Module) -> list[str]:
     return names
 
 
-TAP_PRESETS = {"blocks": block_taps, "stages": default_taps}
+TAP_PRESETS: dict[str, Callable[[nn.Module], list[str]]] = {"blocks": block_taps, "stages": default_taps}
 """Named tap sets for circuits: ``blocks`` (hidden channels inside every block) and ``stages``."""
 
 
-def circuit_taps(classifier: nn.Module, layers: str | list[str] | None = None, fallback: list[str] | None = None) -> list[str]:
+def circuit_taps(
+    classifier: nn.Module, layers: str | Sequence[str] | None = None, fallback: list[str] | None = None
+) -> list[str]:
     """The circuit's layers: explicit names, a preset name from :data:`TAP_PRESETS`, or by default
     :func:`block_taps` where the model has such blocks, else its stages, else ``fallback`` (e.g. the
     explainer's taps)."""
