@@ -69,7 +69,8 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     photos, weights, ckpt, pool = setup
     methods = "am,am-amortized,saliency,gradcam,occlusion,ig,rise,convad"
     argv = ["--images", str(photos), "--methods", methods, "--out", str(tmp_path), "--backbone", "test_efficientnet",
-            "--weights", str(weights), "--checkpoint", str(ckpt), "--gallery", "2", "--exam-photos", str(pool), *CHEAP]  # fmt: skip
+            "--weights", str(weights), "--checkpoint", str(ckpt), "--gallery", "2", "--exam-photos", str(pool),
+            *CHEAP]  # fmt: skip
     assert benchmark.main("benchmark", argv) == 0
     for name in ("results.csv", "summary.csv", "paired.csv", "summary.png", "comparison.png", "report.html"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -80,8 +81,9 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 2 * 8
     assert not any(r["error"] for r in rows)
-    assert set(rows[0]) >= {"kept_equal_area", "smallest_sufficient_area", "insertion_auc", "deletion_auc", "robustness", "seconds",
-                            "kept_at_5", "kept_at_10", "kept_at_20", "robust_sufficient_area", "robust_photos", "robust_road",
+    assert set(rows[0]) >= {"kept_equal_area", "smallest_sufficient_area", "insertion_auc", "deletion_auc", "robustness",
+                            "seconds", "kept_at_5", "kept_at_10", "kept_at_20", "robust_sufficient_area", "robust_photos",
+                            "robust_road",
                             "insertion_auc_rise", "dg_score", "dg_score_fill", "kept_dilated", "ratio_dilated", "kept_shift",
                             "kept_readback", "kept_resampled", "ratio_equal_area", "ratio_at_10", "sanity_spearman"}  # fmt: skip
     for r in rows:
@@ -375,8 +377,9 @@ def test_a_recipe_that_fits_on_a_held_out_exam_family_is_refused(setup, tmp_path
         "losses:\n  - {class_path: actmatch.explainers.losses.CrossEntropy, init_args: {weight: 1.0}}\n"
         "  - {class_path: actmatch.explainers.losses.Robustness, init_args: {weight: 1.0, backgrounds: [shuffle]}}\n"
     )
-    argv = ["--images", str(photos), "--methods", "am,saliency", "--out", str(tmp_path / "out"), "--backbone", "test_efficientnet",
-            "--weights", str(weights), "--config", str(config), "--exam-photos", str(pool), *CHEAP]  # fmt: skip
+    argv = ["--images", str(photos), "--methods", "am,saliency", "--out", str(tmp_path / "out"),
+            "--backbone", "test_efficientnet", "--weights", str(weights), "--config", str(config),
+            "--exam-photos", str(pool), *CHEAP]  # fmt: skip
     assert benchmark.main("benchmark", argv) == 2
     err = capsys.readouterr().err
     assert "held-out exam family photos (losses: robustness)" in err

@@ -251,7 +251,7 @@ def _page_box(page, selector: str) -> tuple[int, int, int, int]:
     """The element's box in page coordinates (what a full-page screenshot shows): left, top, right, bottom."""
     box = page.evaluate(
         """s => { const r = document.querySelector(s).getBoundingClientRect();
-                  return [r.left + window.scrollX, r.top + window.scrollY, r.right + window.scrollX, r.bottom + window.scrollY]; }""",
+                  return [r.left + window.scrollX, r.top + window.scrollY, r.right + window.scrollX, r.bottom + window.scrollY]; }""",  # noqa: E501 - JavaScript
         selector,
     )
     return tuple(round(v) for v in box)

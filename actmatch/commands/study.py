@@ -168,9 +168,10 @@ def study_row(
 
 #: the printed columns: (header, key, format)
 PRINTED = (
-    ("n", "images", "{:>4}"), ("kept", "kept", "{:>5.2f}"), ("area", "area_median", "{:>6.3f}"), ("p25", "area_p25", "{:>6.3f}"),
-    ("p75", "area_p75", "{:>6.3f}"), ("robust", "robust_median", "{:>6.3f}"), ("photos", "robust_photos_mean", "{:>6.3f}"),
-    ("pe/px", "conf_ratio_median", "{:>6.3f}"), ("dil", "dilated_kept", "{:>5.2f}"), ("dil.r", "dilated_ratio_median", "{:>6.3f}"),
+    ("n", "images", "{:>4}"), ("kept", "kept", "{:>5.2f}"), ("area", "area_median", "{:>6.3f}"),
+    ("p25", "area_p25", "{:>6.3f}"), ("p75", "area_p75", "{:>6.3f}"), ("robust", "robust_median", "{:>6.3f}"),
+    ("photos", "robust_photos_mean", "{:>6.3f}"), ("pe/px", "conf_ratio_median", "{:>6.3f}"),
+    ("dil", "dilated_kept", "{:>5.2f}"), ("dil.r", "dilated_ratio_median", "{:>6.3f}"),
     ("shift", "shift_kept", "{:>5.2f}"), ("file", "readback_kept", "{:>5.2f}"), ("sec", "seconds_median", "{:>6.1f}"),
     ("×fb", "x_fwd_bwd_median", "{:>5.0f}"), ("b>5%", "border_over_5", "{:>4}"),
 )  # fmt: skip

@@ -509,6 +509,6 @@ def format_paired(paired: list[dict]) -> str:
         p = "" if math.isnan(float(r["p_value"])) else f"{float(r['p_value']):.2g}"
         ph = "" if math.isnan(float(r["p_holm"])) else f"{float(r['p_holm']):.2g}"
         significant = "n/a" if r["group"] == "construction" else ("yes" if str(r["significant"]) == "True" else "no")
-        cells.append([headers.get(r["metric"], r["metric"]) if first else "", r["group"] if first else "", r["baseline"], str(r["n"]),
-                      str(r["wins"]), str(r["ties"]), str(r["losses"]), p, ph, r["test"], significant])  # fmt: skip
+        cells.append([headers.get(r["metric"], r["metric"]) if first else "", r["group"] if first else "", r["baseline"],
+                      str(r["n"]), str(r["wins"]), str(r["ties"]), str(r["losses"]), p, ph, r["test"], significant])  # fmt: skip
     return _text_table(heads, cells)

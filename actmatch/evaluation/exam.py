@@ -274,8 +274,8 @@ def score_maps(
     out = classify(classifier, jobs, chunk, counter)
     cut_logits, p_heavy, p_rise, p_fill = out[0], prob(out[1]), prob(out[2]), prob(out[3])
     rows = out[4:]
-    convad = classify(DeactivationMasker(classifier, tau), [Job(m, lambda lo, hi: (image.expand(hi - lo, -1, -1, -1), cuts[lo:hi]))],
-                      chunk, counter)[0]  # fmt: skip
+    convad = classify(DeactivationMasker(classifier, tau),
+                      [Job(m, lambda lo, hi: (image.expand(hi - lo, -1, -1, -1), cuts[lo:hi]))], chunk, counter)[0]  # fmt: skip
     robust = M.robustness_by_family(classifier, image, cuts, draws, y, chunk, counter)
 
     full = torch.ones(m, 1, dtype=torch.bool, device=device) & bool(logits.argmax(-1) == y)
