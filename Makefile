@@ -31,6 +31,11 @@ test: $(STAMP)  ## run the fast test suite
 test-behaviour: $(STAMP)  ## run the behaviour tests (shortcut, DDP, circuit, full fits)
 	$(BIN)/python -m pytest -q -m behaviour --durations=15
 
+lint: $(STAMP)  ## ruff (lint + format check) and mypy on actmatch/
+	$(BIN)/ruff check actmatch tests
+	$(BIN)/ruff format --check actmatch tests
+	$(BIN)/mypy actmatch
+
 check-report:  ## render report.html in headless Chromium (Debian's chromium + playwright; installs nothing, fails if missing)
 	ACTMATCH_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests/test_report.py -k browser -m "slow or not slow"
 
@@ -46,4 +51,4 @@ bench: $(STAMP)  ## compare actmatch with the baselines on IMAGES (actmatch benc
 	$(BIN)/actmatch benchmark --images $(IMAGES) --limit 20 --out $(OUT)/benchmark
 
 clean:  ## remove outputs and caches (keeps .venv)
-	rm -rf $(OUT) wandb lightning_logs .pytest_cache
+	rm -rf $(OUT) wandb lightning_logs .pytest_cache .mypy_cache .ruff_cache
