@@ -42,7 +42,7 @@ check-report:  ## render report.html in headless Chromium (Debian's chromium + p
 bench-explain: $(STAMP)  ## explain every image under IMAGES and print the area / label-kept table
 	$(BIN)/actmatch explain $(IMAGES) --out $(OUT)/bench-explain
 
-STUDY_CONFIGS ?= experiments/explain/minimal.yaml experiments/explain/robust.yaml
+STUDY_CONFIGS ?= experiments/explain/faithful.yaml experiments/explain/sis.yaml
 study: $(STAMP)  ## one fit-study row per config in STUDY_CONFIGS on IMAGES (LIMIT=N for the first N)
 	$(BIN)/actmatch study $(IMAGES) $(foreach c,$(STUDY_CONFIGS),--config $(c)) --out $(OUT)/study \
 		$(if $(LIMIT),--limit $(LIMIT)) --plot $(OUT)/study/study.png

@@ -165,7 +165,10 @@ def tiny_explainer_config(
         "backbone": "test_resnet",
         "pretrained": False,
         "num_classes": 4,
-        "unet": {"class_path": "actmatch.explainers.unet.MaskUNet", "init_args": {"width": 8, "depth": 2, "working_size": None}},
+        "unet": {
+            "class_path": "actmatch.explainers.unet.MaskUNet",
+            "init_args": {"width": 8, "depth": 2, "working_size": None, "padding_mode": "replicate"},  # as the built-in U-Net
+        },
     }
     init.update({k: v for k, v in (("input_size", input_size), ("steps", steps)) if v is not None})
     config = {"model": {"init_args": init}}

@@ -297,7 +297,7 @@ def test_a_map_that_cannot_be_scored_fails_alone():
 
 def test_run_settings_name_a_changed_am_recipe(tmp_path):
     """A changed fitting config of `am` (here: its lookahead) counts as other settings for --resume; settings.json
-    names am's recipe (the built-in one is the minimal preset) beside its digest."""
+    names am's recipe (the built-in one is the faithful preset) beside its digest."""
     classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
     config = tmp_path / "am.yaml"
     config.write_text(
@@ -312,7 +312,7 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
     saved = tmp_path / "settings.json"
     saved.write_text(json.dumps(settings()))
     am = json.loads(saved.read_text())["methods"]["am"]
-    assert (am["recipe"], am["recipe_version"], len(am["recipe_digest"])) == ("minimal", 16, 8)
+    assert (am["recipe"], am["recipe_version"], len(am["recipe_digest"])) == ("faithful", 1, 8)
     assert benchmark.settings_changes(saved, settings()) == []
     assert benchmark.settings_changes(saved, settings("--config", str(config))) == [
         "methods.am.recipe",

@@ -217,9 +217,9 @@ def test_every_preset_goes_by_its_file_name_and_a_version(path):
     assert init["recipe"] == path.stem and isinstance(init["recipe_version"], int) and init["recipe_version"] >= 1
 
 
-@pytest.mark.parametrize("path", ["experiments/explain/minimal.yaml", "experiments/explain_folder.yaml"])
+@pytest.mark.parametrize("path", ["experiments/explain/faithful.yaml", "experiments/explain_folder.yaml"])
 def test_the_default_recipe_files_are_the_built_in_default(path, tiny_classifier):
-    """``--preset minimal`` and ``actmatch predict --config experiments/explain_folder.yaml`` spell out the
+    """``--preset faithful`` and ``actmatch predict --config experiments/explain_folder.yaml`` spell out the
     built-in default (``actmatch explain`` without a config): the same loss terms, fitting strategy and
     settings, U-Net and steps, so a change of the default cannot miss one of them; and they go by the
     built-in recipe's name and version."""

@@ -138,7 +138,7 @@ def test_a_failure_halfway_keeps_the_previous_result(small_coffee_path, tmp_path
 
 def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
     """The default recipe (no --config: lookahead, scan, pruning, border-free cut) at a 64 px input,
-    where every stage runs on few cells; its results go by the minimal preset's name and version."""
+    where every stage runs on few cells; its results go by the faithful preset's name and version."""
     masks = []
     for name in ("a", "b"):
         assert (
@@ -147,7 +147,7 @@ def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
         masks.append((tmp_path / name / "small_coffee" / "mask.png").read_bytes())
     assert masks[0] == masks[1]
     summary = json.loads((tmp_path / "a" / "small_coffee" / "summary.json").read_text())
-    assert (summary["recipe"], summary["recipe_version"]) == ("minimal", 16)
+    assert (summary["recipe"], summary["recipe_version"]) == ("faithful", 1)
 
 
 def test_config_file_and_flags(small_coffee_path, tmp_path):

@@ -155,7 +155,7 @@ def classifier_overrides(args: argparse.Namespace) -> dict:
 
 
 #: named recipes: experiments/explain/<name>.yaml (the study's rows, docs/explainer-study.md)
-PRESETS = ("minimal", "smallest", "confident", "robust")
+PRESETS = ("faithful", "sis", "smallest", "confident", "robust")
 PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments" / "explain"
 
 

@@ -33,7 +33,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from actmatch.explainers.criteria import CountedClassifier, Criterion, Sufficient
+from actmatch.explainers.criteria import Confident, CountedClassifier, Criterion, Sufficient
 from actmatch.explainers.stages import (
     BorderFree,
     FitState,
@@ -527,11 +527,12 @@ class AreaContinuation(FitStrategy):
 
 
 def default_fitting() -> FitStrategy:
-    """The default per-image fit (the ``minimal`` preset, docs/explainer-study.md): area
-    continuation with a lookahead along the U-Net's ranking every 5 steps (12 cuts), the
-    smallest kept cut of the selected step's ranking at 24 areas, then backward elimination of
-    the cells the label does not need on grids of 32, 16 and 8 pixels, the image's border cells
-    first, and a band-free cut of the same ranking where it needs at most 1.5 × the area
-    (fewer masks keep pixels of the image's border band). Kept: the label with the mean fill."""
-    stages = [Scan(areas=24), Prune(cells=[32, 16, 8], border_first=True), BorderFree(factor=1.5)]
-    return AreaContinuation(lookahead=12, lookahead_every=5, criterion=Sufficient(), stages=stages)
+    """The default per-image fit (the ``faithful`` preset, docs/method.md): area continuation at 5 %
+    per step while the explanation stays confident, with a lookahead along the U-Net's ranking every
+    10 steps (12 cuts); the smallest confident cut of the selected step's ranking at 16 areas; then
+    backward elimination of the cells the explanation does not need on coarse grids of 32 and 16
+    pixels; and a band-free cut of the same ranking where it needs at most 1.5 × the area. Accepted
+    throughout: the label with the mean fill and p_f(e)(y) ≥ 0.9 · p_f(x)(y) (:class:`Confident`),
+    headroom so that the explanation stays confident when it is perturbed."""
+    stages = [Scan(areas=16), Prune(cells=[32, 16]), BorderFree(factor=1.5)]
+    return AreaContinuation(shrink=0.95, lookahead=12, lookahead_every=10, criterion=Confident(0.9), stages=stages)

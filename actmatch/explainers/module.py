@@ -43,9 +43,9 @@ from actmatch.explainers.unet import MaskUNet, binarize
 __all__ = ["ActMatchExplainer", "Explanation", "StepOutput", "DEFAULT_RECIPE", "DEFAULT_RECIPE_VERSION"]
 
 #: the name and version of the built-in recipe (:func:`default_loss_terms`, :func:`default_fitting`, the
-#: default U-Net, fill and restarts), which experiments/explain/minimal.yaml spells out
-DEFAULT_RECIPE = "minimal"
-DEFAULT_RECIPE_VERSION = 16
+#: default U-Net, fill and restarts), which experiments/explain/faithful.yaml spells out
+DEFAULT_RECIPE = "faithful"
+DEFAULT_RECIPE_VERSION = 1
 
 
 @dataclass
@@ -101,7 +101,8 @@ class ActMatchExplainer(L.LightningModule):
         pretrained: use hub weights when no local or offline weights apply.
         num_classes: number of classes; default: the checkpoint's head (or the model's default).
         taps: layers whose features are matched; None taps the backbone's feature stages.
-        unet: the mask network; None builds a :class:`MaskUNet` working at 56 px (1/4 of 224).
+        unet: the mask network; None builds a :class:`MaskUNet` working at 56 px (1/4 of 224) with
+            replicate padding.
         losses: loss terms; None uses :func:`default_loss_terms` per image and
             :func:`amortized_loss_terms` (with a weighted area term) in ``amortized`` mode.
         fill: value of removed pixels: ``mean`` (dataset mean colour), ``black`` or ``blur``.
@@ -113,7 +114,7 @@ class ActMatchExplainer(L.LightningModule):
         mode: what :meth:`explain` does: ``per_image`` fits, ``amortized`` runs one forward pass.
         fitting: how per-image masks are fitted and selected (a
             :class:`~actmatch.explainers.fitting.FitStrategy`); None: :func:`default_fitting`
-            (area continuation, the ``minimal`` preset).
+            (area continuation, the ``faithful`` preset).
         classifier: an already loaded classifier (overrides ``backbone``/``weights`` and the
             four arguments below).
         labels: class names, or a file of them (one per line, a JSON list or a JSON dict
@@ -123,11 +124,11 @@ class ActMatchExplainer(L.LightningModule):
         std: per-channel std (R, G, B).
         input_size: side of the classifier's input (default: its data config).
         recipe: the name of the recipe this config is (the presets of experiments/explain/ set
-            it to their file's stem, e.g. ``minimal``), written with every result next to the
+            it to their file's stem, e.g. ``faithful``), written with every result next to the
             digest of the settings. A config without it is ``custom``; left ``custom`` with the
             built-in recipe (no ``losses``, ``fitting``, ``unet`` or ``taps``, the default
             ``fill`` and ``restarts``, ``per_image`` mode) it is :data:`DEFAULT_RECIPE`.
-        recipe_version: the version of the named recipe (``minimal`` is at 16); 0 for
+        recipe_version: the version of the named recipe (``faithful`` is at 1); 0 for
             ``custom``, :data:`DEFAULT_RECIPE_VERSION` for the built-in recipe.
     """
 
@@ -144,7 +145,7 @@ class ActMatchExplainer(L.LightningModule):
         losses: list[LossTerm] | None = None,
         fill: str = "mean",
         lr: float = 0.002,
-        steps: int = 60,
+        steps: int = 40,
         restarts: int = 1,
         mode: str = "per_image",
         fitting: FitStrategy | None = None,
@@ -182,7 +183,7 @@ class ActMatchExplainer(L.LightningModule):
             backbone, weights, pretrained, num_classes, labels, mean=mean, std=std, input_size=input_size
         )
         self.taps = validate_layers(self.classifier, taps) if taps is not None else default_taps(self.classifier)
-        self.unet = unet or MaskUNet(working_size=56)
+        self.unet = unet or MaskUNet(working_size=56, padding_mode="replicate")
         self.losses = nn.ModuleList(losses)
         self.fitting = fitting or default_fitting()
         self.fill, self.lr, self.steps, self.mode, self.restarts = fill, lr, steps, mode, restarts
