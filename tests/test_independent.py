@@ -8,6 +8,7 @@ import torch
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.fitting import AreaContinuation
 from actmatch.explainers.independent import IndependentNets
+from actmatch.explainers.losses import ActivationMatching, CrossEntropy, TotalVariation
 from actmatch.explainers.module import ActMatchExplainer
 from actmatch.explainers.stages import Prune, Scan
 from actmatch.explainers.unet import MaskUNet
@@ -51,11 +52,18 @@ def test_batch_size_mismatch_is_named():
     ids=["default", "lookahead", "explore+noise", "scan+prune"],
 )
 def test_batched_fit_equals_one_image_at_a_time(tiny_classifier, fitting):
-    """The default recipe draws no random backgrounds, and the strategies' own draws (explored
-    areas, ranking noise) depend on the step only, so the batched fit is the same computation
-    (one restart: batching images is under test; restarts have their own test below)."""
+    """Loss terms that draw no random backgrounds, and strategies whose own draws (explored areas,
+    ranking noise) depend on the step only: the batched fit is the same computation (one restart:
+    batching images is under test; restarts have their own test below). Terms that draw backgrounds
+    (the default's robustness term) draw other backgrounds in a batch, from the same distribution."""
+    deterministic = [ActivationMatching(weight=0.1), CrossEntropy(), TotalVariation(weight=0.05)]
     explainer = ActMatchExplainer(
-        classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=8, restarts=1, fitting=fitting
+        classifier=tiny_classifier,
+        unet=MaskUNet(width=4, depth=2, working_size=32),
+        losses=deterministic,
+        steps=8,
+        restarts=1,
+        fitting=fitting,
     )
     generator = torch.Generator().manual_seed(3)
     images = torch.rand(3, 3, 64, 64, generator=generator)

@@ -151,6 +151,7 @@ def test_the_fit_counts_every_image_it_classifies(rng_images):
         result = strategy.fit(explainer, rng_images, unet, reference, steps=6)
     finally:
         handle.remove()
-    assert result.passes["steps"] == 6 and result.passes["step_images"] == 6 * 2
+    # each step: the 2 explanations and the default robustness term's 2 backgrounds per image
+    assert result.passes["steps"] == 6 and result.passes["step_images"] == 6 * (2 + 2 * 2)
     assert result.passes["lookahead"] > 0 and result.passes["scan"] > 0 and result.passes["prune"] > 0
     assert sum(seen) == result.passes["step_images"] + result.forward_only
