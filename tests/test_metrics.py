@@ -697,3 +697,32 @@ def test_score_maps_columns_equal_the_hand_values(ranked):
     expected = sum(6.1 + 9 * (b + 0.015) > 8 for b in EIGHT) / 8
     assert expected == 7 / 8
     assert scores["robustness"].item() == pytest.approx(expected)
+
+
+def test_robust_sufficient_area_walks_the_grid_to_the_first_passing_fraction():
+    """The upward walk with early stops gives the first grid fraction that keeps the label on at least
+    ``rate`` of the draws, as checking every cut on every draw one by one does (refine=0)."""
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    image = torch.rand(1, 3, 12, 12)
+    backgrounds = [torch.rand(1, 3, 12, 12) for _ in range(8)]
+    draws = ExamDraws(image, backgrounds, ["noise"] * 8)
+    maps = torch.rand(5, 1, 12, 12)
+    grid = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    y = int(classifier(image).argmax())
+    with torch.no_grad():
+        expected = []
+        for saliency in maps:  # one cut, one draw at a time
+            order = saliency.flatten().argsort(descending=True, stable=True)
+            for fraction in grid:
+                keep = torch.zeros(144)
+                keep[order[: round(fraction * 144)]] = 1
+                m = keep.view(1, 1, 12, 12)
+                kept = sum(int(classifier(m * image + (1 - m) * b).argmax()) == y for b in backgrounds)
+                if fraction == 1.0 or kept >= 0.75 * 8:
+                    expected.append(fraction)
+                    break
+    # ties broken by pixel_ranks' seeded order: continuous random maps have none
+    found = M.robust_sufficient_area(classifier, image, maps, draws, y, rate=0.75, grid=grid, refine=0, group=2, chunk=5)
+    assert len(set(expected)) > 1  # not every map needs the same fraction
+    assert found.tolist() == pytest.approx(expected)

@@ -406,6 +406,7 @@ def robust_sufficient_area(
     grid: tuple[float, ...] = SUFFICIENCY_GRID,
     refine: int = 4,
     stage: int = 4,
+    group: int = 3,
     seed: int = 0,
     chunk: int = 32,
     counter: PassCounter | None = None,
@@ -413,10 +414,12 @@ def robust_sufficient_area(
     """(M,) the smallest top-k fraction of each map whose cut keeps the label on at least ``rate``
     of the exam's draws: the grid's first such fraction, then ``refine`` bisections below it.
 
-    A cut is checked ``stage`` draws at a time (the draws are interleaved by family) and dropped
-    as soon as it has lost more than :func:`allowed_failures` of them, so a cut that is far from
-    robust costs one stage. The answer is exactly that of checking every cut on every draw. The
-    whole image always passes (x itself gets y), so the answer is at most 1.
+    The grid is walked upwards, ``group`` fractions per map at a time, until a fraction passes (the
+    larger ones are then never checked); a cut is checked ``stage`` draws at a time (the draws are
+    interleaved by family) and dropped as soon as it has lost more than :func:`allowed_failures`
+    of them, so a cut that is far from robust costs one stage. The answer is exactly that of checking
+    every cut of the grid on every draw and taking the first that passes. The whole image always
+    passes (x itself gets y), so the answer is at most 1.
     """
     m, (h, w) = maps.shape[0], image.shape[-2:]
     ranks = pixel_ranks(maps, seed)  # (M, H·W)
@@ -439,8 +442,17 @@ def robust_sufficient_area(
             alive &= failures <= allowed
         return [bool(f <= allowed) for f in failures]
 
-    grid_pass = torch.tensor(passes([i for i in range(m) for _ in fractions], [f for _ in range(m) for f in fractions]))
-    kept = grid_pass.view(m, len(fractions))
+    kept = torch.zeros(m, len(fractions), dtype=torch.bool)  # True at each map's first passing fraction only
+    start = [0] * m
+    while True:
+        todo = [(i, j) for i in range(m) if not kept[i].any() for j in range(start[i], min(start[i] + group, len(fractions)))]
+        if not todo:
+            break
+        for (i, j), ok in zip(todo, passes([i for i, _ in todo], [fractions[j] for _, j in todo])):
+            if ok and not kept[i].any():
+                kept[i, j] = True  # todo lists each map's fractions in increasing order
+        for i in range(m):
+            start[i] += group
     return torch.tensor(_bisect(*_bracket(kept, torch.tensor(fractions)), refine, passes), device=image.device)
 
 
