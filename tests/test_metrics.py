@@ -701,15 +701,24 @@ def test_score_maps_columns_equal_the_hand_values(ranked):
 
 def test_robust_sufficient_area_walks_the_grid_to_the_first_passing_fraction():
     """The upward walk with early stops gives the first grid fraction that keeps the label on at least
-    ``rate`` of the draws, as checking every cut on every draw one by one does (refine=0)."""
+    ``rate`` of the draws, as checking every cut on every draw one by one does (refine=0).
+
+    The classifier says class 0 when the red channel's mean exceeds 0.2; the image's red values are
+    a permutation of 0..1, so a map that ranks the bright pixels first needs a small cut and one that
+    ranks them last needs most of the image."""
     torch.manual_seed(0)
-    classifier = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    image = torch.rand(1, 3, 12, 12)
-    backgrounds = [torch.rand(1, 3, 12, 12) for _ in range(8)]
+    classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():
+        classifier[2].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+        classifier[2].bias.copy_(torch.tensor([0.0, 0.2]))
+    red = torch.linspace(0, 1, 144)[torch.randperm(144)].view(12, 12)
+    image = torch.stack([red, torch.zeros(12, 12), torch.zeros(12, 12)]).unsqueeze(0)
+    backgrounds = [0.1 * torch.rand(1, 3, 12, 12) * (i + 1) / 4 for i in range(8)]
     draws = ExamDraws(image, backgrounds, ["noise"] * 8)
-    maps = torch.rand(5, 1, 12, 12)
+    maps = torch.stack([red, -red, torch.rand(12, 12), torch.rand(12, 12), red + torch.rand(12, 12)]).unsqueeze(1)
     grid = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
     y = int(classifier(image).argmax())
+    assert y == 0
     with torch.no_grad():
         expected = []
         for saliency in maps:  # one cut, one draw at a time
@@ -722,7 +731,6 @@ def test_robust_sufficient_area_walks_the_grid_to_the_first_passing_fraction():
                 if fraction == 1.0 or kept >= 0.75 * 8:
                     expected.append(fraction)
                     break
-    # ties broken by pixel_ranks' seeded order: continuous random maps have none
     found = M.robust_sufficient_area(classifier, image, maps, draws, y, rate=0.75, grid=grid, refine=0, group=2, chunk=5)
-    assert len(set(expected)) > 1  # not every map needs the same fraction
+    assert expected[0] < expected[1]  # bright pixels first beat bright pixels last
     assert found.tolist() == pytest.approx(expected)
