@@ -699,6 +699,23 @@ def test_score_maps_columns_equal_the_hand_values(ranked):
     assert scores["robustness"].item() == pytest.approx(expected)
 
 
+def test_a_delivered_mask_is_its_own_region(ranked):
+    """A map's region is its smallest sufficient cut (here 0.21875 < 7/16); a method that delivers a
+    binary mask (am) is judged on that mask: dilation, shifts and read-back perturb the 7 pixels."""
+    from actmatch.evaluation.exam import score_maps
+
+    image, saliency = ranked
+    draws = grey_draws(image, EIGHT)
+    as_map = score_maps(WeightedColour(), image, saliency, draws, area=7 / 16, steps=4)
+    as_mask = score_maps(WeightedColour(), image, saliency, draws, area=7 / 16, steps=4, delivered=torch.tensor([True]))
+    assert as_map["region_area"].item() == pytest.approx(4 / 16)  # round(0.21875 · 16) = 4 pixels
+    assert as_mask["region_area"].item() == pytest.approx(7 / 16)
+    assert as_mask["ratio_region"].item() == pytest.approx((9.43 / 16) / 0.61, abs=1e-6)  # the mask's own p(e)/p(x)
+    assert as_mask["smallest_sufficient_area"].item() == as_map["smallest_sufficient_area"].item()
+    with pytest.raises(ValueError, match="delivered"):
+        score_maps(WeightedColour(), image, saliency, draws, area=7 / 16, delivered=torch.tensor([True, False]))
+
+
 def test_robust_sufficient_area_walks_the_grid_to_the_first_passing_fraction():
     """The upward walk with early stops gives the first grid fraction that keeps the label on at least
     ``rate`` of the draws, as checking every cut on every draw one by one does (refine=0).

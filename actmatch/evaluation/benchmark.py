@@ -201,14 +201,18 @@ def score_image(
     kw = {"logits": logits, "counter": counter, "file_size": item.file_size, "resampled": resampled, **settings}
     target = logits.argmax(-1)
     try:
-        stacked = score_maps(classifier, x, torch.cat(list(maps.values())), draws, target, area, **kw)
+        delivered = torch.tensor([name == "am" for name in maps])  # am's equal-area cut is its mask
+        stacked = score_maps(classifier, x, torch.cat(list(maps.values())), draws, target, area, delivered=delivered, **kw)
         return {name: {key: v[j].item() for key, v in stacked.items()} for j, name in enumerate(maps)}
     except Exception:  # noqa: BLE001 - find the map that fails
         out: dict[str, dict | Exception] = {}
         for name, saliency in maps.items():
             try:
                 out[name] = {
-                    key: v[0].item() for key, v in score_maps(classifier, x, saliency, draws, target, area, **kw).items()
+                    key: v[0].item()
+                    for key, v in score_maps(
+                        classifier, x, saliency, draws, target, area, delivered=torch.tensor([name == "am"]), **kw
+                    ).items()
                 }
             except Exception as err:  # noqa: BLE001
                 out[name] = err

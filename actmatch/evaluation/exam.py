@@ -13,9 +13,10 @@ for the image) is judged the same way; the columns fall in three groups (:data:`
   (3×3 dilation, one-pixel shifts, the mask file read back, the photo resized with another filter);
 * ``construction``: true for ``am`` by construction (its mask is the equal-area cut).
 
-The *region* of a map is the cut it claims suffices: its top-k cut at its smallest sufficient
-area, or the equal-area cut when that keeps the label and is smaller (so ``am``'s region is its
-mask). Dilation, shifts, read-back and resampling perturb that region.
+The *region* of a map is the cut it claims suffices. A method that delivers a binary mask (``am``:
+its equal-area cut is its mask, ``delivered``) claims that mask, whenever it keeps the label. A map
+claims its top-k cut at its smallest sufficient area, or the equal-area cut when that keeps the
+label and is smaller. Dilation, shifts, read-back and resampling perturb that region.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def score_maps(
     seed: int = 0,
     chunk: int = 32,
     counter: PassCounter | None = None,
+    delivered: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every benchmark column of M maps of one image.
 
@@ -218,12 +220,16 @@ def score_maps(
         steps, tau, grid, refine, fixed_areas, rate, seed: as in the metric functions.
         chunk: inputs per forward.
         counter: records the images classified and the time spent in the classifier.
+        delivered: (M,) bool, maps whose equal-area cut is the binary mask their method delivers
+            (``am``'s m + s cut at the mask's area): their region is that mask when it keeps the label.
 
     Returns:
         :func:`score_keys` -> (M,) float tensors.
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"image must be (1, 3, H, W), got {tuple(image.shape)}")
+    if delivered is not None and tuple(delivered.shape) != (maps.shape[0],):
+        raise ValueError(f"delivered must be (M,) bool, one per map, got {tuple(delivered.shape)} for {maps.shape[0]} maps")
     if maps.dim() != 4 or maps.shape[1] != 1 or maps.shape[-2:] != image.shape[-2:]:
         raise ValueError(f"maps must be (M, 1, H, W) with the image's size, got {tuple(maps.shape)} for {tuple(image.shape)}")
     if steps < 1:
@@ -296,8 +302,10 @@ def score_maps(
     in_grid = [scanned.index(g) for g in grid_values]
     sufficient = torch.tensor(M._bisect(*M._bracket(kept[:, in_grid], fractions[in_grid]), refine, is_kept), device=device)
     cut_kept = cut_logits.argmax(-1) == y
-    region_fraction = torch.where(cut_kept, torch.minimum(sufficient, M.mask_area(cuts)), sufficient)
-    regions = torch.where(cut_kept.view(-1, 1, 1, 1) & (M.mask_area(cuts) <= sufficient).view(-1, 1, 1, 1), cuts,
+    own = cut_kept & (delivered.to(device) if delivered is not None else torch.zeros_like(cut_kept))
+    smaller = cut_kept & (M.mask_area(cuts) <= sufficient)
+    region_fraction = torch.where(own | smaller, M.mask_area(cuts), sufficient)
+    regions = torch.where((own | smaller).view(-1, 1, 1, 1), cuts,
                           cut(ranks, keep_count(region_fraction, h * w, m, device), (h, w)))  # fmt: skip
 
     # ---- phase C: the region perturbed (dilation, shifts, read-back, another resampling)

@@ -7,8 +7,11 @@ robustness on the 16 draws, p(e)/p(x) with the mean fill, dilation, shifts, read
 study's rows (``--study study.csv``) as points: area against exam robustness and against p(e)/p(x).
 
     .venv/bin/python experiments/evaluation/frontier.py outputs/benchmark-100 \
-        --exam-photos ../shared/data/imagenet-train --out docs/frontier.csv \
+        --exam-photos ../shared/data/imagenet-train --every 5 --out docs/explainer-study-frontier.csv \
         --study docs/explainer-study-exam.csv --plot docs/explainer-study-exam.png
+
+``--every 5`` takes the study's 20 images (every 5th of the 100, sorted), so the curves and the study's
+points are measured on the same images.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--methods", default="saliency,gradcam,occlusion,ig,rise,convad")
     parser.add_argument("--areas", default="0.05,0.1,0.2,0.3,0.5")
     parser.add_argument("--exam-photos", default=None, metavar="DIR")
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="only the run's first N images (after --every)")
+    parser.add_argument("--every", type=int, default=1, help="every Nth image of the run (5: the study's 20 of 100)")
     parser.add_argument("--out", required=True, help="CSV of the frontier rows")
     parser.add_argument("--study", default=None, help="a study.csv whose rows are drawn as points")
     parser.add_argument("--plot", default=None, help="PNG of the curves (and the study's points)")
@@ -61,7 +65,7 @@ def main(argv: list[str]) -> int:
     settings = json.loads((run / "settings.json").read_text())
     classifier = load_classifier(settings["backbone"], settings.get("weights"), input_size=settings.get("input_size"))
     with (run / "results.csv").open() as handle:
-        paths = list(dict.fromkeys(row["image"] for row in csv.DictReader(handle)))[: args.limit]
+        paths = list(dict.fromkeys(row["image"] for row in csv.DictReader(handle)))[:: args.every][: args.limit]
     images = [_bench_image(Path(p), classifier) for p in paths]
     photos = load_photo_pool(args.exam_photos, images, classifier.input_size) if args.exam_photos else None
     seed = re.search(r"seed (\d+)", settings.get("exam", ""))
