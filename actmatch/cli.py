@@ -51,6 +51,9 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from actmatch.memory import keep_freed_memory
+
+    keep_freed_memory()  # classifier passes on the CPU: reuse freed buffers instead of fresh pages
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

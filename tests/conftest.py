@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from actmatch.memory import keep_freed_memory
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,6 +20,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # of the small espresso photo: 13 s with one thread, 80 s with two, beside another job using both cores).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+keep_freed_memory()  # as the actmatch command does (actmatch/memory.py)
 
 IMAGENET_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 
