@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from actmatch.commands.explain import add_model_arguments
 from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_for_model, resize_for_model, to_tensor
 from actmatch.evaluation.benchmark import (
     HEADERS,
@@ -108,13 +109,7 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         "--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {list(METHODS)} (default: %(default)s)"
     )
     parser.add_argument("--out", default=None, help="output folder (default: outputs/benchmark; with --from-results: print only)")
-    parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
-    parser.add_argument(
-        "--weights",
-        default=None,
-        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
-        "or a folder written by timm's save_for_hf (then --backbone is not needed)",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--input-size",
         type=int,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from actmatch.commands.explain import add_model_arguments
 from actmatch.datamodules.images import (
     ImageReadError,
     expand_image_paths,
@@ -86,13 +87,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--out", default="outputs/circuit", help="output folder (default: %(default)s)")
-    parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
-    parser.add_argument(
-        "--weights",
-        default=None,
-        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
-        "or a folder written by timm's save_for_hf (then --backbone is not needed)",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--taps",
         nargs="+",

@@ -34,7 +34,16 @@ from actmatch.explainers.module import ActMatchExplainer, Explanation
 from actmatch.report import write_report
 from actmatch.results import as_items, clean_staging, explanation_at, finished_rows, recipe_digest, write_result, write_summary
 
-__all__ = ["main", "build_explainer", "explainer_init_args", "explain_files", "load_unet_state", "preset_path", "PRESETS"]
+__all__ = [
+    "main",
+    "add_model_arguments",
+    "build_explainer",
+    "explainer_init_args",
+    "explain_files",
+    "load_unet_state",
+    "preset_path",
+    "PRESETS",
+]
 
 
 def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
@@ -50,13 +59,7 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     else:
         parser.add_argument("--photo", default="coffee", help="scikit-image photo name (default: %(default)s)")
         parser.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
-    parser.add_argument(
-        "--weights",
-        default=None,
-        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
-        "or a folder written by timm's save_for_hf (then --backbone is not needed)",
-    )
+    add_model_arguments(parser)
     add_classifier_arguments(parser)
     parser.add_argument("--steps", type=int, default=None, help="per-image optimisation steps")
     parser.add_argument("--config", default=None, help="YAML with the explainer's init args (a `model:` section works)")
@@ -93,6 +96,17 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     if args.amortized and not args.checkpoint:
         parser.error("--amortized needs --checkpoint CKPT (a U-Net trained with `actmatch fit`)")
     return args
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backbone`` and ``--weights``: which classifier to load (default: the offline Lite0)."""
+    parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="local classifier checkpoint: a state dict (.pth/.safetensors), a Lightning checkpoint, "
+        "or a folder written by timm's save_for_hf (then --backbone is not needed)",
+    )
 
 
 def add_classifier_arguments(parser: argparse.ArgumentParser) -> None:
