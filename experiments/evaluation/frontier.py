@@ -33,6 +33,7 @@ from actmatch.evaluation.exam import judge_masks
 from actmatch.evaluation.families import default_exam
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.masks import top_fraction_mask
+from actmatch.memory import keep_freed_memory
 
 FIELDS = [
     "method",
@@ -61,6 +62,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--study", default=None, help="a study.csv whose rows are drawn as points")
     parser.add_argument("--plot", default=None, help="PNG of the curves (and the study's points)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as the actmatch CLI does: the exam's batches would otherwise re-map their buffers
     run = Path(args.run)
     settings = json.loads((run / "settings.json").read_text())
     classifier = load_classifier(settings["backbone"], settings.get("weights"), input_size=settings.get("input_size"))
