@@ -6,9 +6,10 @@ STAMP   := $(VENV)/.installed
 # torch/torchvision are installed first so pip resolves the rest against them.
 TORCH   ?= torch torchvision
 IMAGES  ?= ../shared/data/imagenet-sample
+TRAIN   ?= ../shared/data/imagenet-train
 OUT     ?= outputs
 
-.PHONY: help install demo test test-behaviour check-report bench bench-explain study lint clean
+.PHONY: help install demo test test-behaviour check-report bench bench-explain study amortized ablations lint clean
 
 help:  ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -46,6 +47,25 @@ STUDY_CONFIGS ?= experiments/explain/faithful.yaml experiments/explain/sis.yaml
 study: $(STAMP)  ## one fit-study row per config in STUDY_CONFIGS on IMAGES (LIMIT=N for the first N)
 	$(BIN)/actmatch study $(IMAGES) $(foreach c,$(STUDY_CONFIGS),--config $(c)) --out $(OUT)/study \
 		$(if $(LIMIT),--limit $(LIMIT)) --plot $(OUT)/study/study.png
+
+# the shipped amortized recipe and its ablations: one run folder each under $(AMORTIZED)/<file stem>/
+AMORTIZED ?= $(OUT)/amortized
+RECIPES   ?= experiments/amortized_lite0.yaml $(sort $(wildcard experiments/ablations/*.yaml))
+best_ckpt  = $$(ls -t $(AMORTIZED)/$$(basename $(1) .yaml)/actmatch/*/checkpoints/best.ckpt 2>/dev/null | head -1)
+
+amortized: $(STAMP)  ## train the shipped amortized recipe on TRAIN (about 1 h on 2 CPU cores)
+	$(BIN)/actmatch fit --config experiments/amortized_lite0.yaml --data.init_args.root $(TRAIN) \
+		--trainer.logger.init_args.save_dir $(AMORTIZED)/amortized_lite0
+
+ablations: $(STAMP)  ## train each of RECIPES not trained yet (about 1 h each on 2 CPU cores), then print and log their held-out table on IMAGES
+	@set -e; for f in $(RECIPES); do \
+		if [ -n "$(call best_ckpt,$$f)" ]; then echo "$$f: trained, $(call best_ckpt,$$f)"; continue; fi; \
+		extra=$$([ "$$f" = experiments/amortized_lite0.yaml ] || echo "--config $$f"); \
+		$(BIN)/actmatch fit --config experiments/amortized_lite0.yaml $$extra --data.init_args.root $(TRAIN) \
+			--trainer.logger.init_args.save_dir $(AMORTIZED)/$$(basename $$f .yaml); \
+	done
+	$(BIN)/actmatch study $(IMAGES) --amortized $(foreach f,$(RECIPES),--checkpoint "$(call best_ckpt,$(f))") \
+		--exam-photos $(TRAIN) --out $(AMORTIZED)/study --wandb
 
 bench: $(STAMP)  ## compare actmatch with the baselines on IMAGES (actmatch benchmark)
 	$(BIN)/actmatch benchmark --images $(IMAGES) --limit 20 --out $(OUT)/benchmark

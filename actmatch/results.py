@@ -248,9 +248,10 @@ def finished_row(folder: Path, drop: tuple[str, ...] = (), circuit: bool = False
 
 
 def recipe_digest(explainer, steps: int | None, seed: int, amortized: bool = False, warm_start: bool = False) -> str:
-    """8 hex digits naming what produced a mask: the classifier, the U-Net, the loss terms, the
-    fitting strategy and its settings, the steps, restarts, fill and seed (not the recipe's name,
-    which a config states). Written as ``recipe_digest``; a resumed run keeps only the folders
+    """8 hex digits naming what produced a mask: the classifier, the U-Net (and its weights when
+    they are a trained checkpoint's: ``amortized`` or ``warm_start``), the loss terms, the fitting
+    strategy and its settings, the steps, restarts, fill and seed (not the recipe's name, which a
+    config states). Written as ``recipe_digest``; a resumed run keeps only the folders
     written with the same digest."""
     parts = [
         explainer.classifier.name,
@@ -266,6 +267,11 @@ def recipe_digest(explainer, steps: int | None, seed: int, amortized: bool = Fal
         str(amortized),
         str(warm_start),
     ]
+    if amortized or warm_start:  # the masks depend on the trained weights, not only on the settings
+        weights = hashlib.sha1()
+        for tensor in explainer.unet.state_dict().values():
+            weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        parts.append(weights.hexdigest())
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
 
 

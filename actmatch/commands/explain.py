@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from actmatch.datamodules.images import ImageItem, ImageReadError, expand_image_items, read_for_model
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
+from actmatch.explainers.fit_checkpoint import FitCheckpoint
 from actmatch.explainers.module import ActMatchExplainer, Explanation
 from actmatch.report import write_report
 from actmatch.results import as_items, clean_staging, explanation_at, finished_rows, recipe_digest, write_result, write_summary
@@ -40,6 +41,8 @@ __all__ = [
     "build_explainer",
     "explainer_init_args",
     "explain_files",
+    "load_unet",
+    "use_checkpoint",
     "load_unet_state",
     "preset_path",
     "PRESETS",
@@ -228,12 +231,25 @@ def build_explainer(
 
 def load_unet_state(path: str) -> dict:
     """The U-Net weights (``unet.*``) of a Lightning checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt)
-    unet_state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
-    if not unet_state:
-        raise ValueError(f"{path} holds no U-Net weights (keys `unet.*`); is it an `actmatch fit` checkpoint?")
-    return unet_state
+    return FitCheckpoint.read(path).unet_state
+
+
+def load_unet(path: str, fallback: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The trained mask network of an ``actmatch fit`` checkpoint (see :meth:`FitCheckpoint.unet`)."""
+    return FitCheckpoint.read(path).unet(fallback)
+
+
+def use_checkpoint(explainer: ActMatchExplainer, path: str, amortized: bool) -> dict:
+    """Give ``explainer`` the checkpoint's trained network (after checking that it explains this
+    backbone); ``amortized``: one pass, under the checkpoint's recipe name and version. Returns the
+    network's weights (a per-image fit's warm start)."""
+    checkpoint = FitCheckpoint.read(path)
+    checkpoint.check_backbone(explainer.classifier.name)
+    explainer.unet = checkpoint.unet(fallback=explainer.unet)
+    if amortized:
+        explainer.mode = "amortized"
+        explainer.recipe, explainer.recipe_version = checkpoint.recipe, checkpoint.recipe_version
+    return explainer.unet.state_dict()
 
 
 def print_table(rows: list[dict], agg: dict, stream=None) -> None:
@@ -433,14 +449,11 @@ def main(command: str, argv: list[str]) -> int:
     try:
         config = preset_path(args.preset) if args.preset else args.config
         explainer = build_explainer(config, args.backbone, args.weights, args.steps, **classifier_overrides(args))
-        init_state = load_unet_state(args.checkpoint) if args.checkpoint else None
+        # the checkpoint's own network: one pass with --amortized, else the fit's starting point
+        init_state = use_checkpoint(explainer, args.checkpoint, args.amortized) if args.checkpoint else None
     except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
         print(f"actmatch {command}: {err}", file=sys.stderr)
         return 2
-    if args.amortized:
-        assert init_state is not None  # parse_args: --amortized needs --checkpoint
-        explainer.unet.load_state_dict(init_state)
-        explainer.mode = "amortized"
     explainer.to(args.device)
     paths: Sequence[Path | ImageItem]
     if command == "demo":

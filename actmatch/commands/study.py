@@ -32,7 +32,7 @@ from actmatch.evaluation.families import EXAM_SEED, default_exam, held_out_leaks
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.masks import border_band
 
-__all__ = ["main", "study_row", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
+__all__ = ["main", "study_row", "study_rows", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
 
 STUDY_FIELDS = [
     "config",
@@ -58,6 +58,8 @@ STUDY_FIELDS = [
     "border_over_5",
     "fwd_bwd_ms",
     "exam",
+    "step_images_median",
+    "forward_images_median",
 ]
 
 
@@ -73,6 +75,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="explainer config YAML (repeat for several rows; default: the built-in defaults)",
     )
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=None,
+        metavar="CKPT",
+        help="an `actmatch fit` checkpoint (repeat for several rows): with --amortized its U-Net masks each image "
+        "in one forward pass; without, it warm-starts each --config's fit",
+    )
+    parser.add_argument("--amortized", action="store_true", help="with --checkpoint: one forward pass, no fitting")
     parser.add_argument("--out", default="outputs/study", help="output folder (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted)")
     parser.add_argument(
@@ -91,11 +102,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--plot", default=None, help="draw area vs robustness of every row in OUT/study.csv to this PNG")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the rows as one W&B table `study/rows` (offline unless WANDB_MODE is set; the run goes to OUT/wandb)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="keep the images OUT/<config> already has from a run with the same config, seed, steps and exam; fit only the rest",
     )
     args = parser.parse_args(argv)
+    if args.amortized and not args.checkpoint:
+        parser.error("--amortized needs --checkpoint CKPT (a U-Net trained with `actmatch fit`)")
+    if args.amortized and args.config:
+        parser.error("--amortized rows are the checkpoints' own recipes; leave out --config")
     if args.exam_seed == args.seed:
         parser.error("--exam-seed must differ from --seed: the exam's draws must come from a seed stream the fit never uses")
     return args
@@ -163,6 +183,9 @@ def study_row(
         "border_over_5": sum(r["border_kept"] > 0.05 for r in ok),
         "fwd_bwd_ms": round(1000 * fwd_bwd, 1),
         "exam": exam,
+        # images the fit classified: in its steps (forward and backward) and in its forward-only stages
+        "step_images_median": statistics.median(r.get("step_images", 0) for r in ok),
+        "forward_images_median": statistics.median(r.get("forward_images", 0) for r in ok),
     }
 
 
@@ -174,6 +197,7 @@ PRINTED = (
     ("dil", "dilated_kept", "{:>5.2f}"), ("dil.r", "dilated_ratio_median", "{:>6.3f}"),
     ("shift", "shift_kept", "{:>5.2f}"), ("file", "readback_kept", "{:>5.2f}"), ("sec", "seconds_median", "{:>6.1f}"),
     ("×fb", "x_fwd_bwd_median", "{:>5.0f}"), ("b>5%", "border_over_5", "{:>4}"),
+    ("steps", "step_images_median", "{:>6.0f}"), ("fwd", "forward_images_median", "{:>6.0f}"),
 )  # fmt: skip
 
 
@@ -293,8 +317,35 @@ def _photos(args, paths: list[Path], size: int) -> list[torch.Tensor] | None:
     return load_photo_pool(args.exam_photos, [BenchImage(str(p), torch.empty(0)) for p in paths], size)
 
 
+def study_rows(
+    configs: list[str] | None, checkpoints: list[str] | None, amortized: bool
+) -> list[tuple[str, str | None, str | None]]:
+    """(row name, config, checkpoint) of each row: one per config; with checkpoints, one per
+    checkpoint (``--amortized``: named after the checkpoint's recipe, e.g. ``amortized-lite0``)
+    or per config and checkpoint (warm starts: ``<config>+<recipe>``). Repeated names get ``-2``, ``-3``."""
+    from actmatch.explainers.fit_checkpoint import FitCheckpoint
+
+    pairs: list[tuple[str, str | None, str | None]] = []
+    config_list: list[str | None] = list(configs) if configs else [None]
+    if not checkpoints:
+        pairs = [(Path(c).stem if c else "defaults", c, None) for c in config_list]
+    else:
+        for checkpoint in checkpoints:
+            recipe = FitCheckpoint.read(checkpoint).recipe if Path(checkpoint).is_file() else Path(checkpoint).stem
+            row_configs: list[str | None] = [None] if amortized else config_list
+            for config in row_configs:
+                name = recipe if amortized else f"{Path(config).stem if config else 'defaults'}+{recipe}"
+                pairs.append((name, config, checkpoint))
+    rows: list[tuple[str, str | None, str | None]] = []
+    seen: dict[str, int] = {}
+    for name, row_config, row_checkpoint in pairs:
+        seen[name] = seen.get(name, 0) + 1
+        rows.append((name if seen[name] == 1 else f"{name}-{seen[name]}", row_config, row_checkpoint))
+    return rows
+
+
 def main(command: str, argv: list[str]) -> int:
-    from actmatch.commands.explain import build_explainer, explain_files
+    from actmatch.commands.explain import build_explainer, explain_files, use_checkpoint
     from actmatch.datamodules.images import ImageReadError
 
     args = parse_args(argv)
@@ -302,14 +353,15 @@ def main(command: str, argv: list[str]) -> int:
     if not paths:
         print(f"actmatch study: no images found in {args.images}", file=sys.stderr)
         return 2
-    configs = args.config or [None]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, classifier, exam = [], None, None
-    for config in configs:
-        name = Path(config).stem if config else "defaults"
+    for name, config, checkpoint in study_rows(args.config, args.checkpoint, args.amortized):
+        init_state = None
         try:
             explainer = build_explainer(config, args.backbone, args.weights, args.steps, classifier=classifier)
+            if checkpoint:
+                init_state = use_checkpoint(explainer, checkpoint, args.amortized)
             if exam is None:
                 exam = default_exam(_photos(args, paths, explainer.classifier.input_size), args.exam_seed)
             leaks = held_out_leaks(explainer.families, exam)
@@ -319,7 +371,7 @@ def main(command: str, argv: list[str]) -> int:
                     "the exam cannot grade a fit on what it fitted"
                 )
         except (ClassifierLoadError, FileNotFoundError, ValueError, TypeError, ImageReadError) as err:
-            print(f"actmatch study: config {config}: {err}", file=sys.stderr)
+            print(f"actmatch study: {name}: {err}", file=sys.stderr)
             return 2
         classifier = explainer.classifier
         explainer.to(args.device)
@@ -346,15 +398,19 @@ def main(command: str, argv: list[str]) -> int:
             values = {key: round(float(value[0]), 4) for key, value in scores.items()}
             values["confidence_ratio"] = values.pop("ratio")
             values.pop("kept")
+            passes = result.passes  # empty for one amortized pass
             return {
                 **values,
+                "step_images": passes.get("step_images", 0),
+                "forward_images": sum(n for key, n in passes.items() if key not in ("steps", "step_images")),
                 "border_kept": round(border_kept(result.masks[0, 0]), 4),
                 "model_size": list(images.shape[-2:]),
                 "evaluation": evaluation,  # noqa: B023
             }
 
         print(f"study: {name} on {len(paths)} image(s)", file=sys.stderr)
-        rows = explain_files(explainer, paths, out_dir / name, args.seed, args.steps, measure=measure, resume=args.resume)
+        rows = explain_files(explainer, paths, out_dir / name, args.seed, args.steps, init_state, args.amortized,
+                             measure=measure, resume=args.resume)  # fmt: skip
         sizes = [tuple(r["model_size"]) for r in rows if r.get("status") == "ok"]
         if not sizes:
             print(f"actmatch study: config {name}: no image could be explained", file=sys.stderr)
@@ -369,4 +425,24 @@ def main(command: str, argv: list[str]) -> int:
     _print_rows(results)
     if args.plot:
         plot_study(out_dir / "study.csv", Path(args.plot))
+    if args.wandb:
+        print(f"W&B run {log_rows_to_wandb(results, out_dir, args)}", file=sys.stderr)
     return 0
+
+
+def log_rows_to_wandb(rows: list[dict], out_dir: Path, args: argparse.Namespace) -> str:
+    """Log this run's rows as one ``wandb.Table`` (``study/rows``, the columns of ``study.csv``) in
+    a W&B run of project ``actmatch`` (offline unless ``WANDB_MODE`` is set) under ``OUT/wandb``;
+    returns the run's folder."""
+    import os
+
+    import wandb
+
+    config = {k: v for k, v in vars(args).items() if k != "wandb"}
+    mode = os.environ.get("WANDB_MODE", "offline")
+    run = wandb.init(project="actmatch", dir=str(out_dir), mode=mode, job_type="study", config=config)  # type: ignore[arg-type]
+    table = wandb.Table(columns=STUDY_FIELDS, data=[[r.get(k) for k in STUDY_FIELDS] for r in rows])  # type: ignore[arg-type]
+    run.log({"study/rows": table})
+    folder = str(Path(run.dir).parent)
+    run.finish()
+    return folder

@@ -38,6 +38,7 @@ __all__ = [
     "backbone_data_config",
     "backbone_input_size",
     "backbone_transform",
+    "held_out",
     "scan_imagenet",
 ]
 
@@ -126,6 +127,32 @@ def scan_imagenet(root: str | Path) -> dict[str, dict[str, list[Path]]]:
     return {"all": flat}
 
 
+def held_out(chosen: dict[str, list[Path]], fraction: float) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Split ``{wnid: files}`` into (train, val) with about ``fraction`` of the files in val.
+
+    The last round(n·fraction) files of each class go to val. When that holds out nothing
+    (classes of one or a few files, like ``../shared/data/imagenet-train``), whole classes are
+    held out instead: every k-th class in sorted order, k = round(1 / fraction), so validation
+    also measures how the explainer does on classes it never trained on.
+    """
+    if fraction <= 0:
+        return dict(chosen), {}
+    train, val = {}, {}
+    for wnid, paths in chosen.items():
+        n_val = round(len(paths) * fraction)
+        train[wnid], val[wnid] = paths[: len(paths) - n_val], paths[len(paths) - n_val :]
+    if any(val.values()):
+        return {w: p for w, p in train.items() if p}, {w: p for w, p in val.items() if p}
+    step = max(2, round(1 / fraction))
+    wnids = sorted(chosen)
+    val_wnids = set(wnids[step - 1 :: step])
+    if not val_wnids:
+        raise ImageNetFolderError(
+            f"val_fraction={fraction} holds out no class of {len(wnids)}; raise val_fraction to at least {1 / len(wnids):.2g}"
+        )
+    return {w: chosen[w] for w in wnids if w not in val_wnids}, {w: chosen[w] for w in wnids if w in val_wnids}
+
+
 class ImageFolderSubset(Dataset):
     """A list of (path, ImageNet index, wnid) read on the fly into ``{"image", "label", "wnid"}``."""
 
@@ -155,7 +182,8 @@ class ImageNetDataModule(L.LightningDataModule):
         image_size: override the backbone's input size.
         augment: timm training augmentation on the training split (off by default: the
             explainer learns masks for the images as the classifier sees them).
-        val_fraction: flat layout only: fraction of each class's files held out for val/test.
+        val_fraction: flat layout only: fraction of the files held out for val/test (of each
+            class's files, or whole classes when classes have too few files; see :func:`held_out`).
         batch_size: batch size of every loader.
         num_workers: DataLoader workers.
     """
@@ -215,10 +243,7 @@ class ImageNetDataModule(L.LightningDataModule):
         val_items: list[tuple[Path, int, str]] | None
         if "all" in found:
             chosen = self._select(found["all"], self.root)
-            train, val = {}, {}
-            for wnid, paths in chosen.items():
-                n_val = round(len(paths) * self.val_fraction)
-                train[wnid], val[wnid] = paths[: len(paths) - n_val], paths[len(paths) - n_val :]
+            train, val = held_out(chosen, self.val_fraction)
             train_items = self._items(train)
             val_items = self._items(val) if self.val_fraction > 0 else train_items
         else:

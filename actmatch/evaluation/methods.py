@@ -77,7 +77,7 @@ class AmortizedActMatchMethod(ActMatchMethod):
     mode = "amortized"
 
     def __init__(self, classifier: FrozenClassifier, checkpoint: str | None = None, **settings) -> None:
-        from actmatch.commands.explain import load_unet_state
+        from actmatch.commands.explain import use_checkpoint
 
         if checkpoint is None:
             raise ValueError("am-amortized needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
@@ -85,10 +85,7 @@ class AmortizedActMatchMethod(ActMatchMethod):
             raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
         super().__init__(classifier, **settings)
         self.checkpoint = checkpoint
-        try:
-            self.explainer.unet.load_state_dict(load_unet_state(checkpoint))
-        except RuntimeError as err:
-            raise ValueError(f"{checkpoint}: its U-Net does not match the default MaskUNet ({err})") from err
+        use_checkpoint(self.explainer, checkpoint, amortized=True)
 
     @property
     def name(self) -> str:

@@ -51,6 +51,7 @@ __all__ = [
     "ConstrainedFit",
     "AreaContinuation",
     "TopArea",
+    "TopFraction",
     "FitResult",
     "SELECTIONS",
     "default_fitting",
@@ -395,6 +396,41 @@ class TopArea(nn.Module):
             ranked = logits.detach().flatten(1).sort(1, descending=True).values
             t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2
         return logits - t.view(-1, 1, 1, 1)
+
+
+class TopFraction(nn.Module):
+    """A mask network that keeps exactly the fraction ``area`` of every image: the wrapped network
+    ranks the pixels and :class:`TopArea` cuts each image's ranking there.
+
+    For amortized training: a mask network that sets its own size (``1[z > 0]``) under an area
+    penalty collapses to empty masks or stays large, all images at once; with the size fixed the
+    network only learns *where* to look. The per-image fit wraps it again with its own areas, so
+    a checkpoint warm-starts it as it would a bare network.
+
+    Args:
+        net: the ranking network (e.g. :class:`~actmatch.explainers.unet.MaskUNet`).
+        area: the fraction of pixels kept, in (0, 1).
+    """
+
+    def __init__(self, net: nn.Module, area: float = 0.2) -> None:
+        super().__init__()
+        if not 0 < area < 1:
+            raise ValueError(f"TopFraction: area must be in (0, 1), got {area}")
+        self.net, self.area = net, float(area)
+
+    def init_args(self) -> dict:
+        """The constructor arguments that rebuild this network (saved with amortized checkpoints)."""
+        cls = type(self.net)
+        init_args = getattr(self.net, "init_args", None)
+        net_args = init_args() if callable(init_args) else {}
+        return {"net": {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": net_args}, "area": self.area}
+
+    def reset_parameters(self) -> None:
+        self.net.reset_parameters()  # type: ignore[operator]  # every mask network has it
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        area = torch.full((images.shape[0],), self.area, device=images.device)
+        return TopArea(self.net, area)(images)
 
 
 class AreaContinuation(FitStrategy):

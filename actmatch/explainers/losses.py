@@ -30,6 +30,7 @@ __all__ = [
     "KLDivergence",
     "CrossEntropy",
     "Area",
+    "AreaBudget",
     "Binarization",
     "TotalVariation",
     "Robustness",
@@ -193,6 +194,31 @@ class Area(LossTerm):
 
     def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
         return evidence.mask.flatten(1).mean(1)
+
+
+class AreaBudget(LossTerm):
+    """L_budget = max(0, ‖m‖₁ / (H·W) − a): the area above a budget a, nothing below it.
+
+    For amortized training: a fixed-weight :class:`Area` term trades area against the label
+    with one exchange rate for every image, so masks collapse (weight too high) or stay large
+    (too low); a budget lets the label terms grow each mask up to a and stops it there.
+
+    Args:
+        weight: weight of the term.
+        budget: a, the fraction of the image a mask may keep without cost.
+    """
+
+    def __init__(self, weight: float = 1.0, budget: float = 0.2, warmup: float = 0.0) -> None:
+        super().__init__(weight, warmup)
+        if not 0 < budget <= 1:
+            raise ValueError(f"AreaBudget: budget must be in (0, 1], got {budget}")
+        self.budget = float(budget)
+
+    def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
+        return (evidence.mask.flatten(1).mean(1) - self.budget).clamp_min(0)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, budget={self.budget}, warmup={self.warmup}"
 
 
 class Binarization(LossTerm):

@@ -26,10 +26,12 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import FAMILY_OF_FILL, FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
+from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY
 from actmatch.explainers.fitting import FitStrategy, default_fitting
 from actmatch.explainers.independent import IndependentNets
 from actmatch.explainers.losses import (
     ActivationMatching,
+    AreaBudget,
     Evidence,
     LabelMargin,
     LossTerm,
@@ -40,7 +42,7 @@ from actmatch.explainers.losses import (
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
 from actmatch.explainers.unet import MaskUNet, binarize
 
-__all__ = ["ActMatchExplainer", "Explanation", "StepOutput", "DEFAULT_RECIPE", "DEFAULT_RECIPE_VERSION"]
+__all__ = ["ActMatchExplainer", "Explanation", "StepOutput", "DEFAULT_RECIPE", "DEFAULT_RECIPE_VERSION", "UNET_INIT_KEY"]
 
 #: the name and version of the built-in recipe (:func:`default_loss_terms`, :func:`default_fitting`, the
 #: default U-Net, fill and restarts), which experiments/explain/faithful.yaml spells out
@@ -72,6 +74,7 @@ class Explanation:
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     soft_masks: torch.Tensor | None = None  # (B, 1, H, W) the U-Net's probabilities at the kept step
+    passes: dict[str, int] = field(default_factory=dict)  # images the fit classified (FitResult.passes), whole batch
 
     @property
     def label_kept(self) -> torch.Tensor:
@@ -101,8 +104,10 @@ class ActMatchExplainer(L.LightningModule):
         pretrained: use hub weights when no local or offline weights apply.
         num_classes: number of classes; default: the checkpoint's head (or the model's default).
         taps: layers whose features are matched; None taps the backbone's feature stages.
-        unet: the mask network; None builds a :class:`MaskUNet` working at 56 px (1/4 of 224) with
-            replicate padding.
+        unet: the mask network (images -> mask logits, with ``reset_parameters`` and ``init_args``);
+            None builds a :class:`MaskUNet` working at 56 px (1/4 of 224) with replicate padding.
+            :class:`~actmatch.explainers.feature_masknet.FeatureMaskNet` reads the classifier's
+            own features instead.
         losses: loss terms; None uses :func:`default_loss_terms` per image and
             :func:`amortized_loss_terms` (with a weighted area term) in ``amortized`` mode.
         fill: value of removed pixels: ``mean`` (dataset mean colour), ``black`` or ``blur``.
@@ -141,7 +146,7 @@ class ActMatchExplainer(L.LightningModule):
         pretrained: bool = True,
         num_classes: int | None = None,
         taps: list[str] | None = None,
-        unet: MaskUNet | None = None,
+        unet: nn.Module | None = None,
         losses: list[LossTerm] | None = None,
         fill: str = "mean",
         lr: float = 0.002,
@@ -183,7 +188,7 @@ class ActMatchExplainer(L.LightningModule):
             backbone, weights, pretrained, num_classes, labels, mean=mean, std=std, input_size=input_size
         )
         self.taps = validate_layers(self.classifier, taps) if taps is not None else default_taps(self.classifier)
-        self.unet = unet or MaskUNet(working_size=56, padding_mode="replicate")
+        self.unet: nn.Module = unet or MaskUNet(working_size=56, padding_mode="replicate")
         self.losses = nn.ModuleList(losses)
         self.fitting = fitting or default_fitting()
         self.fill, self.lr, self.steps, self.mode, self.restarts = fill, lr, steps, mode, restarts
@@ -262,14 +267,15 @@ class ActMatchExplainer(L.LightningModule):
 
     # ------------------------------------------------------------------ per image
     def fresh_unet(self, seed: int | None = None, init_state: dict | None = None) -> nn.Module:
-        """A copy of the U-Net, re-initialised from ``seed`` or loaded from ``init_state``."""
+        """A copy of the U-Net, re-initialised from ``seed``, then loaded from ``init_state`` if
+        given (initialising first leaves the random stream where a cold start leaves it, so a
+        warm start from an untrained U-Net's state gives the cold start's masks)."""
         unet = copy.deepcopy(self.unet)
+        if seed is not None:
+            torch.manual_seed(seed)
+        unet.reset_parameters()  # type: ignore[operator]  # every mask network has it (MaskUNet's contract)
         if init_state is not None:
             unet.load_state_dict(init_state)
-        else:
-            if seed is not None:
-                torch.manual_seed(seed)
-            unet.reset_parameters()
         return unet.train()
 
     def fit_images(
@@ -311,6 +317,7 @@ class ActMatchExplainer(L.LightningModule):
         if k > 1:
             result = result.select(self._best_restart(result, b, k))
         result.steps, result.seconds, result.history = steps, time.perf_counter() - start, fit.history
+        result.passes = dict(fit.passes)
         return result
 
     @staticmethod
@@ -392,6 +399,7 @@ class ActMatchExplainer(L.LightningModule):
             p_e = ev.logits_e.softmax(-1).gather(1, ev.target[:, None]).squeeze(1)
             area = ev.mask.detach().flatten(1).mean(1)
             kept = (ev.logits_e.argmax(-1) == ev.target).float()
+            robust = self._kept_on_robustness_backgrounds(out, ev.target)
         loss = out.loss.mean()
         b = images.shape[0]
         metrics = {
@@ -399,7 +407,11 @@ class ActMatchExplainer(L.LightningModule):
             f"{stage}/mask_area": area.mean(),
             f"{stage}/label_kept": kept.mean(),
             f"{stage}/confidence_delta": (p_e - p_x).mean(),
+            f"{stage}/confidence_ratio": (p_e / p_x.clamp_min(1e-12)).mean(),
+            f"{stage}/kept_within_budget": (kept * (area <= 1.1 * self.area_budget).float()).mean(),
         }
+        if robust is not None:
+            metrics[f"{stage}/robust_kept"] = robust.mean()
         metrics.update({f"{stage}/{name}": value.detach().mean() for name, value in out.terms.items()})
         self.log_dict(metrics, batch_size=b, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train", prog_bar=False)
         return {
@@ -415,6 +427,20 @@ class ActMatchExplainer(L.LightningModule):
             "terms": {name: value.detach() for name, value in out.terms.items()},  # name -> (B,) unweighted
         }
 
+    @property
+    def area_budget(self) -> float:
+        """The smallest budget a of the :class:`AreaBudget` terms (1 without one). ``kept_within_budget``,
+        the validation criterion, is the fraction of images whose mask keeps the label with an area
+        ≤ 1.1·a (the hinge holds areas at a, give or take a few pixels)."""
+        return min((t.budget for t in self._terms if isinstance(t, AreaBudget) and t.weight > 0), default=1.0)
+
+    def _kept_on_robustness_backgrounds(self, out: StepOutput, target: torch.Tensor) -> torch.Tensor | None:
+        """(B,) fraction of the robustness term's backgrounds on which the label is kept (None without one)."""
+        logits = next((out.perturbed[t.name] for t in self._terms if isinstance(t, Robustness) and t.name in out.perturbed), None)
+        if logits is None:
+            return None
+        return (logits.argmax(-1).view(-1, target.shape[0]) == target).float().mean(0)
+
     def training_step(self, batch, batch_idx: int) -> dict:
         return self._shared_step(batch, "train")
 
@@ -427,5 +453,13 @@ class ActMatchExplainer(L.LightningModule):
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Explanation:
         return self.explain(self._images(batch))
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the U-Net's class and constructor arguments beside its weights, so that
+        ``explain --checkpoint`` rebuilds the architecture it was trained with."""
+        init_args = getattr(self.unet, "init_args", None)
+        if callable(init_args):
+            cls = type(self.unet)
+            checkpoint[UNET_INIT_KEY] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args()}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.unet.parameters(), lr=self.lr)
+        return torch.optim.Adam([p for p in self.unet.parameters() if p.requires_grad], lr=self.lr)

@@ -96,7 +96,7 @@ class MaskUNet(nn.Module):
         if working_size is not None and working_size < 2**depth:
             raise ValueError(f"working_size={working_size} is smaller than 2**depth={2**depth}")
         self.width, self.depth, self.working_size, self.init_keep = width, depth, working_size, init_keep
-        self.padding_mode = padding_mode
+        self.in_channels, self.padding_mode = in_channels, padding_mode
         mode = cast(_PaddingMode, padding_mode)  # one of PADDING_MODES, checked above
         chans = [width * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList(
@@ -105,6 +105,17 @@ class MaskUNet(nn.Module):
         self.decoders = nn.ModuleList([_block(chans[i + 1] + chans[i], chans[i], mode) for i in reversed(range(depth))])
         self.head = nn.Conv2d(chans[0], 1, 1)
         self.reset_parameters()
+
+    def init_args(self) -> dict:
+        """The constructor arguments that rebuild this architecture (saved with amortized checkpoints)."""
+        return {
+            "width": self.width,
+            "depth": self.depth,
+            "working_size": self.working_size,
+            "init_keep": self.init_keep,
+            "in_channels": self.in_channels,
+            "padding_mode": self.padding_mode,
+        }
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer (uses the global torch RNG: seed it for reproducibility)."""

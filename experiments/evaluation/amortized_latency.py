@@ -1,0 +1,108 @@
+"""Latency of an amortized explanation against one classifier forward pass, B = 1, in one run.
+
+    .venv/bin/python experiments/evaluation/amortized_latency.py CKPT [--backbone efficientnet_lite0]
+        [--rounds 60] [--threads N] [--device cpu]
+
+The checkpoint's U-Net (``actmatch fit``) on scikit-image's espresso photo at the classifier's
+input size (224 px for Lite0). Each round times, in a fresh random order:
+
+* ``forward``: one classifier pass f(x);
+* ``mask+forward``: the U-Net's mask m(x) and the classifier on e = m ⊙ x + (1 − m) ⊙ fill,
+  the quantity the amortized explainer adds to a classification;
+* ``explain``: ``ActMatchExplainer.explain`` in amortized mode (f(x) for the label, m(x), f(e)),
+  what ``actmatch explain --amortized`` spends per image before writing files.
+
+Prints the median milliseconds of each, and the median of the per-round ratios to ``forward``
+with a 95 % bootstrap interval over rounds (rounds pair the timings, so the ratio is measured
+under the same machine load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import numpy as np
+import skimage.data
+import torch
+import torch.nn.functional as F
+
+from actmatch.commands.explain import build_explainer, load_unet
+from actmatch.explainers.backgrounds import make_fill
+from actmatch.explainers.unet import binarize
+from actmatch.memory import keep_freed_memory
+
+
+def espresso(size: int) -> torch.Tensor:
+    """The espresso photo as a (1, 3, size, size) batch in [0, 1]."""
+    image = torch.from_numpy(skimage.data.coffee()).permute(2, 0, 1).float()[None] / 255
+    return F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def bootstrap_median(values: list[float], rng: np.random.Generator, draws: int = 5000) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the median of ``values``."""
+    array = np.asarray(values)
+    medians = np.median(rng.choice(array, size=(draws, len(array)), replace=True), axis=1)
+    return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="an `actmatch fit` checkpoint")
+    parser.add_argument("--backbone", default=None, help="timm model name (default: efficientnet_lite0, offline)")
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    keep_freed_memory()  # as the actmatch CLI does
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    explainer = build_explainer(None, args.backbone)
+    explainer.unet = load_unet(args.checkpoint, fallback=explainer.unet)
+    explainer.mode = "amortized"
+    explainer.to(args.device).eval()
+    classifier, unet = explainer.classifier, explainer.unet.eval()
+    x = espresso(classifier.input_size).to(args.device)
+    mean = classifier.data_config["mean"]
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def forward() -> None:
+        classifier(x)
+
+    def mask_and_forward() -> None:
+        mask, _ = binarize(unet(x))
+        classifier(mask * x + (1 - mask) * make_fill(x, explainer.fill, mean))
+
+    def explain() -> None:
+        explainer.explain(x)
+
+    tasks = {"forward": forward, "mask+forward": mask_and_forward, "explain": explain}
+    times: dict[str, list[float]] = {name: [] for name in tasks}
+    order = list(tasks)
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up
+            for task in tasks.values():
+                task()
+        for _ in range(args.rounds):
+            random.shuffle(order)
+            for name in order:
+                sync()
+                start = time.perf_counter()
+                tasks[name]()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    print(f"{args.checkpoint}: {classifier.name}, B = 1, {x.shape[-1]} px, {args.rounds} rounds, {threads} threads")
+    print(f"{'':<14} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}")
+    for name in tasks:
+        ratios = [t / f for t, f in zip(times[name], times["forward"])]
+        low, high = bootstrap_median(ratios, rng)
+        ms = 1000 * statistics.median(times[name])
+        print(f"{name:<14} {ms:>10.1f} {statistics.median(ratios):>10.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
+
+
+if __name__ == "__main__":
+    main()

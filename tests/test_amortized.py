@@ -1,0 +1,266 @@
+"""The amortized explainer: the area budget, the held-out split of one-photo-per-class folders,
+the shipped recipe end to end (fit -> checkpoint -> ``explain --amortized``), warm starts, and
+the ablation configs against the shipped recipe."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from actmatch.commands.explain import build_explainer, load_unet
+from actmatch.commands.study import study_rows
+from actmatch.datamodules.imagenet import ImageNetFolderError, held_out
+from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY, FitCheckpoint
+from actmatch.explainers.losses import AreaBudget, Evidence
+from actmatch.explainers.unet import MaskUNet
+from lightning_helpers import ROOT, cli_in_process
+
+SHIPPED = "experiments/amortized_lite0.yaml"
+ABLATIONS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "experiments" / "ablations").glob("*.yaml"))
+
+
+def _evidence_with_mask(mask: torch.Tensor) -> Evidence:
+    b = mask.shape[0]
+    images = torch.zeros(b, 3, *mask.shape[-2:])
+    logits = torch.zeros(b, 3)
+    return Evidence(images, mask, mask, images, images, torch.zeros(b, dtype=torch.long), logits, logits)
+
+
+def test_area_budget_charges_only_the_area_above_the_budget():
+    mask = torch.zeros(2, 1, 10, 10)
+    mask[0, 0, :3] = 1  # 30 of 100 pixels
+    mask[1, 0, :1] = 1  # 10 of 100 pixels
+    loss = AreaBudget(budget=0.2)(_evidence_with_mask(mask))
+    assert loss.tolist() == pytest.approx([0.1, 0.0])
+    with pytest.raises(ValueError, match="budget must be in"):
+        AreaBudget(budget=0)
+
+
+def test_one_photo_per_class_holds_out_whole_classes():
+    chosen = {f"n{i:08d}": [Path(f"n{i:08d}_a.JPEG")] for i in range(10)}
+    train, val = held_out(chosen, 0.1)
+    assert list(val) == ["n00000009"] and len(train) == 9  # every 10th class, in sorted order
+    assert not set(train) & set(val)
+    train, val = held_out(chosen, 0.25)  # k = 4: classes 3 and 7
+    assert list(val) == ["n00000003", "n00000007"]
+    two = {"n00000001": [Path("a"), Path("b")], "n00000002": [Path("c"), Path("d")]}
+    train, val = held_out(two, 0.5)  # enough files per class: the last file of each class
+    assert val == {"n00000001": [Path("b")], "n00000002": [Path("d")]}
+    assert train == {"n00000001": [Path("a")], "n00000002": [Path("c")]}
+    with pytest.raises(ImageNetFolderError, match="raise val_fraction"):
+        held_out({"n00000001": [Path("a")]}, 0.1)
+
+
+def _photo_folder(folder: Path) -> Path:
+    """Eight photos (scikit-image's four colour photos and their mirrored crops) named like ImageNet files."""
+    import skimage.data
+
+    folder.mkdir(parents=True)
+    wnids = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041", "n01514668"]
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()]
+    for i, wnid in enumerate(wnids):
+        array = photos[i % 4] if i < 4 else np.ascontiguousarray(photos[i % 4][20:-20, ::-1])
+        Image.fromarray(array).save(folder / f"{wnid}_photo{i}.JPEG")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shipped_checkpoint(tmp_path_factory) -> Path:
+    """Two training steps of the shipped recipe on eight photos written here; its best checkpoint."""
+    tmp = tmp_path_factory.mktemp("amortized")
+    root = _photo_folder(tmp / "photos")
+    argv = ["--config", SHIPPED, "--data.init_args.root", str(root), "--data.init_args.val_fraction", "0.25",
+            "--trainer.max_steps", "2", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp / "run"),
+            "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "4"]  # fmt: skip
+    with contextlib.chdir(ROOT):
+        assert cli_in_process("fit", argv) == 0
+    best = next((tmp / "run").rglob("best.ckpt"))
+    last = best.parent / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    resumed = [a if a != "2" else "4" for a in argv] + ["--ckpt_path", str(last)]  # one more epoch of 2 steps
+    with contextlib.chdir(ROOT):
+        assert cli_in_process("fit", resumed) == 0
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert (state["global_step"], state["epoch"]) == (4, 1)  # went on from step 2, did not start over
+    return best
+
+
+def test_shipped_recipe_trains_and_explain_loads_its_checkpoint(shipped_checkpoint, tmp_path):
+    from actmatch.commands.explain import main as explain_main
+
+    ckpt = torch.load(shipped_checkpoint, map_location="cpu", weights_only=True)
+    saved = ckpt[UNET_INIT_KEY]
+    assert saved["class_path"].endswith("TopFraction") and saved["init_args"]["area"] == 0.25
+    assert saved["init_args"]["net"]["class_path"].endswith("FeatureMaskNet")
+    assert saved["init_args"]["net"]["init_args"]["backbone"] == "efficientnet_lite0"
+    read = FitCheckpoint.read(shipped_checkpoint)
+    assert (read.recipe, read.recipe_version, read.backbone) == ("amortized-lite0", 1, "efficientnet_lite0")
+    photo = _photo_folder(tmp_path / "new") / "n01440764_photo0.JPEG"
+    out = tmp_path / "out"
+    code = explain_main("explain", [str(photo), "--checkpoint", str(shipped_checkpoint), "--amortized", "--out", str(out)])
+    assert code == 0
+    summary = json.loads(next(out.rglob("summary.json")).read_text())
+    assert summary["recipe"] == "amortized-lite0" and summary["recipe_version"] == 1
+    assert summary["mask_area"] == pytest.approx(0.25, abs=0.01)  # the recipe keeps a quarter of the image
+    assert (out / "n01440764_photo0" / "mask.png").is_file()
+
+
+def test_a_checkpoint_for_another_backbone_is_refused(shipped_checkpoint, tmp_path, capsys):
+    from actmatch.commands.explain import main as explain_main
+
+    photo = _photo_folder(tmp_path / "new") / "n01440764_photo0.JPEG"
+    argv = [str(photo), "--checkpoint", str(shipped_checkpoint), "--amortized", "--out", str(tmp_path / "o")]
+    assert explain_main("explain", argv + ["--backbone", "resnet10t", "--weights", str(_random_resnet10t(tmp_path))]) == 2
+    assert "trained to explain efficientnet_lite0" in capsys.readouterr().err
+
+
+def _random_resnet10t(tmp_path: Path) -> Path:
+    from lightning_helpers import save_random_weights
+
+    return save_random_weights("resnet10t", tmp_path / "resnet10t.safetensors")
+
+
+def _save_unet_checkpoint(unet: MaskUNet, path: Path, recipe: str = "amortized-test", backbone: str | None = None) -> Path:
+    state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    hparams = {"recipe": recipe, "recipe_version": 3, "backbone": backbone}
+    init = {"class_path": "actmatch.explainers.unet.MaskUNet", "init_args": unet.init_args()}
+    torch.save({"state_dict": state, "hyper_parameters": hparams, UNET_INIT_KEY: init}, path)
+    return path
+
+
+def test_top_fraction_keeps_exactly_its_area_and_reloads(tmp_path):
+    from actmatch.explainers.fitting import TopFraction
+    from actmatch.explainers.unet import binarize
+
+    net = TopFraction(MaskUNet(width=4, depth=2, working_size=24), area=0.3)
+    net.net.head.weight.data.normal_()  # a ranking that is not flat
+    mask, _ = binarize(net(torch.rand(3, 3, 40, 50)))
+    assert mask.flatten(1).sum(1).tolist() == [600.0, 600.0, 600.0]  # 0.3 of 2000 pixels, each image
+    path = tmp_path / "t.ckpt"
+    state = {f"unet.{k}": v for k, v in net.state_dict().items()}
+    init = {"class_path": "actmatch.explainers.fitting.TopFraction", "init_args": net.init_args()}
+    torch.save({"state_dict": state, UNET_INIT_KEY: init}, path)
+    loaded = load_unet(str(path))
+    assert isinstance(loaded, TopFraction) and loaded.init_args() == net.init_args()
+    x = torch.rand(1, 3, 40, 40)
+    assert torch.equal(loaded.eval()(x), net.eval()(x))
+
+
+def test_load_unet_rebuilds_the_trained_architecture(tmp_path):
+    trained = MaskUNet(width=4, depth=2, working_size=24, padding_mode="reflect")
+    path = _save_unet_checkpoint(trained, tmp_path / "a.ckpt")
+    loaded = load_unet(str(path), fallback=MaskUNet(width=4, depth=2, working_size=56))
+    assert loaded.init_args() == trained.init_args()
+    x = torch.rand(1, 3, 40, 40)
+    assert torch.equal(loaded.eval()(x), trained.eval()(x))
+    torch.save({"state_dict": {f"unet.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="do not fit"):  # no saved architecture, and the fallback has other shapes
+        load_unet(str(tmp_path / "old.ckpt"), fallback=MaskUNet(width=8, depth=2))
+
+
+def test_a_feature_decoder_checkpoint_warm_starts_a_fit_and_keeps_its_encoder():
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+    from actmatch.explainers.fitting import TopFraction
+
+    classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    explainer = build_explainer(None, steps=3, classifier=classifier)
+    explainer.unet = TopFraction(FeatureMaskNet("resnet10t", width=8, pretrained=False), area=0.25)
+    encoder = {k: v.clone() for k, v in explainer.unet.net.encoder.state_dict().items()}
+    result = explainer.fit_images(torch.rand(2, 3, 64, 64), seed=0, init_state=explainer.unet.state_dict())
+    assert result.masks.shape == (2, 1, 64, 64)
+    assert all(torch.equal(v, explainer.unet.net.encoder.state_dict()[k]) for k, v in encoder.items())
+    explainer.mode = "amortized"
+    # exactly a quarter up to a few tied logits at the cut (TopArea leaves small ties as they are)
+    assert explainer.explain(torch.rand(1, 3, 64, 64)).area.item() == pytest.approx(0.25, abs=0.002)
+
+
+def test_warm_start_from_an_untrained_unet_gives_the_cold_start_masks(tmp_path):
+    classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+    explainer = build_explainer(None, steps=4, classifier=classifier)
+    explainer.unet = MaskUNet(width=4, depth=2, working_size=32)
+    images = torch.rand(2, 3, 64, 64)
+    cold = explainer.fit_images(images, seed=3)
+    untrained = MaskUNet(width=4, depth=2, working_size=32)
+    torch.manual_seed(3)  # the initialisation a cold start with seed 3 draws
+    untrained.reset_parameters()
+    path = _save_unet_checkpoint(untrained, tmp_path / "untrained.ckpt")
+    explainer.unet = load_unet(str(path))
+    warm = explainer.fit_images(images, seed=3, init_state=explainer.unet.state_dict())
+    assert torch.equal(warm.masks, cold.masks)
+    assert cold.masks.float().mean() not in (0.0, 1.0)  # the fit moved the masks: the comparison says something
+
+
+def test_study_rows_are_named_after_the_checkpoints_recipes(tmp_path):
+    a = _save_unet_checkpoint(MaskUNet(width=4, depth=2), tmp_path / "a.ckpt", recipe="amortized-lite0")
+    b = _save_unet_checkpoint(MaskUNet(width=4, depth=2), tmp_path / "b.ckpt", recipe="amortized-lite0-no-robustness")
+    assert study_rows(None, [str(a), str(b), str(a)], amortized=True) == [
+        ("amortized-lite0", None, str(a)),
+        ("amortized-lite0-no-robustness", None, str(b)),
+        ("amortized-lite0-2", None, str(a)),
+    ]
+    assert study_rows(["x/faithful.yaml"], [str(a)], amortized=False) == [("faithful+amortized-lite0", "x/faithful.yaml", str(a))]
+    assert study_rows(None, None, amortized=False) == [("defaults", None, None)]
+
+
+def _instantiated_model(configs: list[str]):
+    import warnings
+
+    import lightning as L
+
+    from actmatch.commands.lightning import ActMatchCLI
+
+    argv = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false"]
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    with contextlib.chdir(ROOT):
+        cli = ActMatchCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                          run=False, args=argv, save_config_callback=None)  # fmt: skip
+    return cli.model
+
+
+def _terms(model) -> dict[str, tuple[float, str]]:
+    return {term.name: (term.weight, term.extra_repr().split(", ", 1)[-1]) for term in model.losses}
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS, ids=lambda p: Path(p).stem)
+def test_an_ablation_differs_from_the_shipped_recipe_in_its_one_term(ablation):
+    first = (ROOT / ablation).read_text().splitlines()[0]
+    assert first == f"# base: {SHIPPED}"
+    shipped, ablated = _instantiated_model([SHIPPED]), _instantiated_model([SHIPPED, ablation])
+    base_terms, ablated_terms = _terms(shipped), _terms(ablated)
+    assert list(base_terms) == list(ablated_terms)
+    changed = [name for name in base_terms if base_terms[name] != ablated_terms[name]]
+    assert len(changed) == 1, f"{ablation} changes {changed}"
+    assert base_terms[changed[0]][1] == ablated_terms[changed[0]][1]  # only the weight, not the term's settings
+    assert ablated.recipe == f"amortized-lite0-{Path(ablation).stem.replace('_', '-')}"
+    assert shipped.unet.init_args() == ablated.unet.init_args() and shipped.lr == ablated.lr
+
+
+def test_feature_mask_net_trains_only_its_decoder_and_reloads(tmp_path):
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    net = FeatureMaskNet("resnet10t", stages=[2, 3, 4], width=8, pretrained=False)
+    images = torch.rand(2, 3, 64, 80)
+    logits = net(images)
+    assert logits.shape == (2, 1, 64, 80)
+    assert torch.sigmoid(logits).min() > 0.5  # a fresh net keeps every pixel (init_keep)
+    logits.sum().backward()
+    assert all(p.grad is None for p in net.encoder.parameters())
+    assert all(p.grad is not None for p in net.head.parameters())
+    encoder_before = {k: v.clone() for k, v in net.encoder.state_dict().items()}
+    net.reset_parameters()
+    assert all(torch.equal(v, net.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    net.train()
+    assert not net.encoder.training  # frozen batch norm
+    path = tmp_path / "f.ckpt"
+    state = {f"unet.{k}": v for k, v in net.state_dict().items()}
+    init = {"class_path": "actmatch.explainers.feature_masknet.FeatureMaskNet", "init_args": net.init_args()}
+    torch.save({"state_dict": state, UNET_INIT_KEY: init}, path)
+    loaded = load_unet(str(path))
+    assert torch.equal(loaded.eval()(images), net.eval()(images))
