@@ -43,7 +43,6 @@ __all__ = [
     "explain_files",
     "load_unet",
     "use_checkpoint",
-    "load_unet_state",
     "preset_path",
     "PRESETS",
 ]
@@ -227,11 +226,6 @@ def build_explainer(
     backbone is then ignored)."""
     init = explainer_init_args(config, backbone=backbone, weights=weights, steps=steps, **overrides)
     return ActMatchExplainer(**init, classifier=classifier)
-
-
-def load_unet_state(path: str) -> dict:
-    """The U-Net weights (``unet.*``) of a Lightning checkpoint."""
-    return FitCheckpoint.read(path).unet_state
 
 
 def load_unet(path: str, fallback: torch.nn.Module | None = None) -> torch.nn.Module:

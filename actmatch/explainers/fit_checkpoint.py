@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["FitCheckpoint", "UNET_INIT_KEY", "instantiate"]
+__all__ = ["FitCheckpoint", "UNET_INIT_KEY", "instantiate", "network_spec"]
 
 #: the checkpoint key under which the mask network's class and constructor arguments are saved
 UNET_INIT_KEY = "unet_init"
@@ -31,6 +31,16 @@ def instantiate(spec: dict):
         for key, value in spec.get("init_args", {}).items()
     }
     return getattr(importlib.import_module(module_name), class_name)(**kwargs)
+
+
+def network_spec(net: nn.Module) -> dict | None:
+    """``{class_path, init_args}`` that :func:`instantiate` rebuilds ``net`` from; None for a
+    network without ``init_args()``."""
+    init_args = getattr(net, "init_args", None)
+    if not callable(init_args):
+        return None
+    cls = type(net)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args()}
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from actmatch.explainers.criteria import Confident, CountedClassifier, Criterion, Sufficient
+from actmatch.explainers.fit_checkpoint import network_spec
 from actmatch.explainers.stages import (
     BorderFree,
     FitState,
@@ -421,9 +422,8 @@ class TopFraction(nn.Module):
     def init_args(self) -> dict:
         """The constructor arguments that rebuild this network (saved with amortized checkpoints)."""
         cls = type(self.net)
-        init_args = getattr(self.net, "init_args", None)
-        net_args = init_args() if callable(init_args) else {}
-        return {"net": {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": net_args}, "area": self.area}
+        net = network_spec(self.net) or {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {}}
+        return {"net": net, "area": self.area}
 
     def reset_parameters(self) -> None:
         self.net.reset_parameters()  # type: ignore[operator]  # every mask network has it

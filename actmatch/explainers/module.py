@@ -26,7 +26,7 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import FAMILY_OF_FILL, FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
-from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY
+from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY, network_spec
 from actmatch.explainers.fitting import FitStrategy, default_fitting
 from actmatch.explainers.independent import IndependentNets
 from actmatch.explainers.losses import (
@@ -456,10 +456,9 @@ class ActMatchExplainer(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Save the U-Net's class and constructor arguments beside its weights, so that
         ``explain --checkpoint`` rebuilds the architecture it was trained with."""
-        init_args = getattr(self.unet, "init_args", None)
-        if callable(init_args):
-            cls = type(self.unet)
-            checkpoint[UNET_INIT_KEY] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args()}
+        spec = network_spec(self.unet)
+        if spec is not None:
+            checkpoint[UNET_INIT_KEY] = spec
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in self.unet.parameters() if p.requires_grad], lr=self.lr)
