@@ -53,11 +53,11 @@ AMORTIZED ?= $(OUT)/amortized
 RECIPES   ?= experiments/amortized_lite0.yaml $(sort $(wildcard experiments/ablations/*.yaml))
 best_ckpt  = $$(ls -t $(AMORTIZED)/$$(basename $(1) .yaml)/actmatch/*/checkpoints/best.ckpt 2>/dev/null | head -1)
 
-amortized: $(STAMP)  ## train the shipped amortized recipe on TRAIN (about 1 h on 2 CPU cores)
+amortized: $(STAMP)  ## train the shipped amortized recipe on TRAIN (about 9 min on 2 CPU cores)
 	$(BIN)/actmatch fit --config experiments/amortized_lite0.yaml --data.init_args.root $(TRAIN) \
 		--trainer.logger.init_args.save_dir $(AMORTIZED)/amortized_lite0
 
-ablations: $(STAMP)  ## train each of RECIPES not trained yet (about 1 h each on 2 CPU cores), then print and log their held-out table on IMAGES
+ablations: $(STAMP)  ## train each of RECIPES not trained yet (about 9 min each on 2 CPU cores), then print and log their held-out table on IMAGES
 	@set -e; for f in $(RECIPES); do \
 		if [ -n "$(call best_ckpt,$$f)" ]; then echo "$$f: trained, $(call best_ckpt,$$f)"; continue; fi; \
 		extra=$$([ "$$f" = experiments/amortized_lite0.yaml ] || echo "--config $$f"); \

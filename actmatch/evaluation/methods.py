@@ -72,7 +72,9 @@ class ActMatchMethod(AttributionMethod):
 
 
 class AmortizedActMatchMethod(ActMatchMethod):
-    """Amortized activation matching: the U-Net of an ``actmatch fit`` checkpoint, one forward pass."""
+    """Amortized activation matching: the mask network of an ``actmatch fit`` checkpoint, one forward
+    pass. The map is m + σ(z), as per image: the cut at the mask's area is the mask, other cuts follow
+    the network's ranking."""
 
     mode = "amortized"
 
@@ -93,7 +95,9 @@ class AmortizedActMatchMethod(ActMatchMethod):
 
     def compute(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self.explainer.to(images.device)
-        return self.explainer.explain(images).masks.to(images.device)
+        result = self.explainer.explain(images)
+        assert result.soft_masks is not None  # one pass records them
+        return (result.masks + result.soft_masks).to(images.device)
 
 
 #: method name -> class; every class takes (classifier, **settings)

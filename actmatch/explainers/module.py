@@ -73,7 +73,7 @@ class Explanation:
     steps: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
-    soft_masks: torch.Tensor | None = None  # (B, 1, H, W) the U-Net's probabilities at the kept step
+    soft_masks: torch.Tensor | None = None  # (B, 1, H, W) the mask network's probabilities (a fit: at the kept step)
     passes: dict[str, int] = field(default_factory=dict)  # images the fit classified (FitResult.passes), whole batch
 
     @property
@@ -358,13 +358,18 @@ class ActMatchExplainer(L.LightningModule):
 
     # ------------------------------------------------------------------ amortized
     @torch.no_grad()
-    def masks(self, images: torch.Tensor) -> torch.Tensor:
-        """Hard masks (B, 1, H, W) from the current U-Net in one forward pass."""
+    def ranked_masks(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hard masks m = 1[σ(z) > 0.5] and the network's probabilities σ(z), each (B, 1, H, W),
+        from the current mask network in one forward pass."""
         was_training = self.unet.training
         self.unet.eval()
-        mask, _ = binarize(self.unet(images))
+        mask, soft = binarize(self.unet(images))
         self.unet.train(was_training)
-        return mask
+        return mask, soft
+
+    def masks(self, images: torch.Tensor) -> torch.Tensor:
+        """Hard masks (B, 1, H, W) from the current mask network in one forward pass."""
+        return self.ranked_masks(images)[0]
 
     def explain(self, images: torch.Tensor, **fit_kwargs) -> Explanation:
         """Masks for ``images`` (B, 3, H, W) in [0, 1], by this module's ``mode``."""
@@ -372,7 +377,9 @@ class ActMatchExplainer(L.LightningModule):
             return self.fit_images(images, **fit_kwargs)
         start = time.perf_counter()
         images = images.to(self.device)
-        result = self.evaluate(images, self.masks(images))
+        mask, soft = self.ranked_masks(images)
+        result = self.evaluate(images, mask)
+        result.soft_masks = soft.detach().cpu()
         result.seconds = time.perf_counter() - start
         return result
 
