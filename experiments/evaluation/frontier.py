@@ -61,7 +61,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="CSV of the frontier rows")
     parser.add_argument("--study", default=None, help="a study.csv whose rows are drawn as points")
     parser.add_argument("--plot", default=None, help="PNG of the curves (and the study's points)")
+    parser.add_argument("--replot", action="store_true", help="read the frontier rows from --out instead of computing them")
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(args.out, newline="") as handle:
+            saved = [{k: (v if k == "method" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
+        if args.plot:
+            plot_study(Path(args.study) if args.study else None, Path(args.plot), frontier=saved)
+        return 0
     keep_freed_memory()  # as the actmatch CLI does: the exam's batches would otherwise re-map their buffers
     run = Path(args.run)
     settings = json.loads((run / "settings.json").read_text())
