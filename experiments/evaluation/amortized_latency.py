@@ -24,12 +24,12 @@ import random
 import statistics
 import time
 
-import numpy as np
 import skimage.data
 import torch
 import torch.nn.functional as F
 
-from actmatch.commands.explain import build_explainer, load_unet
+from actmatch.commands.explain import build_explainer, use_checkpoint
+from actmatch.evaluation.statistics import bootstrap_ci
 from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.unet import binarize
 from actmatch.memory import keep_freed_memory
@@ -39,13 +39,6 @@ def espresso(size: int) -> torch.Tensor:
     """The espresso photo as a (1, 3, size, size) batch in [0, 1]."""
     image = torch.from_numpy(skimage.data.coffee()).permute(2, 0, 1).float()[None] / 255
     return F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-
-
-def bootstrap_median(values: list[float], rng: np.random.Generator, draws: int = 5000) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of the median of ``values``."""
-    array = np.asarray(values)
-    medians = np.median(rng.choice(array, size=(draws, len(array)), replace=True), axis=1)
-    return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))
 
 
 def main() -> None:
@@ -60,8 +53,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     explainer = build_explainer(None, args.backbone)
-    explainer.unet = load_unet(args.checkpoint, fallback=explainer.unet)
-    explainer.mode = "amortized"
+    use_checkpoint(explainer, args.checkpoint, amortized=True)  # its network, one pass
     explainer.to(args.device).eval()
     classifier, unet = explainer.classifier, explainer.unet.eval()
     x = espresso(classifier.input_size).to(args.device)
@@ -93,13 +85,12 @@ def main() -> None:
                 tasks[name]()
                 sync()
                 times[name].append(time.perf_counter() - start)
-    rng = np.random.default_rng(0)
     threads = torch.get_num_threads()
     print(f"{args.checkpoint}: {classifier.name}, B = 1, {x.shape[-1]} px, {args.rounds} rounds, {threads} threads")
     print(f"{'':<14} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}")
     for name in tasks:
         ratios = [t / f for t, f in zip(times[name], times["forward"])]
-        low, high = bootstrap_median(ratios, rng)
+        low, high = bootstrap_ci(ratios, "median", n_boot=5000)
         ms = 1000 * statistics.median(times[name])
         print(f"{name:<14} {ms:>10.1f} {statistics.median(ratios):>10.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
 

@@ -2,10 +2,11 @@
 
     python experiments/evaluation/paired_studies.py OUT_A/RECIPE_A OUT_B/RECIPE_B
 
-Reads each image's ``summary.json`` in the two recipe folders and prints, for the label kept (exact
-sign test over the discordant images) and for exam robustness, robustness on other photos and
-p(e)/p(x) (Wilcoxon signed-rank, zero differences dropped), the means of A and B and how many
-images A beats, ties and loses to B.
+Reads each image's ``summary.json`` in the two recipe folders and prints, for the label kept, exam
+robustness, robustness on other photos and p(e)/p(x), the means of A and B, how many images A beats,
+ties and loses to B, and the benchmark's paired test
+(:func:`~actmatch.evaluation.statistics.paired_comparison`: the exact sign test for the label kept,
+Wilcoxon signed-rank with zero differences dropped for the rest).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from scipy.stats import binomtest, wilcoxon
+from actmatch.evaluation.statistics import paired_comparison
 
 MEASURES = ("label_kept", "robustness", "robust_photos", "confidence_ratio")
 
@@ -37,15 +38,8 @@ def main(argv: list[str]) -> int:
     for measure in MEASURES:
         x = [float(a[k][measure]) for k in keys]
         y = [float(b[k][measure]) for k in keys]
-        wins = sum(u > v for u, v in zip(x, y))
-        losses = sum(u < v for u, v in zip(x, y))
-        if not wins + losses:
-            p = 1.0
-        elif measure == "label_kept":
-            p = binomtest(wins, wins + losses).pvalue
-        else:
-            p = wilcoxon(x, y).pvalue
-        ties = len(keys) - wins - losses
+        test = paired_comparison(x, y)
+        wins, ties, losses, p = test["wins"], test["ties"], test["losses"], test["p_value"]
         print(f"{measure:18s} A {sum(x) / len(x):.3f}  B {sum(y) / len(y):.3f}  A>B {wins}  ties {ties}  A<B {losses}  p {p:.3g}")
     return 0
 
