@@ -308,3 +308,66 @@ def test_the_backbone_comparison_changes_only_the_backbone():
     expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
     expected["net"]["init_args"] = {**expected["net"]["init_args"], "backbone": "efficientnet_lite1"}
     assert lite1.unet.init_args() == expected
+
+
+def test_feature_mask_net_reads_the_explained_classifier_not_the_one_it_names():
+    """An explainer hands its classifier to FeatureMaskNet: with another backbone named in the
+    network's config, the class map is still the explained classifier's (Captum's Grad-CAM on it,
+    before its ReLU, ranks the pixels the same way)."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    torch.manual_seed(0)
+    classifier = load_classifier("resnet10t", pretrained=False, num_classes=7)
+    net = FeatureMaskNet("mobilenetv3_small_050", stages=[2, 3, 4], width=8, pretrained=False, class_map=True)
+    explainer = build_explainer(None, steps=2, classifier=classifier, unet=net)
+    assert explainer.unet.encoder is classifier and net.reads(classifier)
+    assert net.init_args()["backbone"] == classifier.name  # a checkpoint rebuilds the explained architecture
+    assert [lateral.in_channels for lateral in net.lateral] == [128, 256, 512]  # resnet10t's stages, rebuilt
+    with torch.no_grad():
+        net.head.weight.zero_()
+    images = torch.rand(2, 3, 64, 96)
+    logits = net.eval()(images) - net.init_keep
+    model, normalized = classifier.model, classifier.normalize(images)
+    target = model(normalized).argmax(-1)
+    grad_cam = LayerGradCam(model, model.layer4).attribute(normalized, target=target, relu_attributions=False)
+    flat = grad_cam.flatten(1)
+    standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
+    assert torch.allclose(logits, LayerAttribution.interpolate(standardised, (64, 96), interpolate_mode="bilinear"), atol=1e-4)
+
+
+def test_a_network_that_cannot_read_the_classifier_is_refused_with_the_fix():
+    from torch import nn
+
+    from actmatch.explainers.classifier import FrozenClassifier
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    plain = FrozenClassifier(
+        nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)), name="plain"
+    )
+    net = FeatureMaskNet("resnet10t", width=8, pretrained=False, class_map=True)
+    with pytest.raises(ValueError, match="plain does not have; explain it with the default MaskUNet"):
+        build_explainer(None, classifier=plain, unet=net, taps=["0"])
+
+
+def test_an_amortized_explanation_takes_the_label_from_the_mask_pass(shipped_checkpoint):
+    """With the shipped network (the class map of the explained classifier), explain classifies only
+    the explanation; p(x) is still the classifier's own on the image."""
+    from actmatch.commands.explain import use_checkpoint
+
+    explainer = build_explainer(None)
+    use_checkpoint(explainer, str(shipped_checkpoint), amortized=True)
+    assert explainer.unet.net.encoder is explainer.classifier
+    calls: list[int] = []
+    handle = explainer.classifier.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    images = torch.rand(2, 3, 224, 224)
+    try:
+        result = explainer.eval().explain(images)
+    finally:
+        handle.remove()
+    assert calls == [2]  # the two explanations, in one pass; no pass on the images themselves
+    with torch.no_grad():
+        probs = explainer.classifier(images).softmax(-1)
+    assert torch.equal(result.label, probs.argmax(-1))
+    assert torch.allclose(result.confidence_original, probs.max(-1).values, atol=1e-5)

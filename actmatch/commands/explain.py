@@ -239,7 +239,7 @@ def use_checkpoint(explainer: ActMatchExplainer, path: str, amortized: bool) -> 
     network's weights (a per-image fit's warm start)."""
     checkpoint = FitCheckpoint.read(path)
     checkpoint.check_backbone(explainer.classifier.name)
-    explainer.unet = checkpoint.unet(fallback=explainer.unet)
+    explainer.unet = explainer.reading_classifier(checkpoint.unet(fallback=explainer.unet))
     if amortized:
         explainer.mode = "amortized"
         explainer.recipe, explainer.recipe_version = checkpoint.recipe, checkpoint.recipe_version

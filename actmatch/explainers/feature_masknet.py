@@ -3,8 +3,11 @@
 Dabkowski & Gal (2017) train their amortized masking model on the feature pyramid of a
 pretrained classifier, with a small trainable decoder: the encoder already knows what the
 object is, so the decoder only learns where it is. :class:`FeatureMaskNet` does the same with a
-frozen copy of the explained classifier: mask logits = decoder(features of x), at the input's
-resolution. With ``class_map`` the decoder corrects the class activation map of the classifier's
+frozen classifier: mask logits = decoder(features of x), at the input's resolution. An
+:class:`~actmatch.explainers.module.ActMatchExplainer` hands it the classifier it explains
+(:meth:`FeatureMaskNet.read_classifier`), so the features and the class map are that classifier's,
+and an amortized explanation takes the label f(x) from the pass that makes the mask
+(:attr:`FeatureMaskNet.class_logits`). With ``class_map`` the decoder corrects the class activation map of the classifier's
 own prediction (CAM, Zhou et al. 2016; for a global-pool + linear head it ranks the pixels as
 Grad-CAM does), so training starts from Grad-CAM's ranking instead of from noise. It takes
 images like :class:`~actmatch.explainers.unet.MaskUNet`, so it plugs into amortized training,
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.classifier import FrozenClassifier, load_classifier
 
 __all__ = ["FeatureMaskNet"]
 
@@ -39,9 +42,9 @@ class FeatureMaskNet(nn.Module):
         logits = head(decoder(Σ lateral(stage features) + lateral(CAM))) + s · CAM.
 
     Args:
-        backbone: the classifier whose features are read (its offline or hub weights, as
-            :func:`~actmatch.explainers.classifier.load_classifier` loads them); it should be the
-            explained classifier.
+        backbone: the classifier whose features are read until :meth:`read_classifier` hands it the
+            explained one (its offline or hub weights, as
+            :func:`~actmatch.explainers.classifier.load_classifier` loads them).
         stages: feature stages to decode (default: strides 8, 16 and 32 of a 5-stage CNN).
         width: decoder channels.
         init_keep: initial bias of the head (σ(init_keep) > 0.5 keeps every pixel at first).
@@ -64,18 +67,11 @@ class FeatureMaskNet(nn.Module):
             raise ValueError(f"FeatureMaskNet needs width >= 1 and at least one stage, got width={width}, stages={stages}")
         self.backbone, self.stages, self.width = backbone, tuple(int(s) for s in stages), width
         self.init_keep, self.pretrained, self.class_map = init_keep, pretrained, bool(class_map)
-        encoder = load_classifier(backbone, pretrained=pretrained)
-        encoder.requires_grad_(False)
-        self.encoder = encoder.eval()
-        info = getattr(encoder.model, "feature_info", None)
-        if info is None or max(self.stages) >= len(info):
-            raise ValueError(f"FeatureMaskNet: {backbone} has no feature stages {self.stages} (timm feature_info)")
-        channels = [info[s]["num_chs"] for s in self.stages]
-        self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in channels])
+        self.encoder = self._checked(load_classifier(backbone, pretrained=pretrained))
+        self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in self._channels(self.encoder)])
         self.class_lateral = nn.Conv2d(1, width, 1) if self.class_map else None
         self.class_scale = nn.Parameter(torch.ones(())) if self.class_map else None
-        if self.class_map and not isinstance(getattr(encoder.model, "get_classifier", lambda: None)(), nn.Linear):
-            raise ValueError(f"FeatureMaskNet(class_map=True) needs a linear classifier head; {backbone} has none")
+        self.class_logits: torch.Tensor | None = None  # the encoder's logits on the last images (class_map only)
         groups = max(1, min(8, width // 4))
         self.decoder = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(groups, width), nn.ReLU(inplace=True),
@@ -83,6 +79,45 @@ class FeatureMaskNet(nn.Module):
         )  # fmt: skip
         self.head = nn.Conv2d(width, 1, 1)
         self.reset_parameters()
+
+    def _checked(self, classifier: FrozenClassifier) -> FrozenClassifier:
+        """``classifier``, frozen, after checking that it has the feature stages (and, with
+        ``class_map``, the linear head) this network reads."""
+        model = classifier.model
+        info = getattr(model, "feature_info", None)
+        if info is None or max(self.stages) >= len(info) or not hasattr(model, "forward_intermediates"):
+            raise ValueError(
+                f"FeatureMaskNet reads timm feature stages {self.stages} (feature_info, forward_intermediates), which "
+                f"{classifier.name} does not have; explain it with the default MaskUNet (no `unet:` in the config)"
+            )
+        if self.class_map and not isinstance(getattr(model, "get_classifier", lambda: None)(), nn.Linear):
+            raise ValueError(
+                f"FeatureMaskNet(class_map=True) needs global pooling and one linear layer as the head; {classifier.name} "
+                "has another head: set class_map: false"
+            )
+        classifier.requires_grad_(False)
+        return classifier.eval()
+
+    def _channels(self, classifier: FrozenClassifier) -> list[int]:
+        info = cast(Any, classifier.model).feature_info
+        return [info[s]["num_chs"] for s in self.stages]
+
+    def read_classifier(self, classifier: FrozenClassifier) -> None:
+        """Read ``classifier``'s features (shared, not copied) from now on: the explained classifier,
+        so that the class map and the features are its own whatever ``backbone`` named. With another
+        architecture than the current encoder's the lateral projections are rebuilt (freshly
+        initialised; a trained network must be used with the classifier it was trained on)."""
+        if classifier is self.encoder:
+            return
+        rebuilt = self._channels(self._checked(classifier)) != self._channels(self.encoder)
+        self.encoder, self.backbone = classifier, classifier.name
+        if rebuilt:
+            device = self.head.weight.device
+            self.lateral = nn.ModuleList([nn.Conv2d(c, self.width, 1) for c in self._channels(classifier)]).to(device)
+
+    def reads(self, classifier: nn.Module) -> bool:
+        """Whether this network's features are ``classifier``'s own (shared)."""
+        return self.encoder is classifier
 
     def init_args(self) -> dict:
         """The constructor arguments that rebuild this architecture (saved with amortized checkpoints)."""
@@ -114,11 +149,12 @@ class FeatureMaskNet(nn.Module):
         self.encoder.eval()  # frozen: batch norm keeps its statistics
         return self
 
-    def class_activation_map(self, final: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) CAM = W_y · A + b_y of the predicted class y, standardised per image."""
+    def class_activation_map(self, final: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, h, w) CAM = W_y · A + b_y of the predicted class y, standardised per image
+        (``logits``: the head's output on ``final``, if already computed)."""
         model = cast(Any, self.encoder.model)
         linear: nn.Linear = model.get_classifier()
-        y = model.forward_head(final).argmax(-1)
+        y = (model.forward_head(final) if logits is None else logits).argmax(-1)
         cam = torch.einsum("bc,bchw->bhw", linear.weight[y], final)[:, None]
         if linear.bias is not None:
             cam = cam + linear.bias[y].view(-1, 1, 1, 1)
@@ -126,12 +162,18 @@ class FeatureMaskNet(nn.Module):
         return (cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(-1, 1, 1, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Mask logits, shape (B, 1, H, W), for images (B, 3, H, W) in [0, 1]."""
+        """Mask logits, shape (B, 1, H, W), for images (B, 3, H, W) in [0, 1]. With ``class_map`` the
+        encoder's class logits on ``images`` are kept as :attr:`class_logits` (detached)."""
         height, width = images.shape[-2:]
-        intermediates = cast(Any, self.encoder.model).forward_intermediates  # timm's feature pyramid
+        model = cast(Any, self.encoder.model)
         with torch.no_grad():
-            out = intermediates(self.encoder.normalize(images), indices=list(self.stages), intermediates_only=not self.class_map)
-            features, cam = (out[1], self.class_activation_map(out[0])) if self.class_map else (out, None)
+            out = model.forward_intermediates(
+                self.encoder.normalize(images), indices=list(self.stages), intermediates_only=not self.class_map
+            )
+            features, cam = out, None
+            if self.class_map:
+                features, logits = out[1], model.forward_head(out[0])
+                cam, self.class_logits = self.class_activation_map(out[0], logits), logits
         size = features[0].shape[-2:]
         inputs: list[tuple[nn.Module, torch.Tensor]] = list(zip(self.lateral, features))
         if cam is not None:

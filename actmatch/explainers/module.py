@@ -188,11 +188,21 @@ class ActMatchExplainer(L.LightningModule):
             backbone, weights, pretrained, num_classes, labels, mean=mean, std=std, input_size=input_size
         )
         self.taps = validate_layers(self.classifier, taps) if taps is not None else default_taps(self.classifier)
-        self.unet: nn.Module = unet or MaskUNet(working_size=56, padding_mode="replicate")
+        self.unet: nn.Module = self.reading_classifier(unet or MaskUNet(working_size=56, padding_mode="replicate"))
         self.losses = nn.ModuleList(losses)
         self.fitting = fitting or default_fitting()
         self.fill, self.lr, self.steps, self.mode, self.restarts = fill, lr, steps, mode, restarts
         self.recipe, self.recipe_version = recipe, recipe_version
+
+    def reading_classifier(self, net: nn.Module) -> nn.Module:
+        """``net``, with every part of it that reads a classifier's features (``read_classifier``,
+        e.g. :class:`~actmatch.explainers.feature_masknet.FeatureMaskNet`) reading this explainer's
+        classifier: the explained one, shared, not a copy."""
+        for module in list(net.modules()):
+            read = getattr(module, "read_classifier", None)
+            if callable(read):
+                read(self.classifier)
+        return net
 
     # ------------------------------------------------------------------ core computation
     @property
@@ -340,12 +350,15 @@ class ActMatchExplainer(L.LightningModule):
         return kept
 
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, masks: torch.Tensor) -> Explanation:
-        """Classify x and e = m ⊙ x + (1 − m) ⊙ fill for given hard masks, in one pass."""
+    def evaluate(self, images: torch.Tensor, masks: torch.Tensor, logits: torch.Tensor | None = None) -> Explanation:
+        """Classify x and e = m ⊙ x + (1 − m) ⊙ fill for given hard masks, in one pass (only e when
+        the classifier's ``logits`` on x are given)."""
         fill = make_fill(images, self.fill, self.classifier.data_config["mean"])
         explanations = masks * images + (1 - masks) * fill
-        probs = self.classifier(torch.cat([images, explanations])).softmax(-1)
-        p_x, p_e = probs.chunk(2)
+        if logits is None:
+            p_x, p_e = self.classifier(torch.cat([images, explanations])).softmax(-1).chunk(2)
+        else:
+            p_x, p_e = logits.softmax(-1), self.classifier(explanations).softmax(-1)
         label = p_x.argmax(-1)
         return Explanation(
             masks=masks.cpu(),
@@ -378,10 +391,23 @@ class ActMatchExplainer(L.LightningModule):
         start = time.perf_counter()
         images = images.to(self.device)
         mask, soft = self.ranked_masks(images)
-        result = self.evaluate(images, mask)
+        result = self.evaluate(images, mask, self._class_logits_read(images))
         result.soft_masks = soft.detach().cpu()
         result.seconds = time.perf_counter() - start
         return result
+
+    def _class_logits_read(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The classifier's logits on ``images`` as the mask network's last pass read them (a network
+        that reads this classifier's features and head, e.g. FeatureMaskNet(class_map=True)), so the
+        label costs no second pass; None when no part of the network did. Read once: the network
+        forgets them."""
+        for module in self.unet.modules():
+            logits, reads = getattr(module, "class_logits", None), getattr(module, "reads", None)
+            if isinstance(logits, torch.Tensor) and callable(reads) and reads(self.classifier):
+                module.class_logits = None  # type: ignore[assignment]
+                if logits.shape[0] == images.shape[0]:
+                    return logits
+        return None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Amortized hard masks, (B, 1, H, W)."""
