@@ -270,7 +270,9 @@ def test_feature_mask_net_trains_only_its_decoder_and_reloads(tmp_path):
     state = {f"unet.{k}": v for k, v in net.state_dict().items()}
     init = {"class_path": "actmatch.explainers.feature_masknet.FeatureMaskNet", "init_args": net.init_args()}
     torch.save({"state_dict": state, UNET_INIT_KEY: init}, path)
+    assert not any(key.startswith("unet.encoder.") for key in state)  # the classifier is not the network's to save
     loaded = load_unet(str(path))
+    loaded.read_classifier(net.encoder)  # as an explainer hands it its classifier
     assert torch.equal(loaded.eval()(images), net.eval()(images))
 
 
@@ -371,3 +373,31 @@ def test_an_amortized_explanation_takes_the_label_from_the_mask_pass(shipped_che
         probs = explainer.classifier(images).softmax(-1)
     assert torch.equal(result.label, probs.argmax(-1))
     assert torch.allclose(result.confidence_original, probs.max(-1).values, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "stages", "layer"), [("mobilenetv3_small_050", [2, 3, 4], "blocks"), ("convnext_atto", [1, 2, 3], "norm_pre")]
+)
+def test_class_map_behind_another_head_is_captums_grad_cam(name, stages, layer):
+    """A head that is not pooling + one linear layer (MobileNetV3's 1×1 convolution after the pooling,
+    ConvNeXt's norm): the class map is Grad-CAM before its ReLU on the final features (Captum's
+    LayerGradCam on the layer that gives them), standardised."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    torch.manual_seed(0)
+    net = FeatureMaskNet(name, stages=stages, width=8, pretrained=False, class_map=True).eval()
+    assert not net._pool_linear
+    with torch.no_grad():
+        net.head.weight.zero_()
+    images = torch.rand(2, 3, 96, 128)
+    logits = net(images) - net.init_keep
+    model = net.encoder.model
+    normalized = net.encoder.normalize(images)
+    target = model(normalized).argmax(-1)
+    grad_cam = LayerGradCam(model, getattr(model, layer)).attribute(normalized, target=target, relu_attributions=False)
+    flat = grad_cam.flatten(1)
+    standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
+    expected = LayerAttribution.interpolate(standardised, (96, 128), interpolate_mode="bilinear")
+    assert torch.allclose(logits, expected, atol=1e-3)

@@ -171,7 +171,7 @@ def classifier_overrides(args: argparse.Namespace) -> dict:
 
 
 #: named recipes: experiments/explain/<name>.yaml (the study's rows, docs/explainer-study.md)
-PRESETS = ("faithful", "sis", "smallest", "confident", "robust")
+PRESETS = ("faithful", "sis", "smallest", "confident", "robust", "class_map")
 PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments" / "explain"
 
 

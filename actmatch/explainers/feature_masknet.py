@@ -35,28 +35,30 @@ class FeatureMaskNet(nn.Module):
     3×3 convolution blocks and a 1×1 head give logits, upsampled bilinearly to the input.
 
     With ``class_map``, for the predicted class y = argmax f(x) and the final features A (C, h, w)
-    that the head pools, the class activation map CAM = W_y · A + b_y, standardised per image
-    (zero mean, unit spread over the h × w cells), is one more lateral input of the decoder and is
-    added to the logits with a learned scale s (initially 1):
+    that the head pools, the class activation map (:meth:`class_activation_map`; W_y · A + b_y for a
+    pool + linear head), standardised per image (zero mean, unit spread over the h × w cells), is
+    one more lateral input of the decoder and is added to the logits with a learned scale s
+    (initially 1):
 
         logits = head(decoder(Σ lateral(stage features) + lateral(CAM))) + s · CAM.
 
     Args:
         backbone: the classifier whose features are read until :meth:`read_classifier` hands it the
-            explained one (its offline or hub weights, as
-            :func:`~actmatch.explainers.classifier.load_classifier` loads them).
-        stages: feature stages to decode (default: strides 8, 16 and 32 of a 5-stage CNN).
+            explained one: a timm name (its offline or hub weights, as
+            :func:`~actmatch.explainers.classifier.load_classifier` loads them) or a loaded classifier.
+        stages: feature stages to decode, timm ``feature_info`` indices; negative ones count from
+            the last stage (the default, the last three: strides 8, 16 and 32 of most CNNs).
         width: decoder channels.
         init_keep: initial bias of the head (σ(init_keep) > 0.5 keeps every pixel at first).
         pretrained: load the backbone's weights (False: random, for tests).
         class_map: read and correct the class activation map of the predicted class (the
-            classifier's head must be global pooling and one linear layer, as timm's CNNs).
+            classifier must end in a convolutional feature map, as timm's CNNs do).
     """
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
-        stages: list[int] | tuple[int, ...] = (2, 3, 4),
+        backbone: str | FrozenClassifier = "efficientnet_lite0",
+        stages: list[int] | tuple[int, ...] = (-3, -2, -1),
         width: int = 32,
         init_keep: float = 0.5,
         pretrained: bool = True,
@@ -65,9 +67,11 @@ class FeatureMaskNet(nn.Module):
         super().__init__()
         if width < 1 or not stages:
             raise ValueError(f"FeatureMaskNet needs width >= 1 and at least one stage, got width={width}, stages={stages}")
-        self.backbone, self.stages, self.width = backbone, tuple(int(s) for s in stages), width
+        encoder = backbone if isinstance(backbone, FrozenClassifier) else load_classifier(backbone, pretrained=pretrained)
+        self.backbone, self.stages, self.width = encoder.name, tuple(int(s) for s in stages), width
         self.init_keep, self.pretrained, self.class_map = init_keep, pretrained, bool(class_map)
-        self.encoder = self._checked(load_classifier(backbone, pretrained=pretrained))
+        self.encoder = self._checked(encoder)
+        self._pool_linear = _pool_linear_head(self.encoder)
         self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in self._channels(self.encoder)])
         self.class_lateral = nn.Conv2d(1, width, 1) if self.class_map else None
         self.class_scale = nn.Parameter(torch.ones(())) if self.class_map else None
@@ -79,28 +83,40 @@ class FeatureMaskNet(nn.Module):
         )  # fmt: skip
         self.head = nn.Conv2d(width, 1, 1)
         self.reset_parameters()
+        # the encoder is the explained classifier, not the mask network's: its weights are neither
+        # saved with the network nor taken from a saved state (a state without them loads as is)
+        self._register_state_dict_hook(_without_encoder)
+        self.register_load_state_dict_pre_hook(_with_own_encoder)
 
     def _checked(self, classifier: FrozenClassifier) -> FrozenClassifier:
         """``classifier``, frozen, after checking that it has the feature stages (and, with
         ``class_map``, the linear head) this network reads."""
         model = classifier.model
         info = getattr(model, "feature_info", None)
-        if info is None or max(self.stages) >= len(info) or not hasattr(model, "forward_intermediates"):
+        if (
+            info is None
+            or not all(-len(info) <= s < len(info) for s in self.stages)
+            or not hasattr(model, "forward_intermediates")
+        ):
             raise ValueError(
                 f"FeatureMaskNet reads timm feature stages {self.stages} (feature_info, forward_intermediates), which "
                 f"{classifier.name} does not have; explain it with the default MaskUNet (no `unet:` in the config)"
             )
-        if self.class_map and not isinstance(getattr(model, "get_classifier", lambda: None)(), nn.Linear):
+        if self.class_map and not callable(getattr(model, "forward_head", None)):
             raise ValueError(
-                f"FeatureMaskNet(class_map=True) needs global pooling and one linear layer as the head; {classifier.name} "
-                "has another head: set class_map: false"
+                f"FeatureMaskNet(class_map=True) needs timm's forward_head, which {classifier.name} has not: set class_map: false"
             )
         classifier.requires_grad_(False)
         return classifier.eval()
 
+    def _indices(self, classifier: FrozenClassifier) -> list[int]:
+        """``stages`` as non-negative ``feature_info`` indices of ``classifier``."""
+        count = len(cast(Any, classifier.model).feature_info)
+        return [s % count for s in self.stages]
+
     def _channels(self, classifier: FrozenClassifier) -> list[int]:
         info = cast(Any, classifier.model).feature_info
-        return [info[s]["num_chs"] for s in self.stages]
+        return [info[s]["num_chs"] for s in self._indices(classifier)]
 
     def read_classifier(self, classifier: FrozenClassifier) -> None:
         """Read ``classifier``'s features (shared, not copied) from now on: the explained classifier,
@@ -110,7 +126,7 @@ class FeatureMaskNet(nn.Module):
         if classifier is self.encoder:
             return
         rebuilt = self._channels(self._checked(classifier)) != self._channels(self.encoder)
-        self.encoder, self.backbone = classifier, classifier.name
+        self.encoder, self.backbone, self._pool_linear = classifier, classifier.name, _pool_linear_head(classifier)
         if rebuilt:
             device = self.head.weight.device
             self.lateral = nn.ModuleList([nn.Conv2d(c, self.width, 1) for c in self._channels(classifier)]).to(device)
@@ -150,14 +166,32 @@ class FeatureMaskNet(nn.Module):
         return self
 
     def class_activation_map(self, final: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1, h, w) CAM = W_y · A + b_y of the predicted class y, standardised per image
-        (``logits``: the head's output on ``final``, if already computed)."""
+        """(B, 1, h, w) class activation map of the predicted class y on the final features A,
+        standardised per image (zero mean, unit spread); ``logits``: the head's output on A, if known.
+
+        For a head that is global average pooling and one linear layer, CAM = W_y · A + b_y (Zhou et
+        al. 2016). For any other head (a 1×1 convolution or a norm after the pooling, as MobileNetV3's
+        and ConvNeXt's), Grad-CAM before its ReLU, Σ_c α_c A_c with α_c the spatial mean of
+        ∂f_y/∂A_c, through the head only; for a pool + linear head the two agree after
+        standardisation."""
+        if final.dim() != 4:
+            raise ValueError(
+                f"FeatureMaskNet(class_map=True) reads a convolutional feature map, but {self.backbone} ends in "
+                f"features of shape {tuple(final.shape)} (tokens): set class_map: false or use MaskUNet"
+            )
         model = cast(Any, self.encoder.model)
-        linear: nn.Linear = model.get_classifier()
         y = (model.forward_head(final) if logits is None else logits).argmax(-1)
-        cam = torch.einsum("bc,bchw->bhw", linear.weight[y], final)[:, None]
-        if linear.bias is not None:
-            cam = cam + linear.bias[y].view(-1, 1, 1, 1)
+        if self._pool_linear:
+            linear: nn.Linear = model.get_classifier()
+            cam = torch.einsum("bc,bchw->bhw", linear.weight[y], final)[:, None]
+            if linear.bias is not None:
+                cam = cam + linear.bias[y].view(-1, 1, 1, 1)
+        else:
+            with torch.enable_grad():
+                features = final.detach().requires_grad_(True)
+                score = model.forward_head(features).gather(1, y[:, None]).sum()
+                (grad,) = torch.autograd.grad(score, features)
+            cam = (grad.mean((2, 3), keepdim=True) * final).sum(1, keepdim=True)
         flat = cam.flatten(1)
         return (cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(-1, 1, 1, 1)
 
@@ -168,7 +202,7 @@ class FeatureMaskNet(nn.Module):
         model = cast(Any, self.encoder.model)
         with torch.no_grad():
             out = model.forward_intermediates(
-                self.encoder.normalize(images), indices=list(self.stages), intermediates_only=not self.class_map
+                self.encoder.normalize(images), indices=self._indices(self.encoder), intermediates_only=not self.class_map
             )
             features, cam = out, None
             if self.class_map:
@@ -187,6 +221,34 @@ class FeatureMaskNet(nn.Module):
             assert self.class_scale is not None
             logits = logits + self.class_scale * F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
         return logits
+
+
+def _without_encoder(module: FeatureMaskNet, state: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict hook: drop the encoder's entries."""
+    for key in [k for k in state if k.startswith(prefix + "encoder.")]:
+        del state[key]
+
+
+def _with_own_encoder(module: FeatureMaskNet, state: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: where the encoder's entries are missing, the current encoder's
+    (so saved networks load with the classifier they are given)."""
+    for key, value in module.encoder.state_dict().items():
+        state.setdefault(f"{prefix}encoder.{key}", value)
+
+
+def _pool_linear_head(classifier: FrozenClassifier) -> bool:
+    """Whether the timm model's head is global average pooling and one linear layer (checked on a
+    random feature map: forward_head(A) = linear(mean_hw A))."""
+    model = cast(Any, classifier.model)
+    linear = getattr(model, "get_classifier", lambda: None)()
+    if not isinstance(linear, nn.Linear) or not callable(getattr(model, "forward_head", None)):
+        return False
+    probe = torch.randn(2, linear.in_features, 3, 3, generator=torch.Generator().manual_seed(0)).to(linear.weight)
+    try:
+        with torch.no_grad():
+            return bool(torch.allclose(model.forward_head(probe), linear(probe.mean((2, 3))), atol=1e-4, rtol=1e-4))
+    except (RuntimeError, ValueError):  # the head does not take a (B, C, h, w) map of the linear layer's width
+        return False
 
 
 def _resized(x: torch.Tensor, size: torch.Size) -> torch.Tensor:

@@ -106,8 +106,9 @@ class ActMatchExplainer(L.LightningModule):
         taps: layers whose features are matched; None taps the backbone's feature stages.
         unet: the mask network (images -> mask logits, with ``reset_parameters`` and ``init_args``);
             None builds a :class:`MaskUNet` working at 56 px (1/4 of 224) with replicate padding.
-            :class:`~actmatch.explainers.feature_masknet.FeatureMaskNet` reads the classifier's
-            own features instead.
+            :class:`~actmatch.explainers.feature_masknet.FeatureMaskNet` reads the classifier's own
+            features instead: any part of the network with ``read_classifier`` reads this
+            explainer's classifier (:meth:`reading_classifier`).
         losses: loss terms; None uses :func:`default_loss_terms` per image and
             :func:`amortized_loss_terms` (with a weighted area term) in ``amortized`` mode.
         fill: value of removed pixels: ``mean`` (dataset mean colour), ``black`` or ``blur``.
