@@ -401,3 +401,16 @@ def test_class_map_behind_another_head_is_captums_grad_cam(name, stages, layer):
     standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
     expected = LayerAttribution.interpolate(standardised, (96, 128), interpolate_mode="bilinear")
     assert torch.allclose(logits, expected, atol=1e-3)
+
+
+def test_the_class_map_behind_another_head_works_under_vmap():
+    """Per-image fits on a GPU apply the B networks with vmap: the head's gradient is a function
+    transform there too, and gives what the loop gives."""
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+    from actmatch.explainers.independent import IndependentNets
+
+    torch.manual_seed(0)
+    nets = [FeatureMaskNet("mobilenetv3_small_050", width=8, pretrained=False, class_map=True) for _ in range(2)]
+    images = torch.rand(2, 3, 64, 64)
+    looped = IndependentNets(nets, vectorize=False)(images)
+    assert torch.allclose(IndependentNets(nets, vectorize=True)(images), looped, atol=1e-5)

@@ -187,10 +187,11 @@ class FeatureMaskNet(nn.Module):
             if linear.bias is not None:
                 cam = cam + linear.bias[y].view(-1, 1, 1, 1)
         else:
-            with torch.enable_grad():
-                features = final.detach().requires_grad_(True)
-                score = model.forward_head(features).gather(1, y[:, None]).sum()
-                (grad,) = torch.autograd.grad(score, features)
+
+            def score(features: torch.Tensor) -> torch.Tensor:
+                return model.forward_head(features).gather(1, y[:, None]).sum()
+
+            grad = torch.func.grad(score)(final.detach())  # a function transform: also under no_grad and vmap
             cam = (grad.mean((2, 3), keepdim=True) * final).sum(1, keepdim=True)
         flat = cam.flatten(1)
         return (cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(-1, 1, 1, 1)
