@@ -276,12 +276,22 @@ def test_feature_mask_net_trains_only_its_decoder_and_reloads(tmp_path):
     assert torch.equal(loaded.eval()(images), net.eval()(images))
 
 
+def _captum_class_map(model, layer, normalized: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Captum's LayerGradCam of the predicted class on ``layer``, before its ReLU, standardised per
+    image and upsampled bilinearly to ``size``: the class map FeatureMaskNet should add to its logits."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    target = model(normalized).argmax(-1)
+    grad_cam = LayerGradCam(model, layer).attribute(normalized, target=target, relu_attributions=False)
+    flat = grad_cam.flatten(1)
+    standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
+    return LayerAttribution.interpolate(standardised, size, interpolate_mode="bilinear")
+
+
 def test_class_map_prior_ranks_the_pixels_as_captums_grad_cam():
     """With the decoder's head silenced, FeatureMaskNet(class_map=True) is Grad-CAM of the predicted
     class before its ReLU (Captum's LayerGradCam on the pooled features, upsampled bilinearly), up to
     a per-image affine map: the same ranking of the pixels."""
-    from captum.attr import LayerAttribution, LayerGradCam
-
     from actmatch.explainers.feature_masknet import FeatureMaskNet
 
     torch.manual_seed(0)
@@ -291,12 +301,7 @@ def test_class_map_prior_ranks_the_pixels_as_captums_grad_cam():
     images = torch.rand(2, 3, 96, 128)
     logits = net(images) - net.init_keep  # s · upsample(standardised CAM), s = 1
     model = net.encoder.model
-    normalized = net.encoder.normalize(images)
-    target = model(normalized).argmax(-1)
-    grad_cam = LayerGradCam(model, model.layer4).attribute(normalized, target=target, relu_attributions=False)
-    flat = grad_cam.flatten(1)
-    standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
-    expected = LayerAttribution.interpolate(standardised, (96, 128), interpolate_mode="bilinear")
+    expected = _captum_class_map(model, model.layer4, net.encoder.normalize(images), (96, 128))
     assert torch.allclose(logits, expected, atol=1e-4)
     assert net.init_args()["class_map"] is True
 
@@ -316,8 +321,6 @@ def test_feature_mask_net_reads_the_explained_classifier_not_the_one_it_names():
     """An explainer hands its classifier to FeatureMaskNet: with another backbone named in the
     network's config, the class map is still the explained classifier's (Captum's Grad-CAM on it,
     before its ReLU, ranks the pixels the same way)."""
-    from captum.attr import LayerAttribution, LayerGradCam
-
     from actmatch.explainers.feature_masknet import FeatureMaskNet
 
     torch.manual_seed(0)
@@ -331,12 +334,9 @@ def test_feature_mask_net_reads_the_explained_classifier_not_the_one_it_names():
         net.head.weight.zero_()
     images = torch.rand(2, 3, 64, 96)
     logits = net.eval()(images) - net.init_keep
-    model, normalized = classifier.model, classifier.normalize(images)
-    target = model(normalized).argmax(-1)
-    grad_cam = LayerGradCam(model, model.layer4).attribute(normalized, target=target, relu_attributions=False)
-    flat = grad_cam.flatten(1)
-    standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
-    assert torch.allclose(logits, LayerAttribution.interpolate(standardised, (64, 96), interpolate_mode="bilinear"), atol=1e-4)
+    model = classifier.model
+    expected = _captum_class_map(model, model.layer4, classifier.normalize(images), (64, 96))
+    assert torch.allclose(logits, expected, atol=1e-4)
 
 
 def test_a_network_that_cannot_read_the_classifier_is_refused_with_the_fix():
@@ -382,8 +382,6 @@ def test_class_map_behind_another_head_is_captums_grad_cam(name, stages, layer):
     """A head that is not pooling + one linear layer (MobileNetV3's 1×1 convolution after the pooling,
     ConvNeXt's norm): the class map is Grad-CAM before its ReLU on the final features (Captum's
     LayerGradCam on the layer that gives them), standardised."""
-    from captum.attr import LayerAttribution, LayerGradCam
-
     from actmatch.explainers.feature_masknet import FeatureMaskNet
 
     torch.manual_seed(0)
@@ -394,12 +392,7 @@ def test_class_map_behind_another_head_is_captums_grad_cam(name, stages, layer):
     images = torch.rand(2, 3, 96, 128)
     logits = net(images) - net.init_keep
     model = net.encoder.model
-    normalized = net.encoder.normalize(images)
-    target = model(normalized).argmax(-1)
-    grad_cam = LayerGradCam(model, getattr(model, layer)).attribute(normalized, target=target, relu_attributions=False)
-    flat = grad_cam.flatten(1)
-    standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
-    expected = LayerAttribution.interpolate(standardised, (96, 128), interpolate_mode="bilinear")
+    expected = _captum_class_map(model, getattr(model, layer), net.encoder.normalize(images), (96, 128))
     assert torch.allclose(logits, expected, atol=1e-3)
 
 

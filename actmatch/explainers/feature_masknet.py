@@ -90,7 +90,7 @@ class FeatureMaskNet(nn.Module):
 
     def _checked(self, classifier: FrozenClassifier) -> FrozenClassifier:
         """``classifier``, frozen, after checking that it has the feature stages (and, with
-        ``class_map``, the linear head) this network reads."""
+        ``class_map``, timm's ``forward_head``) this network reads."""
         model = classifier.model
         info = getattr(model, "feature_info", None)
         if (
