@@ -267,6 +267,8 @@ def recipe_digest(explainer, steps: int | None, seed: int, amortized: bool = Fal
         str(amortized),
         str(warm_start),
     ]
+    if amortized and getattr(explainer, "amortized_stages", None):  # what refines the pass's masks
+        parts.append(repr(explainer.amortized_stages))
     if amortized or warm_start:  # the masks depend on the trained weights, not only on the settings
         weights = hashlib.sha1()
         for tensor in explainer.unet.state_dict().values():

@@ -112,6 +112,20 @@ def test_shipped_recipe_trains_and_explain_loads_its_checkpoint(shipped_checkpoi
     assert (out / "n01440764_photo0" / "mask.png").is_file()
 
 
+def test_explain_scans_the_amortized_ranking_under_its_own_recipe_name(shipped_checkpoint, tmp_path, capsys):
+    from actmatch.commands.explain import main as explain_main
+
+    photo = _photo_folder(tmp_path / "new") / "n01440764_photo0.JPEG"
+    argv = [str(photo), "--checkpoint", str(shipped_checkpoint), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        explain_main("explain", argv + ["--scan", "4"])
+    assert "--scan refines the masks of one amortized pass; add --amortized" in capsys.readouterr().err
+    assert explain_main("explain", argv + ["--amortized", "--scan", "4"]) == 0
+    summary = json.loads(next((tmp_path / "out").rglob("summary.json")).read_text())
+    assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+scan4", 2)
+    assert summary["label_kept"] and summary["confidence_explanation"] >= 0.9 * summary["confidence_original"]
+
+
 def test_a_checkpoint_for_another_backbone_is_refused(shipped_checkpoint, tmp_path, capsys):
     from actmatch.commands.explain import main as explain_main
 

@@ -32,6 +32,7 @@ from actmatch.datamodules.images import ImageItem, ImageReadError, expand_image_
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.fit_checkpoint import FitCheckpoint
 from actmatch.explainers.module import ActMatchExplainer, Explanation
+from actmatch.explainers.stages import Scan
 from actmatch.report import write_report
 from actmatch.results import as_items, clean_staging, explanation_at, finished_rows, recipe_digest, write_result, write_summary
 
@@ -73,6 +74,7 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the U-Net and backgrounds (default: 0)")
     parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint: warm-start the U-Net")
     parser.add_argument("--amortized", action="store_true", help="with --checkpoint: one forward pass, no fitting")
+    add_scan_argument(parser)
     parser.add_argument("--circuit", action="store_true", help="also read out the channel circuit (circuit.json/png)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument(
@@ -97,7 +99,27 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if args.amortized and not args.checkpoint:
         parser.error("--amortized needs --checkpoint CKPT (a U-Net trained with `actmatch fit`)")
+    check_scan_argument(parser, args)
     return args
+
+
+def add_scan_argument(parser: argparse.ArgumentParser) -> None:
+    """``--scan N``: refine each amortized mask by the smallest accepted of N cuts of its ranking."""
+    parser.add_argument(
+        "--scan",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --amortized: cut the pass's ranking at N areas and keep the smallest cut the recipe's "
+        "criterion accepts (one batched pass of N masks per image; two where the pass's mask is not accepted)",
+    )
+
+
+def check_scan_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.scan is not None and not args.amortized:
+        parser.error("--scan refines the masks of one amortized pass; add --amortized (a per-image recipe has its own stages)")
+    if args.scan is not None and not 1 <= args.scan <= 1024:
+        parser.error(f"--scan must be in 1..1024, got {args.scan}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +266,14 @@ def use_checkpoint(explainer: ActMatchExplainer, path: str, amortized: bool) -> 
         explainer.mode = "amortized"
         explainer.recipe, explainer.recipe_version = checkpoint.recipe, checkpoint.recipe_version
     return explainer.unet.state_dict()
+
+
+def use_amortized_scan(explainer: ActMatchExplainer, areas: int) -> None:
+    """Refine ``explainer``'s amortized masks by the smallest accepted cut of their ranking
+    (:class:`~actmatch.explainers.stages.Scan` with ``areas`` cuts, the recipe's criterion); the
+    recipe's name gains ``+scan<areas>`` (e.g. ``amortized-lite0+scan16``)."""
+    explainer.amortized_stages = explainer.checked_amortized_stages([Scan(areas=areas)])
+    explainer.recipe = f"{explainer.recipe}+scan{areas}"
 
 
 def print_table(rows: list[dict], agg: dict, stream=None) -> None:
@@ -445,6 +475,8 @@ def main(command: str, argv: list[str]) -> int:
         explainer = build_explainer(config, args.backbone, args.weights, args.steps, **classifier_overrides(args))
         # the checkpoint's own network: one pass with --amortized, else the fit's starting point
         init_state = use_checkpoint(explainer, args.checkpoint, args.amortized) if args.checkpoint else None
+        if args.scan:
+            use_amortized_scan(explainer, args.scan)
     except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
         print(f"actmatch {command}: {err}", file=sys.stderr)
         return 2

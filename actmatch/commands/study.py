@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from actmatch.commands.explain import add_scan_argument, check_scan_argument
 from actmatch.datamodules.images import expand_image_paths, to_tensor
 from actmatch.evaluation.exam import judge_masks
 from actmatch.evaluation.families import EXAM_SEED, default_exam, held_out_leaks
@@ -84,6 +85,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "in one forward pass; without, it warm-starts each --config's fit",
     )
     parser.add_argument("--amortized", action="store_true", help="with --checkpoint: one forward pass, no fitting")
+    add_scan_argument(parser)
     parser.add_argument("--out", default="outputs/study", help="output folder (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted)")
     parser.add_argument(
@@ -116,6 +118,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--amortized needs --checkpoint CKPT (a U-Net trained with `actmatch fit`)")
     if args.amortized and args.config:
         parser.error("--amortized rows are the checkpoints' own recipes; leave out --config")
+    check_scan_argument(parser, args)
     if args.exam_seed == args.seed:
         parser.error("--exam-seed must differ from --seed: the exam's draws must come from a seed stream the fit never uses")
     return args
@@ -345,7 +348,7 @@ def study_rows(
 
 
 def main(command: str, argv: list[str]) -> int:
-    from actmatch.commands.explain import build_explainer, explain_files, use_checkpoint
+    from actmatch.commands.explain import build_explainer, explain_files, use_amortized_scan, use_checkpoint
     from actmatch.datamodules.images import ImageReadError
 
     args = parse_args(argv)
@@ -362,6 +365,9 @@ def main(command: str, argv: list[str]) -> int:
             explainer = build_explainer(config, args.backbone, args.weights, args.steps, classifier=classifier)
             if checkpoint:
                 init_state = use_checkpoint(explainer, checkpoint, args.amortized)
+            if args.scan:
+                use_amortized_scan(explainer, args.scan)
+                name = f"{name}+scan{args.scan}"
             if exam is None:
                 exam = default_exam(_photos(args, paths, explainer.classifier.input_size), args.exam_seed)
             leaks = held_out_leaks(explainer.families, exam)

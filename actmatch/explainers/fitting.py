@@ -203,6 +203,17 @@ class FitStrategy:
         (mask (B, 1, H, W), soft (B, 1, H, W), kept (B,)) for the smallest-kept selection."""
         return []
 
+    def check_fill(self, fill: str) -> None:
+        """Raise ValueError, naming the fix, where the criterion checks with another fill than
+        the explainer's ``fill`` (the one its masks are fitted and read with)."""
+        fills = self.criterion.fills - {fill}
+        if fills:
+            raise ValueError(
+                f"{type(self).__name__}: the criterion {self.criterion!r} checks with the fill "
+                f"{sorted(fills)}, but the explainer's steps fill with {fill!r}; set the "
+                f"criterion's fill to {fill!r} (or the explainer's fill to match)"
+            )
+
     # ---------------------------------------------------------------- the loop
     def counted(self, explainer, key: str) -> CountedClassifier:
         """The explainer's classifier, counting the images it classifies under ``passes[key]``."""
@@ -210,13 +221,7 @@ class FitStrategy:
 
     def fit(self, explainer, images: torch.Tensor, unet: nn.Module, reference, steps: int, progress=None) -> FitResult:
         """Fit ``unet`` on ``images`` (B, 3, H, W), select a mask per image and run the stages."""
-        fills = self.criterion.fills - {explainer.fill}
-        if fills:
-            raise ValueError(
-                f"{type(self).__name__}: the criterion {self.criterion!r} checks with the fill "
-                f"{sorted(fills)}, but the explainer's steps fill with {explainer.fill!r}; set the "
-                f"criterion's fill to {explainer.fill!r} (or the explainer's fill to match)"
-            )
+        self.check_fill(explainer.fill)
         optimizer = torch.optim.Adam(unet.parameters(), lr=self.lr)
         target = reference[0].argmax(-1)
         robust_best, kept_best = _Best(images), _Best(images)

@@ -26,6 +26,7 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import FAMILY_OF_FILL, FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
+from actmatch.explainers.criteria import CountedClassifier
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY, network_spec
 from actmatch.explainers.fitting import FitStrategy, default_fitting
 from actmatch.explainers.independent import IndependentNets
@@ -39,6 +40,7 @@ from actmatch.explainers.losses import (
     amortized_loss_terms,
     default_loss_terms,
 )
+from actmatch.explainers.stages import FitState, Stage
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
 from actmatch.explainers.unet import MaskUNet, binarize
 
@@ -121,6 +123,10 @@ class ActMatchExplainer(L.LightningModule):
         fitting: how per-image masks are fitted and selected (a
             :class:`~actmatch.explainers.fitting.FitStrategy`); None: :func:`default_fitting`
             (area continuation, the ``faithful`` preset).
+        amortized_stages: post-fit stages (:mod:`actmatch.explainers.stages`, e.g. ``[Scan(16)]``)
+            run on the masks of the ``amortized`` mode's forward pass, each asking ``fitting``'s
+            criterion, as they run after a per-image fit (:meth:`refined`); none: the pass's masks
+            as they are.
         classifier: an already loaded classifier (overrides ``backbone``/``weights`` and the
             four arguments below).
         labels: class names, or a file of them (one per line, a JSON list or a JSON dict
@@ -155,6 +161,7 @@ class ActMatchExplainer(L.LightningModule):
         restarts: int = 1,
         mode: str = "per_image",
         fitting: FitStrategy | None = None,
+        amortized_stages: list[Stage] | None = None,
         classifier: FrozenClassifier | None = None,
         labels: list[str] | str | None = None,
         mean: list[float] | None = None,
@@ -167,7 +174,7 @@ class ActMatchExplainer(L.LightningModule):
         built_in = all(part is None for part in (losses, fitting, unet, taps))
         if (recipe, recipe_version) == ("custom", 0) and built_in and (fill, restarts, mode) == ("mean", 1, "per_image"):
             recipe, recipe_version = DEFAULT_RECIPE, DEFAULT_RECIPE_VERSION
-        self.save_hyperparameters(ignore=["unet", "losses", "classifier", "fitting"])
+        self.save_hyperparameters(ignore=["unet", "losses", "classifier", "fitting", "amortized_stages"])
         self.hparams.update(recipe=recipe, recipe_version=recipe_version)  # the name it goes by, as resolved above
         if fill not in FILLS:
             raise ValueError(f"unknown fill {fill!r}; choose one of {FILLS}")
@@ -193,6 +200,7 @@ class ActMatchExplainer(L.LightningModule):
         self.losses = nn.ModuleList(losses)
         self.fitting = fitting or default_fitting()
         self.fill, self.lr, self.steps, self.mode, self.restarts = fill, lr, steps, mode, restarts
+        self.amortized_stages = self.checked_amortized_stages(amortized_stages or [])
         self.recipe, self.recipe_version = recipe, recipe_version
 
     def reading_classifier(self, net: nn.Module) -> nn.Module:
@@ -392,10 +400,56 @@ class ActMatchExplainer(L.LightningModule):
         start = time.perf_counter()
         images = images.to(self.device)
         mask, soft = self.ranked_masks(images)
-        result = self.evaluate(images, mask, self._class_logits_read(images))
+        logits, passes = self._class_logits_read(images), dict[str, int]()
+        if self.amortized_stages:
+            mask, logits, passes = self.refined(images, mask, soft, logits)
+        result = self.evaluate(images, mask, logits)
         result.soft_masks = soft.detach().cpu()
-        result.seconds = time.perf_counter() - start
+        result.seconds, result.passes = time.perf_counter() - start, passes
         return result
+
+    def checked_amortized_stages(self, stages: list[Stage]) -> list[Stage]:
+        """``stages`` as :attr:`amortized_stages`, or ValueError naming the fix: each a
+        :class:`~actmatch.explainers.stages.Stage` that serves ``fitting``'s criterion and reads no
+        step masks (an amortized pass has none)."""
+        stages = list(stages)
+        after_pass = copy.copy(self.fitting)  # what the stages see: the pass's masks, as a fit's last step
+        after_pass.select, after_pass.stages = "last", stages
+        for stage in stages:
+            if not isinstance(stage, Stage):
+                raise ValueError(f"amortized_stages is a list of Stage (e.g. [Scan(16)]), got {stage!r}")
+            if stage.candidates:
+                raise ValueError(
+                    f"{stage!r} reads the fit's step masks, which an amortized pass does not have; "
+                    f"use Scan, Prune or BorderFree after a pass, {type(stage).__name__} after a fit"
+                )
+            stage.check(after_pass)
+        if stages:
+            self.fitting.check_fill(self.fill)
+        return stages
+
+    @torch.no_grad()
+    def refined(
+        self, images: torch.Tensor, masks: torch.Tensor, soft: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        """The amortized ``masks`` (B, 1, H, W) refined by :attr:`amortized_stages`, each asking
+        ``fitting``'s criterion with the ranking ``soft`` as after a per-image fit, where a mask
+        the criterion does not accept counts as a fit that found none (``Scan`` then also cuts
+        above its area). Returns the masks, the logits on ``images`` (``logits`` if given) and
+        the images each part classified: ``forward`` (the originals, where not given),
+        ``accepted`` (the pass's masks) and each stage's name."""
+        passes: dict[str, int] = {}
+        if logits is None:
+            logits = CountedClassifier(self.classifier, passes, "forward")(images)
+        target, criterion = logits.argmax(-1), self.fitting.criterion
+        counted = CountedClassifier(self.classifier, passes, "accepted")
+        one = [slice(i, i + 1) for i in range(len(images))]
+        accepted = torch.cat([criterion.accepts(counted, images[i], masks[i], logits[i], target[i]) for i in one])
+        state = FitState(self.classifier, images, logits, target, masks.clone(), soft, criterion, self.amortized_stages, accepted)
+        for stage in self.amortized_stages:
+            state.classifier = CountedClassifier(self.classifier, passes, stage.name)
+            stage.run(state)
+        return state.masks, logits, passes
 
     def _class_logits_read(self, images: torch.Tensor) -> torch.Tensor | None:
         """The classifier's logits on ``images`` as the mask network's last pass read them (a network

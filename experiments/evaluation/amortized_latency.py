@@ -1,7 +1,7 @@
 """Latency of an amortized explanation against one classifier forward pass, B = 1, in one run.
 
     .venv/bin/python experiments/evaluation/amortized_latency.py CKPT [--backbone efficientnet_lite0]
-        [--rounds 60] [--threads N] [--device cpu]
+        [--rounds 60] [--threads N] [--device cpu] [--scan N]
 
 The checkpoint's U-Net (``actmatch fit``) on scikit-image's espresso photo at the classifier's
 input size (224 px for Lite0). Each round times, in a fresh random order:
@@ -14,6 +14,9 @@ input size (224 px for Lite0). Each round times, in a fresh random order:
   reads the explained classifier (FeatureMaskNet with the class map) gives f(x) from the pass
   that makes m(x), so only f(e) is a second pass;
 * ``explain − forward`` (derived per round): what an explanation adds to classifying the image.
+
+With ``--scan N`` the ``explain`` rows also cut the ranking at N areas and keep the smallest cut
+the recipe's criterion accepts (``actmatch explain --amortized --scan N``).
 
 Prints the median milliseconds of each, and the median of the per-round ratios to ``forward``
 with a 95 % bootstrap interval over rounds (rounds pair the timings, so the ratio is measured
@@ -31,7 +34,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from actmatch.commands.explain import build_explainer, use_checkpoint
+from actmatch.commands.explain import build_explainer, use_amortized_scan, use_checkpoint
 from actmatch.evaluation.statistics import bootstrap_ci
 from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.unet import binarize
@@ -51,12 +54,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scan", type=int, default=None, metavar="N", help="explain with --scan N (default: one pass)")
     args = parser.parse_args()
     keep_freed_memory()  # as the actmatch CLI does
     if args.threads:
         torch.set_num_threads(args.threads)
     explainer = build_explainer(None, args.backbone)
     use_checkpoint(explainer, args.checkpoint, amortized=True)  # its network, one pass
+    if args.scan:
+        use_amortized_scan(explainer, args.scan)
     explainer.to(args.device).eval()
     classifier, unet = explainer.classifier, explainer.unet.eval()
     x = espresso(classifier.input_size).to(args.device)
@@ -89,7 +95,8 @@ def main() -> None:
                 sync()
                 times[name].append(time.perf_counter() - start)
     threads = torch.get_num_threads()
-    print(f"{args.checkpoint}: {classifier.name}, B = 1, {x.shape[-1]} px, {args.rounds} rounds, {threads} threads")
+    setting = f"{classifier.name}, B = 1, {x.shape[-1]} px, {args.rounds} rounds, {threads} threads"
+    print(f"{args.checkpoint} ({explainer.recipe}): {setting}")
     print(f"{'':<18} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}")
     times["explain − forward"] = [t - f for t, f in zip(times["explain"], times["forward"])]
     for name in times:
