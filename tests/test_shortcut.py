@@ -13,77 +13,25 @@ import json
 import shutil
 from pathlib import Path
 
-import lightning as L
-import numpy as np
 import pytest
-from PIL import Image
 
-from actmatch.classifier_training import ClassifierTrainer
 from actmatch.commands import explain as explain_cmd
-from actmatch.datamodules.synthetic import SyntheticDataModule, SyntheticEvidence, write_images
+from actmatch.evaluation.shortcut import patch_overlap, train_shortcut_classifier, write_held_out
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def patch_overlap(mask_png: Path, patch_png: Path) -> tuple[float, float]:
-    """(share of the mask's pixels on the patch, share of the patch's pixels the mask keeps)."""
-    mask = np.asarray(Image.open(mask_png)) > 127
-    patch = np.asarray(Image.open(patch_png)) > 127
-    both = (mask & patch).sum()
-    return float(both / max(mask.sum(), 1)), float(both / patch.sum())
-
-
 @pytest.mark.behaviour
 def test_the_per_image_mask_finds_the_planted_shortcut(tmp_path):
-    L.seed_everything(0)
-    data = SyntheticDataModule(
-        num_classes=4,
-        image_size=64,
-        variant="shortcut",
-        background="clutter",
-        train_size=1024,
-        val_size=128,
-        test_size=128,
-        batch_size=32,
-    )
     weights = tmp_path / "model.pth"
-    trainer_module = ClassifierTrainer("test_resnet", num_classes=4, lr=3e-3, export_path=str(weights))
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(trainer_module, data)
-    accuracy = trainer.test(trainer_module, data, verbose=False)[0]["test/accuracy"]
-    assert accuracy > 0.9  # the patch decides (the object's shape is drawn at random)
+    assert train_shortcut_classifier(weights, tmp_path) > 0.9  # the patch decides (the object's shape is drawn at random)
 
-    held_out = SyntheticEvidence(20, num_classes=4, image_size=64, variant="shortcut", background="clutter", seed=99)
     images = tmp_path / "held_out"
-    held_out_paths = write_images(held_out, images)  # and the patches' masks in images/masks/, not to explain
-    labels = tmp_path / "labels.txt"
-    labels.write_text("red patch\ngreen patch\nblue patch\nyellow patch\n")  # PATCH_COLOURS, in class order
+    held_out_paths = write_held_out(images)  # and the patches' masks in images/masks/, not to explain
     out = tmp_path / "explained"
-    code = explain_cmd.main(
-        "explain",
-        [
-            *map(str, held_out_paths),
-            "--out",
-            str(out),
-            "--backbone",
-            "test_resnet",
-            "--weights",
-            str(weights),
-            "--input-size",
-            "64",
-            "--labels",
-            str(labels),
-        ],
-    )
-    assert code == 0
+    argv = ["--out", str(out), "--backbone", "test_resnet", "--weights", str(weights), "--input-size", "64",
+            "--labels", str(images / "labels.txt")]  # fmt: skip
+    assert explain_cmd.main("explain", [*map(str, held_out_paths), *argv]) == 0
     found, covered = [], []
     for path in sorted(images.glob("*.png")):
         summary = json.loads((out / path.stem / "summary.json").read_text())

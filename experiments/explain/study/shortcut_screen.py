@@ -16,38 +16,16 @@ import json
 import statistics
 from pathlib import Path
 
-import lightning as L
-import numpy as np
-from PIL import Image
-
-from actmatch.classifier_training import ClassifierTrainer
 from actmatch.commands import explain as explain_cmd
-from actmatch.datamodules.synthetic import SyntheticDataModule, SyntheticEvidence, write_images
-
-LABELS = "red patch\ngreen patch\nblue patch\nyellow patch\n"  # PATCH_COLOURS, in class order
+from actmatch.evaluation.shortcut import patch_overlap, train_shortcut_classifier, write_held_out
 
 
 def trained_classifier(out: Path) -> Path:
     """The test's shortcut classifier (trained here once, then reused)."""
     weights = out / "model.pth"
-    if weights.is_file():
-        return weights
-    L.seed_everything(0)
-    data = SyntheticDataModule(num_classes=4, image_size=64, variant="shortcut", background="clutter",
-                               train_size=1024, val_size=128, test_size=128, batch_size=32)  # fmt: skip
-    module = ClassifierTrainer("test_resnet", num_classes=4, lr=3e-3, export_path=str(weights))
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out)  # fmt: skip
-    trainer.fit(module, data)
-    print(f"test accuracy {trainer.test(module, data, verbose=False)[0]['test/accuracy']:.3f}")
+    if not weights.is_file():
+        print(f"test accuracy {train_shortcut_classifier(weights, out):.3f}")
     return weights
-
-
-def on_patch(mask_png: Path, patch_png: Path) -> tuple[float, float]:
-    """(share of the mask's pixels on the patch, share of the patch the mask keeps)."""
-    mask, patch = np.asarray(Image.open(mask_png)) > 127, np.asarray(Image.open(patch_png)) > 127
-    both = (mask & patch).sum()
-    return float(both / max(mask.sum(), 1)), float(both / patch.sum())
 
 
 def main() -> None:
@@ -59,10 +37,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     weights = trained_classifier(out)
     images = out / "held_out"
-    held_out = SyntheticEvidence(20, num_classes=4, image_size=64, variant="shortcut", background="clutter", seed=99)
-    paths = write_images(held_out, images)
-    (out / "labels.txt").write_text(LABELS)
-    common = ["--backbone", "test_resnet", "--weights", str(weights), "--input-size", "64", "--labels", str(out / "labels.txt")]
+    paths = write_held_out(images)
+    common = [
+        "--backbone",
+        "test_resnet",
+        "--weights",
+        str(weights),
+        "--input-size",
+        "64",
+        "--labels",
+        str(images / "labels.txt"),
+    ]
     for config in args.configs:
         name = "default" if config == "default" else Path(config).stem
         folder = out / name
@@ -72,7 +57,7 @@ def main() -> None:
         areas = []
         for path in sorted(images.glob("*.png")):
             summary = json.loads((folder / path.stem / "summary.json").read_text())
-            share, coverage = on_patch(folder / path.stem / "mask.png", images / "masks" / path.name)
+            share, coverage = patch_overlap(folder / path.stem / "mask.png", images / "masks" / path.name)
             kept += summary["label_kept"]
             found += summary["label_kept"] and share >= 0.8
             covered += summary["label_kept"] and coverage >= 0.8
