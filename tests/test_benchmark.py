@@ -23,6 +23,7 @@ from actmatch.evaluation.benchmark import (
 )
 from actmatch.evaluation.families import default_exam
 from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY
 from actmatch.explainers.unet import MaskUNet
 
 CHEAP = [
@@ -57,7 +58,9 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(load_classifier("test_efficientnet", pretrained=False).model.state_dict(), weights)
     ckpt = root / "fit.ckpt"
-    torch.save({"state_dict": {f"unet.{k}": v for k, v in MaskUNet().state_dict().items()}}, ckpt)
+    unet = MaskUNet()
+    spec = {"class_path": "actmatch.explainers.unet.MaskUNet", "init_args": unet.init_args()}
+    torch.save({"state_dict": {f"unet.{k}": v for k, v in unet.state_dict().items()}, UNET_INIT_KEY: spec}, ckpt)
     pool = root / "pool"
     pool.mkdir()
     Image.fromarray(skimage.data.astronaut()).resize((90, 90)).save(pool / "astronaut.png")
@@ -312,7 +315,7 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
     saved = tmp_path / "settings.json"
     saved.write_text(json.dumps(settings()))
     am = json.loads(saved.read_text())["methods"]["am"]
-    assert (am["recipe"], am["recipe_version"], len(am["recipe_digest"])) == ("faithful", 1, 8)
+    assert (am["recipe"], am["recipe_version"], len(am["recipe_digest"])) == ("faithful", 2, 8)
     assert benchmark.settings_changes(saved, settings()) == []
     assert benchmark.settings_changes(saved, settings("--config", str(config))) == [
         "methods.am.recipe",

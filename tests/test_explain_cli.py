@@ -137,7 +137,7 @@ def test_a_failure_halfway_keeps_the_previous_result(small_coffee_path, tmp_path
 
 
 def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
-    """The default recipe (no --config: lookahead, scan, pruning, border-free cut) at a 64 px input,
+    """The default recipe (no --config: class-map network, lookahead, scan, border-free cut) at a 64 px input,
     where every stage runs on few cells; its results go by the faithful preset's name and version."""
     masks = []
     for name in ("a", "b"):
@@ -147,7 +147,7 @@ def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
         masks.append((tmp_path / name / "small_coffee" / "mask.png").read_bytes())
     assert masks[0] == masks[1]
     summary = json.loads((tmp_path / "a" / "small_coffee" / "summary.json").read_text())
-    assert (summary["recipe"], summary["recipe_version"]) == ("faithful", 1)
+    assert (summary["recipe"], summary["recipe_version"]) == ("faithful", 2)
 
 
 def test_config_file_and_flags(small_coffee_path, tmp_path):

@@ -3,9 +3,9 @@ save its state dict, explain held-out images with `actmatch explain --weights`, 
 the per-image masks find the patch: every explanation keeps the label and either lies on the patch (at
 least 80 % of the mask's pixels) or holds at least 80 % of it, and on at least 15 of the 20 images it lies on it.
 
-Measured with the default recipe (``faithful`` v1, one thread): 17 of 20 masks lie on the patch (0.6-1.2 %
-of the image); the 3 others are yellow-patch images whose 0.9-confident explanation holds 88-100 % of the
-patch and some of the scene (11-55 % of the mask on the patch)."""
+Measured with the default recipe (``faithful`` v2, one thread): 15 of 20 masks lie on the patch (0.7-1.9 %
+of the image); the 5 others hold 83-100 % of the patch and some of the scene (4-79 % of the mask on the
+patch). ``faithful`` v1: 17 of 20."""
 
 from __future__ import annotations
 

@@ -255,3 +255,36 @@ def _pool_linear_head(classifier: FrozenClassifier) -> bool:
 def _resized(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """x bilinearly resized to ``size`` (unchanged where it has that size)."""
     return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def reads_feature_maps(classifier: FrozenClassifier, stages: int = 4) -> bool:
+    """Whether :class:`FeatureMaskNet` can read ``classifier``: timm's feature stages (at least
+    ``stages``), ``forward_intermediates`` and ``forward_head``, and final features that are a
+    convolutional map (B, C, h, w), checked with one pass on a blank image."""
+    model = cast(Any, classifier.model)
+    info = getattr(model, "feature_info", None)
+    methods = ("forward_intermediates", "forward_head")
+    if not info or len(info) < stages or not all(callable(getattr(model, f, None)) for f in methods):
+        return False
+    if getattr(model, "output_fmt", "NCHW") != "NCHW":
+        return False
+    blank = torch.zeros(1, 3, classifier.input_size, classifier.input_size, device=next(classifier.parameters()).device)
+    try:
+        with torch.no_grad():
+            final, _ = model.forward_intermediates(classifier.normalize(blank), indices=[len(info) - 1])
+    except (RuntimeError, ValueError, TypeError, AssertionError):
+        return False
+    return isinstance(final, torch.Tensor) and final.dim() == 4
+
+
+def default_mask_network(classifier: FrozenClassifier) -> nn.Module:
+    """The built-in recipe's mask network: a decoder on ``classifier``'s own last four feature
+    stages (strides 4 to 32 of most CNNs) that corrects its class activation map
+    (``FeatureMaskNet(classifier, stages=[-4, -3, -2, -1], class_map=True)``, width 32) where the
+    classifier ends in a convolutional feature map; elsewhere (transformers, models without timm's
+    feature stages) a :class:`~actmatch.explainers.unet.MaskUNet` at 56 px with replicate padding."""
+    if reads_feature_maps(classifier):
+        return FeatureMaskNet(classifier, stages=(-4, -3, -2, -1), class_map=True)
+    from actmatch.explainers.unet import MaskUNet
+
+    return MaskUNet(working_size=56, padding_mode="replicate")

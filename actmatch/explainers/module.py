@@ -27,6 +27,7 @@ from torch import nn
 from actmatch.explainers.backgrounds import FAMILY_OF_FILL, FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
 from actmatch.explainers.criteria import CountedClassifier
+from actmatch.explainers.feature_masknet import default_mask_network
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY, network_spec
 from actmatch.explainers.fitting import FitStrategy, default_fitting
 from actmatch.explainers.independent import IndependentNets
@@ -42,14 +43,14 @@ from actmatch.explainers.losses import (
 )
 from actmatch.explainers.stages import FitState, Stage
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
-from actmatch.explainers.unet import MaskUNet, binarize
+from actmatch.explainers.unet import binarize
 
 __all__ = ["ActMatchExplainer", "Explanation", "StepOutput", "DEFAULT_RECIPE", "DEFAULT_RECIPE_VERSION", "UNET_INIT_KEY"]
 
 #: the name and version of the built-in recipe (:func:`default_loss_terms`, :func:`default_fitting`, the
 #: default U-Net, fill and restarts), which experiments/explain/faithful.yaml spells out
 DEFAULT_RECIPE = "faithful"
-DEFAULT_RECIPE_VERSION = 1
+DEFAULT_RECIPE_VERSION = 2
 
 
 @dataclass
@@ -107,10 +108,11 @@ class ActMatchExplainer(L.LightningModule):
         num_classes: number of classes; default: the checkpoint's head (or the model's default).
         taps: layers whose features are matched; None taps the backbone's feature stages.
         unet: the mask network (images -> mask logits, with ``reset_parameters`` and ``init_args``);
-            None builds a :class:`MaskUNet` working at 56 px (1/4 of 224) with replicate padding.
-            :class:`~actmatch.explainers.feature_masknet.FeatureMaskNet` reads the classifier's own
-            features instead: any part of the network with ``read_classifier`` reads this
-            explainer's classifier (:meth:`reading_classifier`).
+            None: :func:`~actmatch.explainers.feature_masknet.default_mask_network`, a decoder on the
+            classifier's own features that corrects its class activation map (a
+            :class:`~actmatch.explainers.unet.MaskUNet` at 56 px for classifiers without
+            convolutional feature maps). Any part of the network with ``read_classifier`` reads
+            this explainer's classifier (:meth:`reading_classifier`).
         losses: loss terms; None uses :func:`default_loss_terms` per image and
             :func:`amortized_loss_terms` (with a weighted area term) in ``amortized`` mode.
         fill: value of removed pixels: ``mean`` (dataset mean colour), ``black`` or ``blur``.
@@ -196,7 +198,7 @@ class ActMatchExplainer(L.LightningModule):
             backbone, weights, pretrained, num_classes, labels, mean=mean, std=std, input_size=input_size
         )
         self.taps = validate_layers(self.classifier, taps) if taps is not None else default_taps(self.classifier)
-        self.unet: nn.Module = self.reading_classifier(unet or MaskUNet(working_size=56, padding_mode="replicate"))
+        self.unet: nn.Module = self.reading_classifier(unet or default_mask_network(self.classifier))
         self.losses = nn.ModuleList(losses)
         self.fitting = fitting or default_fitting()
         self.fill, self.lr, self.steps, self.mode, self.restarts = fill, lr, steps, mode, restarts
