@@ -120,6 +120,9 @@ def test_explain_scans_the_amortized_ranking_under_its_own_recipe_name(shipped_c
     with pytest.raises(SystemExit):
         explain_main("explain", argv + ["--scan", "4"])
     assert "--scan refines the masks of one amortized pass; add --amortized" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        explain_main("explain", argv + ["--amortized", "--border-free", "1.5"])
+    assert "--border-free F cuts the scanned ranking again: it needs --scan N" in capsys.readouterr().err
     assert explain_main("explain", argv + ["--amortized", "--scan", "4"]) == 0
     summary = json.loads(next((tmp_path / "out").rglob("summary.json")).read_text())
     assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+scan4", 2)

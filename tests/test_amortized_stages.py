@@ -103,3 +103,30 @@ def test_a_criterion_with_another_fill_is_refused_with_the_fix(lite0):
     fitting = AreaContinuation(criterion=Confident(0.9, fill="black"))
     with pytest.raises(ValueError, match="set the criterion's fill to 'mean'"):
         ActMatchExplainer(classifier=lite0, unet=net, mode="amortized", fitting=fitting, amortized_stages=[Scan(), BorderFree()])
+
+
+def test_a_band_free_cut_after_the_scan_leaves_the_border_or_the_mask(lite0):
+    """BorderFree after a pass: each mask is either the scan's or a cut without the border band, at
+    most 1.5 × its area, that keeps the label confidently (checked by hand)."""
+    from actmatch.explainers.masks import border_band
+
+    images = _photos()
+    scanned = _explainer(lite0, 0.9, [Scan(areas=AREAS, min_area=MIN_AREA)]).explain(images)
+    band_free = _explainer(lite0, 0.9, [Scan(areas=AREAS, min_area=MIN_AREA), BorderFree(factor=1.5)]).explain(images)
+    band = border_band(scanned.masks[:1])
+    fill = torch.tensor(lite0.data_config["mean"]).view(1, 3, 1, 1)
+    changed = 0
+    for i in range(len(images)):
+        before, after = scanned.masks[i : i + 1], band_free.masks[i : i + 1]
+        if torch.equal(before, after):
+            continue
+        changed += 1
+        assert not after[band].any() and before[band].any()
+        assert float(after.mean()) <= 1.5 * float(before.mean()) + 1e-6
+        with torch.no_grad():
+            p_x = lite0(images[i : i + 1]).softmax(-1)[0]
+            p_e = lite0(after * images[i : i + 1] + (1 - after) * fill).softmax(-1)[0]
+        y = int(p_x.argmax())
+        assert int(p_e.argmax()) == y and float(p_e[y]) >= 0.9 * float(p_x[y])
+    assert changed == 1  # the espresso's scanned mask reaches into the band; the cat's does not
+    assert band_free.passes["scan"] == scanned.passes["scan"]

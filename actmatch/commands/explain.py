@@ -32,7 +32,7 @@ from actmatch.datamodules.images import ImageItem, ImageReadError, expand_image_
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.fit_checkpoint import FitCheckpoint
 from actmatch.explainers.module import ActMatchExplainer, Explanation
-from actmatch.explainers.stages import Scan
+from actmatch.explainers.stages import BorderFree, Scan
 from actmatch.report import write_report
 from actmatch.results import as_items, clean_staging, explanation_at, finished_rows, recipe_digest, write_result, write_summary
 
@@ -113,6 +113,14 @@ def add_scan_argument(parser: argparse.ArgumentParser) -> None:
         help="with --amortized: cut the pass's ranking at N areas and keep the smallest cut the recipe's "
         "criterion accepts (one batched pass of N masks per image; two where the pass's mask is not accepted)",
     )
+    parser.add_argument(
+        "--border-free",
+        type=float,
+        default=None,
+        metavar="F",
+        help="with --scan: then the smallest accepted cut of the ranking that leaves the image's border band "
+        "alone, where it needs at most F times the area (the per-image recipe's BorderFree stage)",
+    )
 
 
 def check_scan_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -120,6 +128,8 @@ def check_scan_argument(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--scan refines the masks of one amortized pass; add --amortized (a per-image recipe has its own stages)")
     if args.scan is not None and not 1 <= args.scan <= 1024:
         parser.error(f"--scan must be in 1..1024, got {args.scan}")
+    if args.border_free is not None and (args.scan is None or args.border_free < 1):
+        parser.error(f"--border-free F cuts the scanned ranking again: it needs --scan N and F >= 1, got {args.border_free}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,12 +278,15 @@ def use_checkpoint(explainer: ActMatchExplainer, path: str, amortized: bool) -> 
     return explainer.unet.state_dict()
 
 
-def use_amortized_scan(explainer: ActMatchExplainer, areas: int) -> None:
+def use_amortized_scan(explainer: ActMatchExplainer, areas: int, border_free: float | None = None) -> None:
     """Refine ``explainer``'s amortized masks by the smallest accepted cut of their ranking
-    (:class:`~actmatch.explainers.stages.Scan` with ``areas`` cuts, the recipe's criterion); the
-    recipe's name gains ``+scan<areas>`` (e.g. ``amortized-lite0+scan16``)."""
-    explainer.amortized_stages = explainer.checked_amortized_stages([Scan(areas=areas)])
-    explainer.recipe = f"{explainer.recipe}+scan{areas}"
+    (:class:`~actmatch.explainers.stages.Scan` with ``areas`` cuts, the recipe's criterion), then,
+    with ``border_free``, by a band-free cut of at most that many times the area
+    (:class:`~actmatch.explainers.stages.BorderFree`); the recipe's name gains ``+scan<areas>``
+    (and ``+bf<factor>``), e.g. ``amortized-lite0+scan16``."""
+    stages = [Scan(areas=areas)] + ([BorderFree(factor=border_free)] if border_free else [])
+    explainer.amortized_stages = explainer.checked_amortized_stages(stages)
+    explainer.recipe = f"{explainer.recipe}+scan{areas}" + (f"+bf{border_free:g}" if border_free else "")
 
 
 def print_table(rows: list[dict], agg: dict, stream=None) -> None:
@@ -476,7 +489,7 @@ def main(command: str, argv: list[str]) -> int:
         # the checkpoint's own network: one pass with --amortized, else the fit's starting point
         init_state = use_checkpoint(explainer, args.checkpoint, args.amortized) if args.checkpoint else None
         if args.scan:
-            use_amortized_scan(explainer, args.scan)
+            use_amortized_scan(explainer, args.scan, args.border_free)
     except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
         print(f"actmatch {command}: {err}", file=sys.stderr)
         return 2

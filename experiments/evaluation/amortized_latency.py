@@ -1,7 +1,7 @@
 """Latency of an amortized explanation against one classifier forward pass, B = 1, in one run.
 
     .venv/bin/python experiments/evaluation/amortized_latency.py CKPT [--backbone efficientnet_lite0]
-        [--rounds 60] [--threads N] [--device cpu] [--scan N]
+        [--rounds 60] [--threads N] [--device cpu] [--scan N [--border-free F]]
 
 The checkpoint's U-Net (``actmatch fit``) on scikit-image's espresso photo at the classifier's
 input size (224 px for Lite0). Each round times, in a fresh random order:
@@ -16,7 +16,8 @@ input size (224 px for Lite0). Each round times, in a fresh random order:
 * ``explain − forward`` (derived per round): what an explanation adds to classifying the image.
 
 With ``--scan N`` the ``explain`` rows also cut the ranking at N areas and keep the smallest cut
-the recipe's criterion accepts (``actmatch explain --amortized --scan N``).
+the recipe's criterion accepts (``actmatch explain --amortized --scan N``), and with
+``--border-free F`` a band-free cut of at most F times its area.
 
 Prints the median milliseconds of each, and the median of the per-round ratios to ``forward``
 with a 95 % bootstrap interval over rounds (rounds pair the timings, so the ratio is measured
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scan", type=int, default=None, metavar="N", help="explain with --scan N (default: one pass)")
+    parser.add_argument("--border-free", type=float, default=None, metavar="F", help="with --scan: and --border-free F")
     args = parser.parse_args()
     keep_freed_memory()  # as the actmatch CLI does
     if args.threads:
@@ -62,7 +64,7 @@ def main() -> None:
     explainer = build_explainer(None, args.backbone)
     use_checkpoint(explainer, args.checkpoint, amortized=True)  # its network, one pass
     if args.scan:
-        use_amortized_scan(explainer, args.scan)
+        use_amortized_scan(explainer, args.scan, args.border_free)
     explainer.to(args.device).eval()
     classifier, unet = explainer.classifier, explainer.unet.eval()
     x = espresso(classifier.input_size).to(args.device)
