@@ -32,7 +32,7 @@ from actmatch.datamodules.images import ImageItem, ImageReadError, expand_image_
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.fit_checkpoint import FitCheckpoint
 from actmatch.explainers.module import ActMatchExplainer, Explanation
-from actmatch.explainers.stages import BorderFree, Scan
+from actmatch.explainers.stages import BorderFree, Scan, Stage
 from actmatch.report import write_report
 from actmatch.results import as_items, clean_staging, explanation_at, finished_rows, recipe_digest, write_result, write_summary
 
@@ -284,7 +284,7 @@ def use_amortized_scan(explainer: ActMatchExplainer, areas: int, border_free: fl
     with ``border_free``, by a band-free cut of at most that many times the area
     (:class:`~actmatch.explainers.stages.BorderFree`); the recipe's name gains ``+scan<areas>``
     (and ``+bf<factor>``), e.g. ``amortized-lite0+scan16``."""
-    stages = [Scan(areas=areas)] + ([BorderFree(factor=border_free)] if border_free else [])
+    stages: list[Stage] = [Scan(areas=areas)] + ([BorderFree(factor=border_free)] if border_free else [])
     explainer.amortized_stages = explainer.checked_amortized_stages(stages)
     explainer.recipe = f"{explainer.recipe}+scan{areas}" + (f"+bf{border_free:g}" if border_free else "")
 
