@@ -278,15 +278,17 @@ def use_checkpoint(explainer: ActMatchExplainer, path: str, amortized: bool) -> 
     return explainer.unet.state_dict()
 
 
-def use_amortized_scan(explainer: ActMatchExplainer, areas: int, border_free: float | None = None) -> None:
+def use_amortized_scan(explainer: ActMatchExplainer, areas: int, border_free: float | None = None) -> str:
     """Refine ``explainer``'s amortized masks by the smallest accepted cut of their ranking
     (:class:`~actmatch.explainers.stages.Scan` with ``areas`` cuts, the recipe's criterion), then,
     with ``border_free``, by a band-free cut of at most that many times the area
-    (:class:`~actmatch.explainers.stages.BorderFree`); the recipe's name gains ``+scan<areas>``
-    (and ``+bf<factor>``), e.g. ``amortized-lite0+scan16``."""
+    (:class:`~actmatch.explainers.stages.BorderFree`). Returns the suffix the recipe's name gains,
+    ``+scan<areas>`` (and ``+bf<factor>``), e.g. ``amortized-lite0+scan16``."""
     stages: list[Stage] = [Scan(areas=areas)] + ([BorderFree(factor=border_free)] if border_free else [])
     explainer.amortized_stages = explainer.checked_amortized_stages(stages)
-    explainer.recipe = f"{explainer.recipe}+scan{areas}" + (f"+bf{border_free:g}" if border_free else "")
+    suffix = f"+scan{areas}" + (f"+bf{border_free:g}" if border_free else "")
+    explainer.recipe += suffix
+    return suffix
 
 
 def print_table(rows: list[dict], agg: dict, stream=None) -> None:

@@ -366,8 +366,7 @@ def main(command: str, argv: list[str]) -> int:
             if checkpoint:
                 init_state = use_checkpoint(explainer, checkpoint, args.amortized)
             if args.scan:
-                use_amortized_scan(explainer, args.scan, args.border_free)
-                name = f"{name}+scan{args.scan}" + (f"+bf{args.border_free:g}" if args.border_free else "")
+                name += use_amortized_scan(explainer, args.scan, args.border_free)
             if exam is None:
                 exam = default_exam(_photos(args, paths, explainer.classifier.input_size), args.exam_seed)
             leaks = held_out_leaks(explainer.families, exam)

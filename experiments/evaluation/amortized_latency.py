@@ -35,7 +35,13 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from actmatch.commands.explain import build_explainer, use_amortized_scan, use_checkpoint
+from actmatch.commands.explain import (
+    add_scan_argument,
+    build_explainer,
+    check_scan_argument,
+    use_amortized_scan,
+    use_checkpoint,
+)
 from actmatch.evaluation.statistics import bootstrap_ci
 from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.unet import binarize
@@ -55,9 +61,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--scan", type=int, default=None, metavar="N", help="explain with --scan N (default: one pass)")
-    parser.add_argument("--border-free", type=float, default=None, metavar="F", help="with --scan: and --border-free F")
+    add_scan_argument(parser)  # as `actmatch explain --amortized`
+    parser.set_defaults(amortized=True)
     args = parser.parse_args()
+    check_scan_argument(parser, args)
     keep_freed_memory()  # as the actmatch CLI does
     if args.threads:
         torch.set_num_threads(args.threads)
