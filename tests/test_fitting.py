@@ -11,7 +11,7 @@ import torch
 from actmatch.explainers import losses as terms
 from actmatch.explainers.classifier import load_classifier, state_fingerprint
 from actmatch.explainers.criteria import AllOf, Confident, RobustOn, Sufficient
-from actmatch.explainers.fitting import AreaContinuation, ConstrainedFit, PenaltyFit, TopArea
+from actmatch.explainers.fitting import AreaContinuation, ConstrainedFit, PenaltyFit, TopArea, cut_between
 from actmatch.explainers.masks import border_band
 from actmatch.explainers.module import ActMatchExplainer
 from actmatch.explainers.stages import BorderFree, FitState, Prune, Scan, Verify
@@ -160,6 +160,7 @@ def test_constraint_term_missing_is_named(tiny_classifier, rng_images):
         (lambda: PenaltyFit(stages=[Scan(8)]), "checks cuts with the fill only"),
         (lambda: Scan(areas=-1), "1 <= areas"),
         (lambda: AreaContinuation(lookahead_every=0), "lookahead_every >= 1"),
+        (lambda: AreaContinuation(lookahead=4, lookahead_first=0), "lookahead_first is the step"),
         (lambda: AreaContinuation(explore=1.0), "explore must be 0"),
         (lambda: AreaContinuation(noise=-0.1), "noise must be >= 0"),
         (lambda: Scan(areas=8, draws=-1), "0 <= draws"),
@@ -206,6 +207,23 @@ def test_lookahead_jumps_the_target_area_below_the_schedule(rng_images):
 
     schedule, jumped = history(0), history(8)
     assert min(h["target_area"] for h in jumped) < min(h["target_area"] for h in schedule)
+
+
+@pytest.mark.parametrize("first, expected", [(None, [2, 4, 6]), (1, [1, 3, 5]), (4, [4, 6])])
+def test_lookahead_runs_after_its_first_step_then_every_few(tiny_classifier, rng_images, first, expected):
+    """6 steps, a lookahead every 2: after steps 2, 4, 6 by default; from step 1 or 4 when told."""
+    after = []
+
+    class Recording(AreaContinuation):
+        def _look_ahead(self, explainer, ev):
+            after.append(self._step)
+
+    strategy = Recording(lookahead=4, lookahead_every=2, lookahead_first=first)
+    explainer = ActMatchExplainer(
+        classifier=tiny_classifier, unet=MaskUNet(width=4, depth=2, working_size=32), steps=6, restarts=1, fitting=strategy
+    )
+    explainer.fit_images(rng_images[:1], seed=0)
+    assert after == expected
 
 
 def test_lookahead_cuts_are_candidates_of_the_selection(rng_images):
@@ -303,6 +321,20 @@ def test_verification_fallback_when_no_candidate_survives(rng_images, fallback):
     )
     Verify(candidates=4, fallback=fallback).run(fit)
     assert torch.equal(masks[0], small if fallback == "smallest" else large)
+
+
+def test_cut_between_is_the_midpoint_of_the_kth_and_next_largest_values():
+    """Worked by hand on a row with ties, and against a full sort on random rows with a k per row."""
+    row = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0]])  # descending: 3, 2, 2, 1, 0
+    assert cut_between(row, torch.tensor([1])).item() == 2.5  # between 3 and 2
+    assert cut_between(row, torch.tensor([2])).item() == 2.0  # between 2 and 2: a tie, no shift separates them
+    assert cut_between(row, torch.tensor([3])).item() == 1.5
+    assert cut_between(row, torch.tensor([4])).item() == 0.5
+    values = torch.randn(4, 999).round(decimals=1)  # many ties
+    k = torch.tensor([1, 250, 600, 998])
+    ranked = values.sort(1, descending=True).values
+    expected = torch.stack([(ranked[i, j - 1] + ranked[i, j]) / 2 for i, j in enumerate(k.tolist())])[:, None]
+    assert torch.equal(cut_between(values, k), expected)
 
 
 def test_top_area_keeps_the_requested_fraction_on_a_plateau_of_equal_logits():

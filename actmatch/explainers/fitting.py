@@ -51,6 +51,7 @@ __all__ = [
     "ConstrainedFit",
     "AreaContinuation",
     "TopArea",
+    "cut_between",
     "TopFraction",
     "FitResult",
     "SELECTIONS",
@@ -390,17 +391,29 @@ class TopArea(nn.Module):
         if self.noise is not None:  # (1, 1, H, W), in units of each image's logit spread
             logits = logits + self.noise.to(logits) * logits.detach().flatten(1).std(1).view(-1, 1, 1, 1)
         n = logits[0].numel()
-        k = (self.area.to(logits) * n).round().long().clamp(1, n - 1)[:, None]  # (B, 1)
-        ranked = logits.detach().flatten(1).sort(1, descending=True).values  # (B, N)
-        t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2  # (B, 1)
-        plateau = (ranked > t).sum(1, keepdim=True) < k / 2  # (B, 1): the cut falls inside a plateau
+        k = (self.area.to(logits) * n).round().long().clamp(1, n - 1)  # (B,)
+        flat = logits.detach().flatten(1)  # (B, N)
+        t = cut_between(flat, k)  # (B, 1)
+        plateau = (flat > t).sum(1, keepdim=True) < k[:, None] / 2  # (B, 1): the cut falls inside a plateau
         if plateau.any():
-            spread = ranked.std(1, keepdim=True).clamp_min(1.0)
+            spread = flat.std(1, keepdim=True).clamp_min(1.0)
             ramp = torch.linspace(0, 1, n, device=logits.device, dtype=logits.dtype).view_as(logits[:1])
             logits = logits + (1e-3 * spread * plateau).view(-1, 1, 1, 1) * ramp
-            ranked = logits.detach().flatten(1).sort(1, descending=True).values
-            t = (ranked.gather(1, k - 1) + ranked.gather(1, k)) / 2
+            t = cut_between(logits.detach().flatten(1), k)
         return logits - t.view(-1, 1, 1, 1)
+
+
+def cut_between(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, 1): per row of ``values`` (B, N), the midpoint between its k-th and (k+1)-th largest
+    value (1 <= k < N), with k (B,) per row. Two order statistics per row (``kthvalue``, linear
+    time) instead of a sort: the same numbers as ``sorted(descending)[k − 1]`` and ``[k]``."""
+    n = values.shape[1]
+    rows = []
+    for row, k_row in zip(values, k.tolist()):
+        above = row.kthvalue(n - k_row + 1).values  # the k-th largest
+        below = row.kthvalue(n - k_row).values  # the (k+1)-th largest
+        rows.append((above + below) / 2)
+    return torch.stack(rows)[:, None]
 
 
 class TopFraction(nn.Module):
@@ -462,6 +475,9 @@ class AreaContinuation(FitStrategy):
             and jump a_i to the smallest cut the criterion accepts (a line search along the
             U-Net's own ranking; 0: off). Counted as ``lookahead`` in the fit's passes.
         lookahead_every: steps between two lookaheads.
+        lookahead_first: the step after which the first lookahead runs (default ``lookahead_every``;
+            1: right after the first step, e.g. for a fit warm-started from a trained network whose
+            ranking is already good), then every ``lookahead_every`` steps.
         explore: 0, or r in (0, 1): each step is taken at an area below the target, a_i · r^u with u
             from a low-discrepancy sequence over the steps (u_s = frac(s · φ), the same for every
             image, so batched fits equal one-image fits); a kept step moves the target to
@@ -482,6 +498,7 @@ class AreaContinuation(FitStrategy):
         stages: list[Stage] | None = None,
         lookahead: int = 0,
         lookahead_every: int = 10,
+        lookahead_first: int | None = None,
         explore: float = 0.0,
         noise: float = 0.0,
     ) -> None:
@@ -497,6 +514,12 @@ class AreaContinuation(FitStrategy):
                 f"AreaContinuation: need lookahead >= 0 and lookahead_every >= 1, got {lookahead}, {lookahead_every}"
             )
         self.lookahead, self.lookahead_every = lookahead, lookahead_every
+        self.lookahead_first = lookahead_every if lookahead_first is None else lookahead_first
+        if self.lookahead_first < 1:
+            raise ValueError(
+                f"AreaContinuation: lookahead_first is the step after which the first lookahead runs (>= 1), "
+                f"got {lookahead_first}"
+            )
         if not (0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow):
             raise ValueError(
                 f"AreaContinuation: need 0 < min_area <= start_area <= 1 and 0 < shrink < 1 <= grow, got "
@@ -536,7 +559,8 @@ class AreaContinuation(FitStrategy):
             factor = torch.where(satisfied, self.shrink, self.grow)
             self._area = (area * factor).clamp(self.min_area, 1.0)
         self._step += 1
-        if self.lookahead and self._step % self.lookahead_every == 0:
+        since_first = self._step - self.lookahead_first
+        if self.lookahead and since_first >= 0 and since_first % self.lookahead_every == 0:
             self._look_ahead(explainer, out.evidence)
         return {"target_area": self._area.mean().item()}
 
