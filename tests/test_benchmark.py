@@ -24,6 +24,7 @@ from actmatch.evaluation.benchmark import (
 from actmatch.evaluation.families import default_exam
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY
+from actmatch.explainers.stages import BorderFree, Scan
 from actmatch.explainers.unet import MaskUNet
 
 CHEAP = [
@@ -220,6 +221,31 @@ def test_amortized_without_checkpoint_and_unreadable_image_are_named(setup, tmp_
     broken.write_bytes(b"not a jpeg")
     assert benchmark.main("benchmark", ["--images", str(broken), "--methods", "saliency", *common]) == 2
     assert "broken.jpg" in capsys.readouterr().err
+
+
+def test_amortized_scan_refines_am_amortized_and_pairs_it_with_the_baselines(setup, tmp_path, capsys):
+    """--scan N gives am-amortized the recipe's Scan (and BorderFree) stages after its pass, recorded in
+    settings.json under the recipe's name; without `am` the paired table compares am-amortized with
+    every baseline. (What the scan returns is checked in tests/test_amortized_stages.py.)"""
+    photos, weights, ckpt, pool = setup
+    argv = ["--images", str(photos), "--backbone", "test_efficientnet", "--weights", str(weights), "--checkpoint",
+            str(ckpt), "--methods", "am-amortized,gradcam", "--scan", "8", "--border-free", "2", "--out", str(tmp_path),
+            *CHEAP]  # fmt: skip
+    assert benchmark.main("benchmark", argv) == 0
+    settings = json.loads((tmp_path / "settings.json").read_text())["methods"]["am-amortized"]
+    assert settings["scan"] == 8 and settings["border_free"] == 2 and settings["recipe"].endswith("+scan8+bf2")
+    paired = list(csv.DictReader((tmp_path / "paired.csv").open()))
+    assert paired and {(r["reference"], r["baseline"]) for r in paired} == {("am-amortized", "gradcam")}
+    classifier = load_classifier("test_efficientnet", str(weights))
+    method = benchmark.METHODS["am-amortized"](classifier, checkpoint=str(ckpt), scan=8, border_free=2.0)
+    assert [repr(stage) for stage in method.explainer.amortized_stages] == [repr(Scan(areas=8)), repr(BorderFree(factor=2.0))]
+
+
+def test_scan_without_am_amortized_is_refused_with_the_fix(setup, tmp_path, capsys):
+    photos, *_ = setup
+    with pytest.raises(SystemExit):
+        benchmark.main("benchmark", ["--images", str(photos), "--methods", "gradcam", "--scan", "8", "--out", str(tmp_path)])
+    assert "add am-amortized to --methods" in capsys.readouterr().err
 
 
 def test_registry_names_classes():

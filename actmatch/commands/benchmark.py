@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from actmatch.commands.explain import add_model_arguments
+from actmatch.commands.explain import add_model_arguments, add_scan_argument, check_scan_argument
 from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_for_model, resize_for_model, to_tensor
 from actmatch.evaluation.benchmark import (
     HEADERS,
@@ -118,6 +118,7 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=None, help="per-image steps of `am` (default: the explainer's)")
     parser.add_argument("--checkpoint", default=None, help="amortized Lightning checkpoint for `am-amortized`")
+    add_scan_argument(parser)  # am-amortized's masks, as `actmatch explain --amortized --scan N`
     parser.add_argument(
         "--config", default=None, help="explainer YAML for `am` / `am-amortized` (as `actmatch explain --config`)"
     )
@@ -198,6 +199,8 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         "print the tables and, with --out, write summary.csv and paired.csv there",
     )
     args = parser.parse_args(argv)
+    amortized = "am-amortized" in [name.strip() for name in args.methods.split(",")]
+    check_scan_argument(parser, args, amortized, fix="add am-amortized to --methods")
     if not args.images and not args.from_results:
         parser.error("--images is required (or --from-results CSV to summarize an earlier run)")
     if args.out is None and not args.from_results:
@@ -240,7 +243,7 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict]:
     am = {"steps": args.steps, "seed": args.seed, "checkpoint": args.checkpoint, "config": args.config}
     return {
         "am": am,
-        "am-amortized": am,
+        "am-amortized": {**am, "scan": args.scan, "border_free": args.border_free},
         "occlusion": window,
         "convad": {**window, "tau": args.tau},
         "ig": {"steps": args.ig_steps},
@@ -579,6 +582,7 @@ def main(command: str, argv: list[str]) -> int:
     except (ValueError, ImageReadError, ClassifierLoadError, FileNotFoundError, ImportError) as err:
         print(f"actmatch {command}: error: {err}", file=sys.stderr)
         return 2
+    reference = "am-amortized" if "am-amortized" in methods and "am" not in methods else "am"  # paired against the baselines
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -630,7 +634,7 @@ def main(command: str, argv: list[str]) -> int:
                                partial=lambda rows_: write_csv(out / "results.csv", rows_, fields), timing=timing,
                                done=done, store=MapStore(out / "raw"), reuse=reuse, reusable=reusable)  # fmt: skip
     summary = summarize(rows, seed=args.seed)
-    paired = compare_pairs(rows, "am")
+    paired = compare_pairs(rows, reference)
     write_csv(out / "results.csv", rows, fields)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     write_csv(out / "paired.csv", paired, PAIRED_FIELDS)

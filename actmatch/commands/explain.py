@@ -123,9 +123,14 @@ def add_scan_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_scan_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.scan is not None and not args.amortized:
-        parser.error("--scan refines the masks of one amortized pass; add --amortized (a per-image recipe has its own stages)")
+def check_scan_argument(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, amortized: bool | None = None, fix: str = "add --amortized"
+) -> None:
+    """Refuse ``--scan`` without an amortized pass to refine (``amortized``, default ``args.amortized``;
+    ``fix`` says how to ask for one) and out-of-range ``--scan`` / ``--border-free``."""
+    amortized = args.amortized if amortized is None else amortized
+    if args.scan is not None and not amortized:
+        parser.error(f"--scan refines the masks of one amortized pass; {fix} (a per-image recipe has its own stages)")
     if args.scan is not None and not 1 <= args.scan <= 1024:
         parser.error(f"--scan must be in 1..1024, got {args.scan}")
     if args.border_free is not None and (args.scan is None or args.border_free < 1):

@@ -73,13 +73,22 @@ class ActMatchMethod(AttributionMethod):
 
 class AmortizedActMatchMethod(ActMatchMethod):
     """Amortized activation matching: the mask network of an ``actmatch fit`` checkpoint, one forward
-    pass. The map is m + σ(z), as per image: the cut at the mask's area is the mask, other cuts follow
-    the network's ranking."""
+    pass (with ``scan``: its mask cut at the smallest accepted of ``scan`` areas of its ranking, and
+    with ``border_free`` a band-free cut, as ``actmatch explain --amortized --scan N``). The map is
+    m + σ(z), as per image: the cut at the mask's area is the mask, other cuts follow the network's
+    ranking."""
 
     mode = "amortized"
 
-    def __init__(self, classifier: FrozenClassifier, checkpoint: str | None = None, **settings) -> None:
-        from actmatch.commands.explain import use_checkpoint
+    def __init__(
+        self,
+        classifier: FrozenClassifier,
+        checkpoint: str | None = None,
+        scan: int | None = None,
+        border_free: float | None = None,
+        **settings,
+    ) -> None:
+        from actmatch.commands.explain import use_amortized_scan, use_checkpoint
 
         if checkpoint is None:
             raise ValueError("am-amortized needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
@@ -88,6 +97,8 @@ class AmortizedActMatchMethod(ActMatchMethod):
         super().__init__(classifier, **settings)
         self.checkpoint = checkpoint
         use_checkpoint(self.explainer, checkpoint, amortized=True)
+        if scan:  # the smallest accepted of `scan` cuts of the pass's ranking (and a band-free cut)
+            use_amortized_scan(self.explainer, scan, border_free)
 
     @property
     def name(self) -> str:
