@@ -3,8 +3,8 @@
     python experiments/evaluation/paired_studies.py OUT_A/RECIPE_A OUT_B/RECIPE_B
 
 Reads each image's ``summary.json`` in the two recipe folders and prints, for the label kept, exam
-robustness, robustness on other photos and p(e)/p(x), the means of A and B, how many images A beats,
-ties and loses to B, and the benchmark's paired test
+robustness, robustness on other photos, p(e)/p(x) and the mask's area, the means of A and B, how many
+images A beats, ties and loses to B (for the area: A's mask is smaller), and the benchmark's paired test
 (:func:`~actmatch.evaluation.statistics.paired_comparison`: the exact sign test for the label kept,
 Wilcoxon signed-rank with zero differences dropped for the rest).
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 
 from actmatch.evaluation.statistics import paired_comparison
 
-MEASURES = ("label_kept", "robustness", "robust_photos", "confidence_ratio")
+#: summary.json key -> whether higher is better
+MEASURES = {"label_kept": True, "robustness": True, "robust_photos": True, "confidence_ratio": True, "mask_area": False}
 
 
 def load(folder: str) -> dict[str, dict]:
@@ -35,12 +36,13 @@ def main(argv: list[str]) -> int:
     a, b = load(argv[0]), load(argv[1])
     keys = sorted(set(a) & set(b))
     print(f"{len(keys)} paired images")
-    for measure in MEASURES:
+    for measure, higher_is_better in MEASURES.items():
         x = [float(a[k][measure]) for k in keys]
         y = [float(b[k][measure]) for k in keys]
-        test = paired_comparison(x, y)
+        test = paired_comparison(x, y, higher_is_better=higher_is_better)
         wins, ties, losses, p = test["wins"], test["ties"], test["losses"], test["p_value"]
-        print(f"{measure:18s} A {sum(x) / len(x):.3f}  B {sum(y) / len(y):.3f}  A>B {wins}  ties {ties}  A<B {losses}  p {p:.3g}")
+        means = f"A {sum(x) / len(x):.3f}  B {sum(y) / len(y):.3f}"
+        print(f"{measure:18s} {means}  A better {wins}  ties {ties}  A worse {losses}  p {p:.3g}")
     return 0
 
 
