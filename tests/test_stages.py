@@ -13,7 +13,7 @@ from actmatch.explainers.fitting import AreaContinuation, _Candidates
 from actmatch.explainers.independent import IndependentNets
 from actmatch.explainers.masks import border_band, top_fraction_mask
 from actmatch.explainers.module import ActMatchExplainer
-from actmatch.explainers.stages import BorderFree, FitState, Prune, Scan, Verify, areas_below
+from actmatch.explainers.stages import BorderFree, FitState, Grow, Prune, Scan, Verify, areas_below
 from actmatch.explainers.unet import MaskUNet
 from test_criteria import FixedBackgrounds, H, RedMeter, W, rows, solid_reds
 
@@ -58,6 +58,32 @@ def test_scan_of_a_fit_that_never_kept_the_label_goes_up_first(red):
     Scan(areas=8).run(fit)
     assert 0.2 < masks.mean().item() < 1  # kept now, and a cut below the whole image
     assert passes["stage"] == 8 + 8  # up to the whole image, then down from the cut
+
+
+def test_grow_replaces_a_refused_mask_by_the_smallest_accepted_cut_above_it(red):
+    """On a black background the red image keeps class 0 only above 0.6 of it kept (2a − 1.2 > 0). A
+    top-0.3 mask passes the fill and fails the background: Grow cuts the ranking at 8 areas in
+    (0.3, 1] and returns the smallest above 0.6; a top-0.7 mask passes both and stays."""
+    soft = raster_ranking()
+    black = AllOf([Sufficient(), FixedBackgrounds(solid_reds(0.0), rate=1.0)])
+    cost = black.bind(RedMeter(), *red).cost  # images per mask: the fill and the background
+    masks = top_fraction_mask(soft, 0.3)
+    fit, passes = state(red, masks, soft, black)
+    Grow(areas=8).run(fit)
+    grid = torch.logspace(torch.tensor(0.3).log10().item(), 0.0, 9)[1:]
+    sizes = [k / (H * W) for k in (grid * H * W).round().long().tolist()]
+    assert masks.mean().item() == pytest.approx(min(a for a in sizes if a > 0.6))
+    assert torch.equal(masks, top_fraction_mask(soft, masks.mean().item()))  # a cut of the same ranking
+    assert passes["stage"] <= cost + 8 * cost  # the mask's test, then one pass of 8 cuts
+    accepted = top_fraction_mask(soft, 0.7)
+    fit, passes = state(red, accepted.clone(), soft, black)
+    Grow(areas=8).run(fit)
+    assert torch.equal(fit.masks, accepted) and passes["stage"] == cost  # one test, no cuts
+
+
+def test_grow_rejects_a_bad_grid():
+    with pytest.raises(ValueError, match="1 <= areas <= 1024"):
+        Grow(areas=0)
 
 
 def test_prune_keeps_the_most_probable_cells_the_label_needs(red):

@@ -6,6 +6,7 @@ one criterion (:mod:`actmatch.explainers.criteria`) whether a mask keeps the dec
 
 * :class:`Verify`: the smallest robust step mask that also passes the criterion's own backgrounds.
 * :class:`Scan`: the smallest accepted cut of the selected step's ranking.
+* :class:`Grow`: where the criterion refuses the mask, the smallest accepted cut above it.
 * :class:`Prune`: backward elimination of the grid cells the decision does not need.
 * :class:`BorderFree`: a cut that leaves the image's border band alone, where it is not much larger.
 
@@ -31,6 +32,7 @@ __all__ = [
     "Stage",
     "FitState",
     "Scan",
+    "Grow",
     "Prune",
     "BorderFree",
     "Verify",
@@ -216,6 +218,44 @@ class Scan(Stage):
                 cut = smallest_accepted_cut(check.accepts, noisy, areas_below(area, self.min_area, self.areas, device))
                 if cut is not None:
                     masks[i] = cut
+
+
+class Grow(Stage):
+    """Where the criterion refuses the mask, the smallest accepted cut of the same ranking above it.
+
+    A step answers only the criterion's fill parts; a part it cannot answer
+    (:class:`~actmatch.explainers.criteria.RobustOn`: the step's masks never met its backgrounds) may
+    refuse the selected mask, and :class:`Scan` only looks below it. Per image, with a the mask's
+    area: test the mask; if refused, cut the ranking at ``areas`` areas geometrically spaced in
+    (a, 1] and keep the smallest cut the criterion accepts (the whole image, a = 1, always keeps
+    the label). The same backgrounds judge the mask and its cuts.
+
+    Args:
+        areas: cuts above the mask (1..1024).
+
+    Cost: per image, one test of the mask; where it is refused, one pass of ``areas`` masks.
+    """
+
+    name = "grow"
+
+    def __init__(self, areas: int = 16) -> None:
+        if not 1 <= areas <= 1024:
+            raise ValueError(f"Grow: need 1 <= areas <= 1024, got areas={areas}")
+        self.areas = areas
+
+    @torch.no_grad()
+    def run(self, fit: FitState) -> None:
+        masks, device = fit.masks, fit.images.device
+        for i in range(fit.images.shape[0]):
+            one = slice(i, i + 1)
+            check = fit.check(i)
+            if check.accepts(masks[one])[0]:
+                continue
+            low = max(masks[i].mean().item(), 1.0 / masks[i].numel())
+            grid = torch.logspace(math.log10(low), 0.0, self.areas + 1, device=device)[1:]
+            cut = smallest_accepted_cut(check.accepts, fit.soft[one], grid)
+            if cut is not None:
+                masks[i] = cut
 
 
 class Prune(Stage):
