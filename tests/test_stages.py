@@ -81,9 +81,24 @@ def test_grow_replaces_a_refused_mask_by_the_smallest_accepted_cut_above_it(red)
     assert torch.equal(fit.masks, accepted) and passes["stage"] == cost  # one test, no cuts
 
 
-def test_grow_rejects_a_bad_grid():
+def test_grow_with_its_own_criterion_asks_it_instead_of_the_recipes(red):
+    """The recipe's criterion is the fill (a top-0.3 mask passes it); Grow's own asks for the black
+    background too, and its families are counted as the recipe's."""
+    soft = raster_ranking()
+    black = FixedBackgrounds(solid_reds(0.0), rate=1.0)
+    masks = top_fraction_mask(soft, 0.3)
+    fit, _ = state(red, masks, soft, Sufficient())
+    Grow(areas=8, criterion=black).run(fit)
+    assert masks.mean().item() > 0.6
+    assert Grow(criterion=RobustOn(kinds=["solid"])).families == RobustOn(kinds=["solid"]).families != frozenset()
+    assert Grow().families == frozenset()
+
+
+def test_grow_rejects_a_bad_grid_and_criterion():
     with pytest.raises(ValueError, match="1 <= areas <= 1024"):
         Grow(areas=0)
+    with pytest.raises(ValueError, match="criterion must be a Criterion"):
+        Grow(criterion="robust")
 
 
 def test_prune_keeps_the_most_probable_cells_the_label_needs(red):

@@ -232,23 +232,34 @@ class Grow(Stage):
 
     Args:
         areas: cuts above the mask (1..1024).
+        criterion: what the mask must pass here, instead of the recipe's (e.g. ``RobustOn`` only at
+            the end, so that the steps, the lookahead and the scan keep the recipe's own criterion).
 
     Cost: per image, one test of the mask; where it is refused, one pass of ``areas`` masks.
     """
 
     name = "grow"
 
-    def __init__(self, areas: int = 16) -> None:
+    def __init__(self, areas: int = 16, criterion: Criterion | None = None) -> None:
         if not 1 <= areas <= 1024:
             raise ValueError(f"Grow: need 1 <= areas <= 1024, got areas={areas}")
-        self.areas = areas
+        if criterion is not None and not isinstance(criterion, Criterion):
+            raise ValueError(f"Grow: criterion must be a Criterion (e.g. RobustOn(n=8)), got {criterion!r}")
+        self.areas, self.criterion = areas, criterion
+
+    @property
+    def families(self) -> frozenset[str]:
+        return frozenset(self.criterion.families) if self.criterion is not None else frozenset()
 
     @torch.no_grad()
     def run(self, fit: FitState) -> None:
         masks, device = fit.masks, fit.images.device
         for i in range(fit.images.shape[0]):
             one = slice(i, i + 1)
-            check = fit.check(i)
+            if self.criterion is None:
+                check = fit.check(i)
+            else:
+                check = self.criterion.bind(fit.classifier, fit.images[one], fit.logits_x[one], fit.target[one])
             if check.accepts(masks[one])[0]:
                 continue
             low = max(masks[i].mean().item(), 1.0 / masks[i].numel())
