@@ -260,8 +260,9 @@ def plot_study(csv_path: Path | None, png_path: Path, frontier: list[dict] | Non
         areas = [float(r["area_median"]) for r in rows] + [float(p["area"]) for p in frontier or []]
         ax.set_xlim(0, max(0.3, max(areas, default=0.3) * 1.1))
         ax.set_ylim(-0.05, 1.05 if key == "robust_median" else top)
-    # beside the axes, so it never hides the points
+    # beside the axes, so it never hides the points; a column per 24 entries, all inside the saved figure
     axes[1].legend(
+        ncol=1 + (len(rows) + len(curves) - 1) // 24,
         fontsize=7,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
@@ -272,7 +273,7 @@ def plot_study(csv_path: Path | None, png_path: Path, frontier: list[dict] | Non
     )
     fig.suptitle("per-image fit recipes on the exam: area vs robustness and vs confidence (marker size ~ time)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    fig.savefig(png_path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
