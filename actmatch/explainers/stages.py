@@ -38,6 +38,7 @@ __all__ = [
     "Verify",
     "logistic_blobs",
     "areas_below",
+    "areas_above",
     "smallest_accepted_cut",
     "pruned",
 ]
@@ -66,10 +67,10 @@ class FitState:
     kept_found: torch.Tensor | None = None  # (B,) bool; None: all True
     candidates: list = field(default_factory=list)
 
-    def check(self, i: int) -> Check:
-        """The recipe's criterion bound to image i (what it draws is drawn here)."""
+    def check(self, i: int, criterion: Criterion | None = None) -> Check:
+        """The recipe's criterion (or ``criterion``) bound to image i (what it draws is drawn here)."""
         one = slice(i, i + 1)
-        return self.criterion.bind(self.classifier, self.images[one], self.logits_x[one], self.target[one])
+        return (criterion or self.criterion).bind(self.classifier, self.images[one], self.logits_x[one], self.target[one])
 
     def stage(self, kind: type[_S]) -> _S | None:
         """The first stage of the recipe of this class, if any."""
@@ -89,6 +90,11 @@ def logistic_blobs(size: tuple[int, int], seed: int, scale: float) -> torch.Tens
 def areas_below(top: float, low: float, count: int, device) -> torch.Tensor:
     """``count`` areas from ``low`` up to (not including) ``top``, geometrically spaced, increasing."""
     return torch.logspace(math.log10(low), math.log10(top), count + 1, device=device)[:-1]
+
+
+def areas_above(low: float, count: int, device) -> torch.Tensor:
+    """``count`` areas above ``low`` (not including it) up to the whole image, geometrically spaced, increasing."""
+    return torch.logspace(math.log10(low), 0.0, count + 1, device=device)[1:]
 
 
 @torch.no_grad()
@@ -195,8 +201,7 @@ class Scan(Stage):
             one = slice(i, i + 1)
             check = fit.check(i)
             if fit.kept_found is not None and not fit.kept_found[i]:
-                low = max(masks[i].mean().item(), self.min_area)
-                grid = torch.logspace(math.log10(low), 0.0, self.areas + 1, device=device)[1:]
+                grid = areas_above(max(masks[i].mean().item(), self.min_area), self.areas, device)
                 cut = smallest_accepted_cut(check.accepts, fit.soft[one], grid)
                 if cut is not None:
                     masks[i] = cut
@@ -256,14 +261,10 @@ class Grow(Stage):
         masks, device = fit.masks, fit.images.device
         for i in range(fit.images.shape[0]):
             one = slice(i, i + 1)
-            if self.criterion is None:
-                check = fit.check(i)
-            else:
-                check = self.criterion.bind(fit.classifier, fit.images[one], fit.logits_x[one], fit.target[one])
+            check = fit.check(i, self.criterion)
             if check.accepts(masks[one])[0]:
                 continue
-            low = max(masks[i].mean().item(), 1.0 / masks[i].numel())
-            grid = torch.logspace(math.log10(low), 0.0, self.areas + 1, device=device)[1:]
+            grid = areas_above(max(masks[i].mean().item(), 1.0 / masks[i].numel()), self.areas, device)
             cut = smallest_accepted_cut(check.accepts, fit.soft[one], grid)
             if cut is not None:
                 masks[i] = cut
