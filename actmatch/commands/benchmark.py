@@ -199,8 +199,7 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         "print the tables and, with --out, write summary.csv and paired.csv there",
     )
     args = parser.parse_args(argv)
-    amortized = "am-amortized" in [name.strip() for name in args.methods.split(",")]
-    check_scan_argument(parser, args, amortized, fix="add am-amortized to --methods")
+    check_scan_argument(parser, args, "am-amortized" in method_names(args.methods), fix="add am-amortized to --methods")
     if not args.images and not args.from_results:
         parser.error("--images is required (or --from-results CSV to summarize an earlier run)")
     if args.out is None and not args.from_results:
@@ -224,9 +223,14 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def method_names(text: str) -> list[str]:
+    """The names of a comma-separated ``--methods``, in order, without blanks or duplicates."""
+    return list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+
+
 def parse_methods(text: str, checkpoint: str | None) -> list[str]:
     """Validated method names (``am`` first, then in order), without duplicates; errors name the bad ones."""
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    names = method_names(text)
     unknown = [n for n in names if n not in METHODS]
     if not names or unknown:
         raise ValueError(f"unknown method(s) {unknown or names}; choose from {', '.join(METHODS)}")
