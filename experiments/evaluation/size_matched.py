@@ -19,11 +19,10 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from actmatch.commands.benchmark import load_photo_pool
+from actmatch.commands.circuit import saved_mask
 from actmatch.datamodules.images import read_for_model
 from actmatch.evaluation.benchmark import BenchImage
 from actmatch.evaluation.exam import judge_masks
@@ -32,6 +31,7 @@ from actmatch.evaluation.methods import METHODS
 from actmatch.evaluation.statistics import paired_comparison
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.masks import top_fraction_mask
+from actmatch.results import MODEL_MASK
 
 
 def main() -> None:
@@ -54,14 +54,14 @@ def main() -> None:
     for folder, summary, path in zip(folders, summaries, paths):
         _, image = read_for_model(path, classifier.input_size, classifier.fixed_input_size)
         image = image[None]
-        mask = torch.from_numpy(np.asarray(Image.open(folder / "mask_input.png").convert("L")) > 127).float()[None, None]
-        if mask.shape[-2:] != image.shape[-2:]:
-            raise SystemExit(f"{folder}: mask_input.png is {tuple(mask.shape[-2:])}, the model input {tuple(image.shape[-2:])}")
+        mask, source = saved_mask(folder, tuple(image.shape[-2:]))
+        if not source.endswith(MODEL_MASK):
+            raise SystemExit(f"{folder}: no {MODEL_MASK} at the model input {tuple(image.shape[-2:])} (got {source})")
         with torch.no_grad():
-            target = classifier(image).argmax(-1)
-        relevance = method.attribute(image, target)
+            logits = classifier(image)
+        relevance = method.attribute(image, logits.argmax(-1))
         cut = top_fraction_mask(relevance, mask.mean().item())  # the same pixel count as the mask
-        scores = judge_masks(classifier, image, torch.cat([mask, cut]), exam.draws(image, path.name))
+        scores = judge_masks(classifier, image, torch.cat([mask, cut]), exam.draws(image, path.name), logits=logits)
         for key in ours:
             ours[key].append(float(scores[key][0]))
             theirs[key].append(float(scores[key][1]))

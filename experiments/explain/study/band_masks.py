@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from actmatch.commands.study import border_kept
 from actmatch.explainers.masks import border_band
 
 
@@ -31,8 +32,8 @@ def main() -> None:
     rows = []
     for summary in sorted(Path(args.recipe_dir).glob("*/summary.json")):
         mask = torch.from_numpy(np.asarray(Image.open(summary.parent / "mask.png").convert("L")) > 127)
-        band = border_band(mask[None, None], 0.03)[0, 0]
-        band_kept, interior_kept = mask[band].float().mean().item(), mask[~band].float().mean().item()
+        band_kept = border_kept(mask)  # the study's band column
+        interior_kept = mask[~border_band(mask[None, None], 0.03)[0, 0]].float().mean().item()
         if band_kept > args.over:
             label = json.loads(summary.read_text())["label_name"].split(",")[0]
             rows.append((summary.parent.name, mask.float().mean().item(), band_kept, interior_kept, label))
