@@ -140,7 +140,8 @@ def test_families_name_the_perturbations_a_recipe_uses():
     assert RobustOn(kinds=["solid", "uniform", "gaussian"]).families == {"solid", "noise"}
     assert RobustOn(kinds=["shuffle", "blur"]).families == {"photos", "blur"}
     assert AllOf([Confident(0.8, fill="black"), RobustOn(kinds=["solid"])]).families == {"fill", "solid"}
-    assert default_fitting().families == {"fill"}
+    # the default grows where a mask fails the fit's own kinds: solid, uniform + gaussian, dead leaves, pink
+    assert default_fitting().families == {"fill", "solid", "noise", "dead_leaves", "pink_noise"}
     robust = AreaContinuation(
         select="smallest_robust", criterion=AllOf([Sufficient(), RobustOn(kinds=["uniform"])]), stages=[Verify(), Prune([8])]
     )

@@ -4,6 +4,8 @@ of it is kept), and the fit's count of the images they classify."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -81,6 +83,26 @@ def test_grow_replaces_a_refused_mask_by_the_smallest_accepted_cut_above_it(red)
     assert torch.equal(fit.masks, accepted) and passes["stage"] == cost  # one test, no cuts
 
 
+def test_grow_with_a_max_factor_cuts_below_it_and_keeps_a_mask_it_cannot_grow(red):
+    """The red image needs 0.6 of it kept on black (above). From a top-0.3 mask, ``max_factor=3``
+    cuts 8 areas in (a, 3a] (a ≈ 0.3, the mask's area) and returns the smallest above 0.6; ``max_factor=1.5`` reaches only
+    0.45, so the mask stays as it is."""
+    soft = raster_ranking()
+    black = AllOf([Sufficient(), FixedBackgrounds(solid_reds(0.0), rate=1.0)])
+    masks = top_fraction_mask(soft, 0.3)
+    fit, _ = state(red, masks, soft, black)
+    Grow(areas=8, max_factor=3.0).run(fit)
+    start = top_fraction_mask(soft, 0.3).mean().item()  # 0.3 of the pixels, rounded to whole pixels
+    grid = torch.logspace(math.log10(start), math.log10(3 * start), 9)[1:]
+    sizes = [k / (H * W) for k in (grid * H * W).round().long().tolist()]
+    assert masks.mean().item() == pytest.approx(min(a for a in sizes if a > 0.6))
+    assert masks.mean().item() <= 3 * start
+    small = top_fraction_mask(soft, 0.3)
+    fit, _ = state(red, small.clone(), soft, black)
+    Grow(areas=8, max_factor=1.5).run(fit)
+    assert torch.equal(fit.masks, small)
+
+
 def test_grow_with_its_own_criterion_asks_it_instead_of_the_recipes(red):
     """The recipe's criterion is the fill (a top-0.3 mask passes it); Grow's own asks for the black
     background too, and its families are counted as the recipe's."""
@@ -99,6 +121,8 @@ def test_grow_rejects_a_bad_grid_and_criterion():
         Grow(areas=0)
     with pytest.raises(ValueError, match="criterion must be a Criterion"):
         Grow(criterion="robust")
+    with pytest.raises(ValueError, match="max_factor must be > 1"):
+        Grow(max_factor=1.0)
 
 
 def test_prune_keeps_the_most_probable_cells_the_label_needs(red):

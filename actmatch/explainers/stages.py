@@ -92,9 +92,10 @@ def areas_below(top: float, low: float, count: int, device) -> torch.Tensor:
     return torch.logspace(math.log10(low), math.log10(top), count + 1, device=device)[:-1]
 
 
-def areas_above(low: float, count: int, device) -> torch.Tensor:
-    """``count`` areas above ``low`` (not including it) up to the whole image, geometrically spaced, increasing."""
-    return torch.logspace(math.log10(low), 0.0, count + 1, device=device)[1:]
+def areas_above(low: float, count: int, device, high: float = 1.0) -> torch.Tensor:
+    """``count`` areas above ``low`` (not including it) up to ``high`` (the whole image by default),
+    geometrically spaced, increasing."""
+    return torch.logspace(math.log10(low), math.log10(high), count + 1, device=device)[1:]
 
 
 @torch.no_grad()
@@ -239,18 +240,24 @@ class Grow(Stage):
         areas: cuts above the mask (1..1024).
         criterion: what the mask must pass here, instead of the recipe's (e.g. ``RobustOn`` only at
             the end, so that the steps, the lookahead and the scan keep the recipe's own criterion).
+        max_factor: the most the mask may grow: cuts in (a, min(1, max_factor · a)]; where none of
+            them is accepted the mask stays as it is (None: up to the whole image, which always
+            keeps the label). A classifier whose evidence does not survive other surroundings at any
+            small size then keeps its small mask instead of most of the image.
 
     Cost: per image, one test of the mask; where it is refused, one pass of ``areas`` masks.
     """
 
     name = "grow"
 
-    def __init__(self, areas: int = 16, criterion: Criterion | None = None) -> None:
+    def __init__(self, areas: int = 16, criterion: Criterion | None = None, max_factor: float | None = None) -> None:
         if not 1 <= areas <= 1024:
             raise ValueError(f"Grow: need 1 <= areas <= 1024, got areas={areas}")
         if criterion is not None and not isinstance(criterion, Criterion):
             raise ValueError(f"Grow: criterion must be a Criterion (e.g. RobustOn(n=8)), got {criterion!r}")
-        self.areas, self.criterion = areas, criterion
+        if max_factor is not None and not max_factor > 1:
+            raise ValueError(f"Grow: max_factor must be > 1 (e.g. 2.0: at most twice the area) or None, got {max_factor}")
+        self.areas, self.criterion, self.max_factor = areas, criterion, max_factor
 
     @property
     def families(self) -> frozenset[str]:
@@ -264,7 +271,11 @@ class Grow(Stage):
             check = fit.check(i, self.criterion)
             if check.accepts(masks[one])[0]:
                 continue
-            grid = areas_above(max(masks[i].mean().item(), 1.0 / masks[i].numel()), self.areas, device)
+            area = max(masks[i].mean().item(), 1.0 / masks[i].numel())
+            high = 1.0 if self.max_factor is None else min(1.0, self.max_factor * area)
+            if high <= area:
+                continue
+            grid = areas_above(area, self.areas, device, high)
             cut = smallest_accepted_cut(check.accepts, fit.soft[one], grid)
             if cut is not None:
                 masks[i] = cut
