@@ -384,12 +384,15 @@ class ActMatchExplainer(L.LightningModule):
     @torch.no_grad()
     def ranked_masks(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hard masks m = 1[σ(z) > 0.5] and the network's probabilities σ(z), each (B, 1, H, W),
-        from the current mask network in one forward pass."""
-        was_training = self.unet.training
+        from the current mask network in one forward pass, in eval mode (switched only where the
+        network is training: a switch walks every submodule, the classifier's included)."""
+        if not self.unet.training:
+            return binarize(self.unet(images))
         self.unet.eval()
-        mask, soft = binarize(self.unet(images))
-        self.unet.train(was_training)
-        return mask, soft
+        try:
+            return binarize(self.unet(images))
+        finally:
+            self.unet.train()
 
     def masks(self, images: torch.Tensor) -> torch.Tensor:
         """Hard masks (B, 1, H, W) from the current mask network in one forward pass."""
