@@ -233,8 +233,9 @@ class Grow(Stage):
     (:class:`~actmatch.explainers.criteria.RobustOn`: the step's masks never met its backgrounds) may
     refuse the selected mask, and :class:`Scan` only looks below it. Per image, with a the mask's
     area: test the mask; if refused, cut the ranking at ``areas`` areas geometrically spaced in
-    (a, 1] and keep the smallest cut the criterion accepts (the whole image, a = 1, always keeps
-    the label). The same backgrounds judge the mask and its cuts.
+    (a, 1] (in (a, min(1, max_factor · a)] with ``max_factor``) and keep the smallest cut the
+    criterion accepts (the whole image, a = 1, always keeps the label). The same backgrounds judge
+    the mask and its cuts.
 
     Args:
         areas: cuts above the mask (1..1024).
