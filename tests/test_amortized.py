@@ -447,3 +447,26 @@ def test_the_class_map_behind_another_head_works_under_vmap():
     images = torch.rand(2, 3, 64, 64)
     looped = IndependentNets(nets, vectorize=False)(images)
     assert torch.allclose(IndependentNets(nets, vectorize=True)(images), looped, atol=1e-5)
+
+
+def test_the_distilled_recipe_learns_from_the_per_image_masks_it_is_given(tmp_path):
+    """Two training steps of experiments/amortized_tried/distilled.yaml with a mask.png per photo (the left
+    half) train and save a checkpoint under the recipe's name (the term's value: tests/test_losses.py; the
+    masks' crops: tests/test_datamodules.py)."""
+    root = _photo_folder(tmp_path / "photos")
+    masks = tmp_path / "masks"
+    for path in root.glob("*.JPEG"):
+        width, height = Image.open(path).size
+        target = np.zeros((height, width), dtype=np.uint8)
+        target[:, : width // 2] = 255
+        (masks / path.stem).mkdir(parents=True)
+        Image.fromarray(target).save(masks / path.stem / "mask.png")
+    argv = ["--config", SHIPPED, "--config", "experiments/amortized_tried/distilled.yaml",
+            "--data.init_args.root", str(root), "--data.init_args.mask_targets", str(masks),
+            "--data.init_args.val_fraction", "0.25", "--data.init_args.batch_size", "4", "--data.init_args.augment", "false",
+            "--trainer.max_steps", "2", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    with contextlib.chdir(ROOT):
+        assert cli_in_process("fit", argv) == 0
+    read = FitCheckpoint.read(next((tmp_path / "run").rglob("last.ckpt")))
+    assert read.recipe == "amortized-lite0-distilled"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,69 @@ def test_predict_datamodule_errors(tmp_path):
         PredictDataModule([str(tmp_path / "nope.jpg")], backbone="test_resnet").setup()
     with pytest.raises(ValueError, match="square=True"):
         PredictDataModule(str(tmp_path), batch_size=4)
+
+
+def _write_mask_targets(root, masks_dir, size=None):
+    """A mask.png per image of ``root`` where `actmatch explain ROOT --out masks_dir` writes it: the
+    image's left half (or an image of ``size`` (W, H), to be refused)."""
+    from PIL import Image
+
+    for path in sorted(root.glob("*.JPEG")):
+        width, height = size or Image.open(path).size
+        mask = np.zeros((height, width), dtype=np.uint8)
+        mask[:, : width // 2] = 255
+        (masks_dir / path.stem).mkdir(parents=True)
+        Image.fromarray(mask).save(masks_dir / path.stem / "mask.png")
+
+
+def test_paired_transform_is_timms_eval_transform_and_crops_the_mask_with_the_image():
+    from PIL import Image
+
+    from actmatch.datamodules.imagenet import backbone_transform, paired_transform
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (100, 150, 3), dtype=np.uint8))  # 150 wide, 100 high
+    mask = torch.zeros(1, 100, 150, dtype=torch.uint8)
+    mask[:, 25:75, 50:100] = 255  # a 50 x 50 square in the centre
+    x, m = paired_transform("efficientnet_lite0")(image, mask)
+    timm_x = backbone_transform("efficientnet_lite0")(image)  # timm.data.create_transform
+    assert x.shape == timm_x.shape == (3, 224, 224) and (x - timm_x).abs().max() <= 1 / 255 + 1e-6
+    # by hand: short side 100 -> 256 (224 / crop_pct 0.875), the square 128 px, inside the centre crop
+    assert m.shape == (1, 224, 224) and set(m.unique().tolist()) <= {0.0, 1.0}
+    assert abs(m.mean().item() - 128**2 / 224**2) < 0.01
+
+
+def test_paired_augmentation_moves_the_mask_with_the_image():
+    from PIL import Image
+
+    from actmatch.datamodules.imagenet import paired_transform
+
+    pixels = np.zeros((120, 160, 3), dtype=np.uint8)
+    pixels[:, :80] = 255  # the left half white, the right half black
+    mask = torch.zeros(1, 120, 160, dtype=torch.uint8)
+    mask[:, :, :80] = 255  # and the mask on the white half
+    transform = paired_transform("efficientnet_lite0", train=True, augment=True, image_size=64)
+    flipped = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        x, m = transform(Image.fromarray(pixels), mask)
+        bright = x.mean(0, keepdim=True) > x.mean()  # colour jitter keeps white brighter than black
+        if 0 < m.mean() < 1:
+            assert (bright == m.bool()).float().mean() > 0.95
+            flipped += bool(m[0, :, -1].all())  # the mask on the right: a flip moved both
+    assert flipped > 0
+
+
+def test_imagenet_mask_targets_come_with_each_image_or_are_refused_with_the_command(tmp_path):
+    root = fake_imagenet(tmp_path / "inet", layout="flat", per_class=1)
+    _write_mask_targets(root, tmp_path / "masks")
+    dm = ImageNetDataModule(str(root), backbone="test_resnet", image_size=48, batch_size=2, mask_targets=str(tmp_path / "masks"))
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["mask_target"].shape == (2, 1, 48, 48)
+    assert (batch["mask_target"][:, :, :, :20] == 1).all() and (batch["mask_target"][:, :, :, -20:] == 0).all()
+    with pytest.raises(ImageNetFolderError, match="actmatch explain"):
+        ImageNetDataModule(str(root), mask_targets=str(tmp_path / "none")).setup()
+    _write_mask_targets(root, tmp_path / "small", size=(10, 10))
+    dm = ImageNetDataModule(str(root), backbone="test_resnet", image_size=48, mask_targets=str(tmp_path / "small"))
+    with pytest.raises(ImageNetFolderError, match="full-size mask.png"):
+        next(iter(dm.val_dataloader()))

@@ -132,3 +132,19 @@ def test_warmup_ramps_the_weight_linearly():
     assert term.weight_at(None) == 8.0
     with pytest.raises(ValueError, match="warmup"):
         L.Area(warmup=2.0)
+
+
+def test_mask_distillation_is_the_binary_cross_entropy_worked_by_hand():
+    import math
+    from dataclasses import replace
+
+    soft = torch.full((2, 1, 4, 4), 0.5)
+    soft[1, :, :2] = 0.9  # image 1: the top half at 0.9, the bottom half at 0.5
+    target = torch.zeros(2, 1, 4, 4)
+    target[:, :, :2] = 1.0  # the target is the top half
+    ev = replace(evidence(soft), mask_target=target)
+    loss = L.MaskDistillation()(ev)
+    assert loss[0].item() == pytest.approx(math.log(2))  # -log 0.5 on every pixel
+    assert loss[1].item() == pytest.approx((-math.log(0.9) + math.log(2)) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="mask_targets"):
+        L.MaskDistillation()(evidence(soft))  # no target: the data module option that gives one

@@ -17,16 +17,20 @@ normalisation: :class:`~actmatch.explainers.classifier.FrozenClassifier` takes [
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import timm
 import torch
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from actmatch.datamodules.images import IMAGE_SUFFIXES, ImageReadError, read_rgb
 from actmatch.explainers.classifier import OFFLINE_DEFAULTS
@@ -38,6 +42,7 @@ __all__ = [
     "backbone_data_config",
     "backbone_input_size",
     "backbone_transform",
+    "paired_transform",
     "held_out",
     "scan_imagenet",
 ]
@@ -78,6 +83,41 @@ def backbone_transform(backbone: str, train: bool = False, augment: bool = False
         config["input_size"] = (3, image_size, image_size)
     transform = create_transform(**config, is_training=train and augment, normalize=False)
     return T.Compose([transform, T.ConvertImageDtype(torch.float32)])  # uint8 -> [0, 1]
+
+
+def paired_transform(backbone: str, train: bool = False, augment: bool = False, image_size: int | None = None) -> Callable:
+    """:func:`backbone_transform` for an image and its mask together: ``f(image, mask)`` -> ((3, S, S)
+    float in [0, 1], (1, S, S) float in {0, 1}), the same crop and flip on both (torchvision's v2
+    transforms; the mask resampled nearest, colour jitter on the image only).
+
+    Evaluation: resize the short side to S / crop_pct and centre-crop S (timm's eval transform).
+    Training with ``augment``: timm's default augmentation, random-resized crop (scale 0.08–1,
+    aspect 3/4–4/3), horizontal flip, colour jitter 0.4.
+    """
+    config = backbone_data_config(backbone)
+    size = image_size or int(config["input_size"][-1])
+    interpolation = v2.InterpolationMode(config.get("interpolation", "bicubic"))
+    if train and augment:
+        ops = [
+            v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interpolation, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.4, 0.4, 0.4),
+        ]
+    else:
+        ops = [v2.Resize(math.floor(size / config["crop_pct"]), interpolation=interpolation, antialias=True), v2.CenterCrop(size)]
+    # the image stays a PIL image through the resampling (PIL's, as timm's), the mask a uint8 tensor
+    transform = v2.Compose([*ops, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def apply(image, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = transform(image, tv_tensors.Mask(mask))
+        return image.as_subclass(torch.Tensor), (mask.as_subclass(torch.Tensor) > 0).float()
+
+    return apply
+
+
+def mask_target_path(masks_dir: Path, image: Path) -> Path:
+    """Where ``actmatch explain IMAGES --out masks_dir`` wrote ``image``'s mask: ``masks_dir/<stem>/mask.png``."""
+    return masks_dir / image.stem / "mask.png"
 
 
 def _is_image(path: Path) -> bool:
@@ -154,10 +194,12 @@ def held_out(chosen: dict[str, list[Path]], fraction: float) -> tuple[dict[str, 
 
 
 class ImageFolderSubset(Dataset):
-    """A list of (path, ImageNet index, wnid) read on the fly into ``{"image", "label", "wnid"}``."""
+    """A list of (path, ImageNet index, wnid) read on the fly into ``{"image", "label", "wnid"}``;
+    with ``masks_dir`` also ``"mask_target"``, each image's mask from that folder
+    (:func:`mask_target_path`) under the same crop (``transform`` is then a :func:`paired_transform`)."""
 
-    def __init__(self, items: list[tuple[Path, int, str]], transform: Callable) -> None:
-        self.items, self.transform = items, transform
+    def __init__(self, items: list[tuple[Path, int, str]], transform: Callable, masks_dir: Path | None = None) -> None:
+        self.items, self.transform, self.masks_dir = items, transform, masks_dir
 
     def __len__(self) -> int:
         return len(self.items)
@@ -168,7 +210,18 @@ class ImageFolderSubset(Dataset):
             image = read_rgb(path)
         except ImageReadError as err:
             raise ImageReadError(f"ImageNet sample {index}: {err}") from err
-        return {"image": self.transform(image), "label": torch.tensor(label), "wnid": wnid, "path": str(path)}
+        sample = {"label": torch.tensor(label), "wnid": wnid, "path": str(path)}
+        if self.masks_dir is None:
+            return {"image": self.transform(image), **sample}
+        mask_path = mask_target_path(self.masks_dir, path)
+        mask = torch.from_numpy(np.asarray(read_rgb(mask_path).convert("L")).copy())[None]  # (1, H, W) uint8
+        if tuple(mask.shape[-2:]) != (image.height, image.width):
+            raise ImageNetFolderError(
+                f"{mask_path} is {mask.shape[-1]}x{mask.shape[-2]} px, its image {path} {image.width}x{image.height}: "
+                "mask targets must be the full-size mask.png that `actmatch explain` writes for that image"
+            )
+        image_t, mask_t = self.transform(image, mask)
+        return {"image": image_t, "mask_target": mask_t, **sample}
 
 
 class ImageNetDataModule(L.LightningDataModule):
@@ -184,6 +237,9 @@ class ImageNetDataModule(L.LightningDataModule):
             explainer learns masks for the images as the classifier sees them).
         val_fraction: flat layout only: fraction of the files held out for val/test (of each
             class's files, or whole classes when classes have too few files; see :func:`held_out`).
+        mask_targets: a folder ``actmatch explain ROOT --out DIR`` wrote: every sample then also
+            carries its image's ``mask.png`` as ``"mask_target"`` (1, S, S), cropped with the image,
+            for a :class:`~actmatch.explainers.losses.MaskDistillation` term.
         batch_size: batch size of every loader.
         num_workers: DataLoader workers.
     """
@@ -197,6 +253,7 @@ class ImageNetDataModule(L.LightningDataModule):
         image_size: int | None = None,
         augment: bool = False,
         val_fraction: float = 0.0,
+        mask_targets: str | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
     ) -> None:
@@ -211,6 +268,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.root, self.classes, self.max_per_class = Path(root).expanduser(), classes, max_per_class
         self.backbone, self.image_size, self.augment, self.val_fraction = backbone, image_size, augment, val_fraction
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.mask_targets = None if mask_targets is None else Path(mask_targets).expanduser()
         self.info = ImageNetInfo()
         self.splits: dict[str, list[tuple[Path, int, str]]] = {}
 
@@ -253,13 +311,27 @@ class ImageNetDataModule(L.LightningDataModule):
             val_items = val_items or train_items
         if not train_items or not val_items:
             raise ImageNetFolderError(f"{self.root}: the selection (classes={self.classes}) left no images")
+        if self.mask_targets is not None:
+            self._check_mask_targets(train_items + val_items)
         self.splits = {"train": train_items, "val": val_items}
+
+    def _check_mask_targets(self, items: list[tuple[Path, int, str]]) -> None:
+        """ImageNetFolderError naming the missing masks and the command that writes them."""
+        assert self.mask_targets is not None
+        missing = [path for path, _, _ in items if not mask_target_path(self.mask_targets, path).is_file()]
+        if missing:
+            raise ImageNetFolderError(
+                f"mask_targets {self.mask_targets}: no <stem>/mask.png for {len(missing)} of {len(items)} images "
+                f"(first: {mask_target_path(self.mask_targets, missing[0])}); write them with "
+                f"`actmatch explain {self.root} --out {self.mask_targets}`"
+            )
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         self.setup()
-        transform = backbone_transform(self.backbone, train=train, augment=self.augment, image_size=self.image_size)
+        make = backbone_transform if self.mask_targets is None else paired_transform
+        transform = make(self.backbone, train=train, augment=self.augment, image_size=self.image_size)
         return DataLoader(
-            ImageFolderSubset(self.splits[split], transform),
+            ImageFolderSubset(self.splits[split], transform, self.mask_targets),
             batch_size=self.batch_size,
             shuffle=train,
             num_workers=self.num_workers,

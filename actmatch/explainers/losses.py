@@ -36,6 +36,7 @@ __all__ = [
     "Robustness",
     "Necessity",
     "LabelMargin",
+    "MaskDistillation",
     "logit_margin",
     "default_loss_terms",
     "amortized_loss_terms",
@@ -69,6 +70,7 @@ class Evidence:
     logits_e: torch.Tensor  # (B, K) f(e)
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # φ_l(x), constant
     features_e: dict[str, torch.Tensor] = field(default_factory=dict)  # φ_l(e)
+    mask_target: torch.Tensor | None = None  # (B, 1, H, W) in {0, 1}: a mask to learn from, where the data has one
 
 
 class LossTerm(nn.Module):
@@ -384,3 +386,25 @@ def amortized_loss_terms() -> list[LossTerm]:
         TotalVariation(weight=0.1),
         Robustness(weight=0.5),
     ]
+
+
+class MaskDistillation(LossTerm):
+    """L_distil = −mean_p [m*_p log s_p + (1 − m*_p) log(1 − s_p)]: binary cross-entropy of the mask
+    network's probabilities s against a target mask m* (for amortized training: the per-image fit's
+    masks of the training photos, read by ``ImageNetDataModule(mask_targets=DIR)``).
+
+    With :class:`~actmatch.explainers.fitting.TopArea` the probabilities are σ(z − t) with the cut t
+    held constant, so the term teaches the *ranking*: the target's pixels above the cut, the rest below.
+    """
+
+    def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
+        target = evidence.mask_target
+        if target is None:
+            raise ValueError(
+                "MaskDistillation needs a target mask with every image: set data.init_args.mask_targets to the "
+                "folder `actmatch explain TRAIN_IMAGES --out DIR` wrote (a per-image fit has no targets; drop the term there)"
+            )
+        s = evidence.soft_mask.clamp(1e-6, 1 - 1e-6)
+        if target.shape[-2:] != s.shape[-2:]:
+            raise ValueError(f"MaskDistillation: target masks are {tuple(target.shape[-2:])}, the masks {tuple(s.shape[-2:])}")
+        return F.binary_cross_entropy(s, target.to(s), reduction="none").flatten(1).mean(1)

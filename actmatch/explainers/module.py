@@ -253,17 +253,19 @@ class ActMatchExplainer(L.LightningModule):
         unet: nn.Module | None = None,
         reference: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None,
         progress: float | None = None,
+        mask_targets: torch.Tensor | None = None,
     ) -> StepOutput:
         """Mask, explain and score a batch (B, 3, H, W) in [0, 1]; one batched forward pass.
 
-        ``progress`` in [0, 1] (the fraction of the optimisation done) drives the terms' warm-up.
+        ``progress`` in [0, 1] (the fraction of the optimisation done) drives the terms' warm-up;
+        ``mask_targets`` (B, 1, H, W) are the batch's target masks, for a :class:`MaskDistillation` term.
         """
         unet = unet or self.unet
         logits, features = reference if reference is not None else self.reference(images)
         mask, soft = binarize(unet(images))  # (B, 1, H, W)
         fill = make_fill(images, self.fill, self.classifier.data_config["mean"])
         explanation = mask * images + (1 - mask) * fill
-        evidence = Evidence(images, mask, soft, fill, explanation, logits.argmax(-1), logits, logits)
+        evidence = Evidence(images, mask, soft, fill, explanation, logits.argmax(-1), logits, logits, mask_target=mask_targets)
         active = [term for term in self._terms if term.weight > 0]
         extras = [term.perturb(evidence) for term in active]
         batch = torch.cat([explanation] + [e for e in extras if e is not None])
@@ -485,7 +487,8 @@ class ActMatchExplainer(L.LightningModule):
         progress = None
         if stage == "train" and self._trainer is not None:
             progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)
-        out = self.step(images, progress=progress)
+        targets = batch.get("mask_target") if isinstance(batch, dict) else None
+        out = self.step(images, progress=progress, mask_targets=targets)
         ev = out.evidence
         with torch.no_grad():
             p_x = ev.logits.softmax(-1).gather(1, ev.target[:, None]).squeeze(1)
