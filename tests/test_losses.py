@@ -134,17 +134,24 @@ def test_warmup_ramps_the_weight_linearly():
         L.Area(warmup=2.0)
 
 
-def test_mask_distillation_is_the_binary_cross_entropy_worked_by_hand():
+def test_mask_distillation_asks_for_the_targets_order_at_any_logit_scale():
     import math
     from dataclasses import replace
 
-    soft = torch.full((2, 1, 4, 4), 0.5)
-    soft[1, :, :2] = 0.9  # image 1: the top half at 0.9, the bottom half at 0.5
+    z = torch.ones(2, 1, 4, 4)
+    z[:, :, 2:] = -1.0  # the top half ranked first: standardised, +1 and -1 (mean 0, std 1)
     target = torch.zeros(2, 1, 4, 4)
-    target[:, :, :2] = 1.0  # the target is the top half
-    ev = replace(evidence(soft), mask_target=target)
-    loss = L.MaskDistillation()(ev)
-    assert loss[0].item() == pytest.approx(math.log(2))  # -log 0.5 on every pixel
-    assert loss[1].item() == pytest.approx((-math.log(0.9) + math.log(2)) / 2, rel=1e-5)
+    target[0, :, :2] = 1.0  # image 0: the target is the top half, as ranked
+    target[1, :, 2:] = 1.0  # image 1: the bottom half, the opposite order
+    ev = replace(evidence(torch.sigmoid(z)), mask_target=target, mask_logits=z)
+    loss = L.MaskDistillation(sharpness=3.0)(ev)
+    # by hand: the cut c is 0 (half the pixels above it); every pixel's BCE is log(1 + e^(-3)) when
+    # it is on the target's side, log(1 + e^3) when not
+    assert loss[0].item() == pytest.approx(math.log1p(math.exp(-3)), rel=1e-5)
+    assert loss[1].item() == pytest.approx(math.log1p(math.exp(3)), rel=1e-5)
+    scaled = L.MaskDistillation(sharpness=3.0)(replace(ev, mask_logits=10 * z + 4))
+    assert torch.allclose(scaled, loss)  # the order is what counts, not the logits' scale or offset
     with pytest.raises(ValueError, match="mask_targets"):
-        L.MaskDistillation()(evidence(soft))  # no target: the data module option that gives one
+        L.MaskDistillation()(evidence(torch.sigmoid(z)))  # no target: the data module option that gives one
+    with pytest.raises(ValueError, match="sharpness"):
+        L.MaskDistillation(sharpness=0)

@@ -71,6 +71,7 @@ class Evidence:
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # φ_l(x), constant
     features_e: dict[str, torch.Tensor] = field(default_factory=dict)  # φ_l(e)
     mask_target: torch.Tensor | None = None  # (B, 1, H, W) in {0, 1}: a mask to learn from, where the data has one
+    mask_logits: torch.Tensor | None = None  # (B, 1, H, W) z, the mask network's output (mask = 1[z > 0])
 
 
 class LossTerm(nn.Module):
@@ -389,22 +390,39 @@ def amortized_loss_terms() -> list[LossTerm]:
 
 
 class MaskDistillation(LossTerm):
-    """L_distil = −mean_p [m*_p log s_p + (1 − m*_p) log(1 − s_p)]: binary cross-entropy of the mask
-    network's probabilities s against a target mask m* (for amortized training: the per-image fit's
-    masks of the training photos, read by ``ImageNetDataModule(mask_targets=DIR)``).
+    """L_distil = BCE(σ(κ (ẑ − c)), m*), averaged over the pixels: the mask network's *ranking* against
+    a target mask m* (for amortized training: the per-image fit's masks of the training photos, read by
+    ``ImageNetDataModule(mask_targets=DIR)``).
 
-    With :class:`~actmatch.explainers.fitting.TopArea` the probabilities are σ(z − t) with the cut t
-    held constant, so the term teaches the *ranking*: the target's pixels above the cut, the rest below.
+    ẑ = (z − mean z) / std z are the network's logits standardised per image and c is the value of ẑ
+    that keeps exactly the target's area above it, so the term asks only for the order (the target's
+    pixels first), at any logit scale and wherever the recipe cuts the ranking (a plain BCE on
+    σ(z − t) with the cut t at a fixed area grew with the logits' scale and fought the other terms).
+
+    Args:
+        sharpness: κ, the logistic slope in units of the logits' standard deviation.
     """
 
+    def __init__(self, weight: float = 1.0, sharpness: float = 3.0, warmup: float = 0.0) -> None:
+        super().__init__(weight, warmup)
+        if not sharpness > 0:
+            raise ValueError(f"MaskDistillation: sharpness must be > 0, got {sharpness}")
+        self.sharpness = float(sharpness)
+
     def forward(self, evidence: Evidence, perturbed_logits: torch.Tensor | None = None) -> torch.Tensor:
-        target = evidence.mask_target
-        if target is None:
+        target, z = evidence.mask_target, evidence.mask_logits
+        if target is None or z is None:
             raise ValueError(
                 "MaskDistillation needs a target mask with every image: set data.init_args.mask_targets to the "
                 "folder `actmatch explain TRAIN_IMAGES --out DIR` wrote (a per-image fit has no targets; drop the term there)"
             )
-        s = evidence.soft_mask.clamp(1e-6, 1 - 1e-6)
-        if target.shape[-2:] != s.shape[-2:]:
-            raise ValueError(f"MaskDistillation: target masks are {tuple(target.shape[-2:])}, the masks {tuple(s.shape[-2:])}")
-        return F.binary_cross_entropy(s, target.to(s), reduction="none").flatten(1).mean(1)
+        if target.shape[-2:] != z.shape[-2:]:
+            raise ValueError(f"MaskDistillation: target masks are {tuple(target.shape[-2:])}, the masks {tuple(z.shape[-2:])}")
+        flat, goal = z.flatten(1), target.flatten(1).to(z)
+        standard = (flat - flat.mean(1, keepdim=True)) / flat.std(1, correction=0, keepdim=True).clamp_min(1e-6)
+        area = goal.mean(1).clamp(1 / goal.shape[1], 1 - 1 / goal.shape[1])  # (B,), never empty nor whole
+        cut = torch.stack([row.detach().quantile(1 - a) for row, a in zip(standard, area.tolist())])[:, None]
+        return F.binary_cross_entropy_with_logits(self.sharpness * (standard - cut), goal, reduction="none").mean(1)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, sharpness={self.sharpness}, warmup={self.warmup}"

@@ -262,10 +262,14 @@ class ActMatchExplainer(L.LightningModule):
         """
         unet = unet or self.unet
         logits, features = reference if reference is not None else self.reference(images)
-        mask, soft = binarize(unet(images))  # (B, 1, H, W)
+        mask_logits = unet(images)
+        mask, soft = binarize(mask_logits)  # (B, 1, H, W)
         fill = make_fill(images, self.fill, self.classifier.data_config["mean"])
         explanation = mask * images + (1 - mask) * fill
-        evidence = Evidence(images, mask, soft, fill, explanation, logits.argmax(-1), logits, logits, mask_target=mask_targets)
+        target = logits.argmax(-1)
+        evidence = Evidence(
+            images, mask, soft, fill, explanation, target, logits, logits, mask_target=mask_targets, mask_logits=mask_logits
+        )
         active = [term for term in self._terms if term.weight > 0]
         extras = [term.perturb(evidence) for term in active]
         batch = torch.cat([explanation] + [e for e in extras if e is not None])
