@@ -470,3 +470,28 @@ def test_the_distilled_recipe_learns_from_the_per_image_masks_it_is_given(tmp_pa
         assert cli_in_process("fit", argv) == 0
     read = FitCheckpoint.read(next((tmp_path / "run").rglob("last.ckpt")))
     assert read.recipe == "amortized-lite0-distilled"
+
+
+def test_an_area_screen_copy_cuts_the_same_ranking_at_its_own_area(shipped_checkpoint, tmp_path):
+    """experiments/evaluation/amortized_areas.py: the copy keeps 40 % of the photo, under its own recipe name,
+    with the checkpoint's weights."""
+    import subprocess
+    import sys
+
+    from actmatch.commands.explain import main as explain_main
+
+    script = ROOT / "experiments" / "evaluation" / "amortized_areas.py"
+    argv = [sys.executable, str(script), str(shipped_checkpoint), "--areas", "0.4", "--out", str(tmp_path / "areas")]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    copy = torch.load(tmp_path / "areas" / "area40.ckpt", map_location="cpu", weights_only=True)
+    original = torch.load(shipped_checkpoint, map_location="cpu", weights_only=True)
+    assert all(torch.equal(copy["state_dict"][k], v) for k, v in original["state_dict"].items())
+    photo = _photo_folder(tmp_path / "new") / "n01440764_photo0.JPEG"
+    out = tmp_path / "out"
+    copy_path = tmp_path / "areas" / "area40.ckpt"
+    assert explain_main("explain", [str(photo), "--checkpoint", str(copy_path), "--amortized", "--out", str(out)]) == 0
+    summary = json.loads(next(out.rglob("summary.json")).read_text())
+    assert summary["recipe"] == "amortized-lite0-area40" and summary["mask_area"] == pytest.approx(0.4, abs=0.01)
+    bad = subprocess.run(argv[:4] + ["1.5", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "(0, 1)" in bad.stderr
