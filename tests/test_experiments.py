@@ -11,8 +11,10 @@ import contextlib
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from actmatch.explainers.classifier import OFFLINE_DEFAULTS, load_classifier
 from lightning_helpers import ROOT, cli_in_process, fake_imagenet, save_random_weights
@@ -94,9 +96,17 @@ def stand_in_args(chain: list[str], tmp_path: Path) -> list[str]:
             "48",
         ]
     if data["class_path"].endswith("ImageNetDataModule"):
-        layout = "flat" if "imagenet-sample" in str(data["init_args"].get("root")) else "split"
+        flat = "imagenet-sample" in str(data["init_args"].get("root")) or data["init_args"].get("mask_targets")
+        layout = "flat" if flat else "split"  # flat: one mask.png per file stem
         root = fake_imagenet(tmp_path / "imagenet", layout=layout, per_class=1)
         args += ["--data.init_args.root", str(root), "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0"]
+        if data["init_args"].get("mask_targets"):  # a stand-in mask.png per photo, where `actmatch explain` writes it
+            masks = tmp_path / "mask_targets"
+            for photo in root.rglob("*.JPEG"):
+                (masks / photo.stem).mkdir(parents=True, exist_ok=True)
+                width, height = Image.open(photo).size
+                Image.fromarray(np.full((height, width), 255, dtype=np.uint8)).save(masks / photo.stem / "mask.png")
+            args += ["--data.init_args.mask_targets", str(masks), "--data.init_args.val_fraction", "0.5"]
     if config["model"]["class_path"].endswith("ClassifierTrainer"):
         args += ["--model.init_args.export_path", str(tmp_path / "classifier.safetensors")]
         return args
