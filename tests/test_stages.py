@@ -169,6 +169,28 @@ def test_border_free_replaces_a_band_mask_where_the_interior_keeps_the_label(red
     assert torch.equal(masks, band.float())
 
 
+def test_border_free_with_its_own_criterion_asks_it_instead_of_the_recipes(red):
+    """The recipe's criterion (the fill) takes an interior cut of 0.2-0.35 (above); asked to hold on a black
+    background too (a > 0.6 of the image red), the band-free mask must be larger than 1.5x the band's
+    0.234, so the mask stays; at up to 4x it becomes a band-free mask the black background accepts."""
+    image, logits_x, target = red
+    band = border_band(torch.zeros(1, 1, H, W))
+    soft = torch.where(band, 0.9, 0.2) + 1e-3 * raster_ranking()
+    black = FixedBackgrounds(solid_reds(0.0), rate=1.0)
+    for factor, moved in ((1.5, False), (4.0, True)):
+        stages = [Scan(areas=24), BorderFree(factor=factor, criterion=black)]
+        masks = band.float()
+        fit, _ = state(red, masks, soft, stages=stages)
+        stages[1].run(fit)
+        assert bool(masks[band].any()) is not moved
+        if moved:
+            assert masks.mean() > 0.6 and black.bind(RedMeter(), image, logits_x, target).accepts(masks).all()
+    assert BorderFree(criterion=RobustOn(kinds=["solid"])).families == RobustOn(kinds=["solid"]).families
+    assert BorderFree().families == frozenset()
+    with pytest.raises(ValueError, match="criterion must be a Criterion"):
+        BorderFree(criterion="robust")
+
+
 def test_verify_returns_the_smallest_candidate_that_passes_the_criterions_backgrounds(red):
     """On a solid red c, a = 0.25 keeps the label iff c > 0.467, a = 0.5 iff c > 0.2."""
     small, large = rows(0.25), rows(0.5)

@@ -339,18 +339,27 @@ class BorderFree(Stage):
     Args:
         factor: the largest area ratio of the band-free mask to the mask it replaces (>= 1).
         width: the band's width as a fraction of the image's short side (0 < width < 0.5).
+        criterion: what the band-free mask must pass, instead of the recipe's (e.g. the
+            ``AllOf([Confident, RobustOn])`` of a :class:`Grow` before it, so that the cut keeps what
+            the grown mask was accepted for).
 
     Cost: per image with band pixels, one pass of ``areas`` masks and one pruning (see :class:`Prune`).
     """
 
     name = "border_free"
 
-    def __init__(self, factor: float = 1.5, width: float = 0.03) -> None:
+    def __init__(self, factor: float = 1.5, width: float = 0.03, criterion: Criterion | None = None) -> None:
         if not factor >= 1 or not 0 < width < 0.5:
             raise ValueError(
                 f"BorderFree: need factor >= 1 (a size ratio) and 0 < width < 0.5, got factor={factor}, width={width}"
             )
-        self.factor, self.width = factor, width
+        if criterion is not None and not isinstance(criterion, Criterion):
+            raise ValueError(f"BorderFree: criterion must be a Criterion (e.g. RobustOn(n=8)), got {criterion!r}")
+        self.factor, self.width, self.criterion = factor, width, criterion
+
+    @property
+    def families(self) -> frozenset[str]:
+        return frozenset(self.criterion.families) if self.criterion is not None else frozenset()
 
     def check(self, strategy) -> None:
         if not any(isinstance(stage, Scan) for stage in strategy.stages):
@@ -373,7 +382,7 @@ class BorderFree(Stage):
             area = masks[i].mean().item()
             grid = torch.logspace(math.log10(min(scan.min_area, area)), 0.0, scan.areas, device=device)
             ranking = fit.soft[one].masked_fill(band, -1.0)  # band pixels rank last
-            check = fit.check(i)
+            check = fit.check(i, self.criterion)
             cut = smallest_accepted_cut(check.accepts, ranking, grid)
             if cut is None:
                 continue  # only with the border is the decision kept: the mask stays
