@@ -136,11 +136,20 @@ class Stage:
     #: how many of each image's smallest robust step masks the stage reads (0: none)
     candidates: int = 0
 
+    #: what the stage's checks ask instead of the recipe's criterion (None: the recipe's)
+    criterion: Criterion | None = None
+
     @property
     def families(self) -> frozenset[str]:
         """Perturbation families the stage draws itself, beyond the recipe's criterion's (which
-        every check here goes through): none."""
-        return frozenset()
+        every check here goes through): its own criterion's, if it has one."""
+        return frozenset(self.criterion.families) if self.criterion is not None else frozenset()
+
+    def _own_criterion(self, criterion: Criterion | None) -> Criterion | None:
+        """``criterion`` as the stage's own, or ValueError naming the fix."""
+        if criterion is not None and not isinstance(criterion, Criterion):
+            raise ValueError(f"{type(self).__name__}: criterion must be a Criterion (e.g. RobustOn(n=8)), got {criterion!r}")
+        return criterion
 
     def check(self, strategy) -> None:
         """Raise ValueError, naming the fix, where ``strategy`` (its ``select``, ``criterion`` and
@@ -254,15 +263,9 @@ class Grow(Stage):
     def __init__(self, areas: int = 16, criterion: Criterion | None = None, max_factor: float | None = None) -> None:
         if not 1 <= areas <= 1024:
             raise ValueError(f"Grow: need 1 <= areas <= 1024, got areas={areas}")
-        if criterion is not None and not isinstance(criterion, Criterion):
-            raise ValueError(f"Grow: criterion must be a Criterion (e.g. RobustOn(n=8)), got {criterion!r}")
         if max_factor is not None and not max_factor > 1:
             raise ValueError(f"Grow: max_factor must be > 1 (e.g. 2.0: at most twice the area) or None, got {max_factor}")
-        self.areas, self.criterion, self.max_factor = areas, criterion, max_factor
-
-    @property
-    def families(self) -> frozenset[str]:
-        return frozenset(self.criterion.families) if self.criterion is not None else frozenset()
+        self.areas, self.criterion, self.max_factor = areas, self._own_criterion(criterion), max_factor
 
     @torch.no_grad()
     def run(self, fit: FitState) -> None:
@@ -353,13 +356,7 @@ class BorderFree(Stage):
             raise ValueError(
                 f"BorderFree: need factor >= 1 (a size ratio) and 0 < width < 0.5, got factor={factor}, width={width}"
             )
-        if criterion is not None and not isinstance(criterion, Criterion):
-            raise ValueError(f"BorderFree: criterion must be a Criterion (e.g. RobustOn(n=8)), got {criterion!r}")
-        self.factor, self.width, self.criterion = factor, width, criterion
-
-    @property
-    def families(self) -> frozenset[str]:
-        return frozenset(self.criterion.families) if self.criterion is not None else frozenset()
+        self.factor, self.width, self.criterion = factor, width, self._own_criterion(criterion)
 
     def check(self, strategy) -> None:
         if not any(isinstance(stage, Scan) for stage in strategy.stages):
