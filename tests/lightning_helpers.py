@@ -71,6 +71,18 @@ def fake_imagenet(root: Path, layout: str = "split", per_class: int = 2, size: i
     return root
 
 
+def write_mask_targets(photos: list[Path], masks_dir: Path, size: tuple[int, int] | None = None) -> Path:
+    """A ``mask.png`` per photo where ``actmatch explain PHOTOS --out masks_dir`` writes it
+    (``masks_dir/<stem>/mask.png``): the photo's left half, at the photo's size or at ``size`` (W, H)."""
+    for photo in photos:
+        width, height = size or Image.open(photo).size
+        mask = np.zeros((height, width), dtype=np.uint8)
+        mask[:, : width // 2] = 255
+        (masks_dir / photo.stem).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(masks_dir / photo.stem / "mask.png")
+    return masks_dir
+
+
 def wandb_records(run_dir: Path):
     """Decode the protobuf records of an offline run's ``run-*.wandb`` file (LevelDB-style log)."""
     from wandb.proto import wandb_internal_pb2 as pb

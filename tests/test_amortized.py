@@ -20,7 +20,7 @@ from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY, FitCheckpoint
 from actmatch.explainers.losses import AreaBudget, Evidence
 from actmatch.explainers.unet import MaskUNet
-from lightning_helpers import ROOT, cli_in_process
+from lightning_helpers import ROOT, cli_in_process, write_mask_targets
 
 SHIPPED = "experiments/amortized_lite0.yaml"
 ABLATIONS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "experiments" / "ablations").glob("*.yaml"))
@@ -454,13 +454,7 @@ def test_the_distilled_recipe_learns_from_the_per_image_masks_it_is_given(tmp_pa
     half) train and save a checkpoint under the recipe's name (the term's value: tests/test_losses.py; the
     masks' crops: tests/test_datamodules.py)."""
     root = _photo_folder(tmp_path / "photos")
-    masks = tmp_path / "masks"
-    for path in root.glob("*.JPEG"):
-        width, height = Image.open(path).size
-        target = np.zeros((height, width), dtype=np.uint8)
-        target[:, : width // 2] = 255
-        (masks / path.stem).mkdir(parents=True)
-        Image.fromarray(target).save(masks / path.stem / "mask.png")
+    masks = write_mask_targets(sorted(root.glob("*.JPEG")), tmp_path / "masks")
     argv = ["--config", SHIPPED, "--config", "experiments/amortized_tried/distilled.yaml",
             "--data.init_args.root", str(root), "--data.init_args.mask_targets", str(masks),
             "--data.init_args.val_fraction", "0.25", "--data.init_args.batch_size", "4", "--data.init_args.augment", "false",

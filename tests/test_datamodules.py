@@ -15,7 +15,7 @@ from actmatch.datamodules import (
 )
 from actmatch.datamodules.images import ImageReadError
 from actmatch.datamodules.synthetic import PATCH_COLOURS
-from lightning_helpers import WNIDS, fake_imagenet
+from lightning_helpers import WNIDS, fake_imagenet, write_mask_targets
 
 
 @pytest.mark.parametrize("variant,background", [("object", "texture"), ("shortcut", "clutter")])
@@ -124,19 +124,6 @@ def test_predict_datamodule_errors(tmp_path):
         PredictDataModule(str(tmp_path), batch_size=4)
 
 
-def _write_mask_targets(root, masks_dir, size=None):
-    """A mask.png per image of ``root`` where `actmatch explain ROOT --out masks_dir` writes it: the
-    image's left half (or an image of ``size`` (W, H), to be refused)."""
-    from PIL import Image
-
-    for path in sorted(root.glob("*.JPEG")):
-        width, height = size or Image.open(path).size
-        mask = np.zeros((height, width), dtype=np.uint8)
-        mask[:, : width // 2] = 255
-        (masks_dir / path.stem).mkdir(parents=True)
-        Image.fromarray(mask).save(masks_dir / path.stem / "mask.png")
-
-
 def test_paired_transform_is_timms_eval_transform_and_crops_the_mask_with_the_image():
     from PIL import Image
 
@@ -177,14 +164,14 @@ def test_paired_augmentation_moves_the_mask_with_the_image():
 
 def test_imagenet_mask_targets_come_with_each_image_or_are_refused_with_the_command(tmp_path):
     root = fake_imagenet(tmp_path / "inet", layout="flat", per_class=1)
-    _write_mask_targets(root, tmp_path / "masks")
+    write_mask_targets(sorted(root.glob("*.JPEG")), tmp_path / "masks")
     dm = ImageNetDataModule(str(root), backbone="test_resnet", image_size=48, batch_size=2, mask_targets=str(tmp_path / "masks"))
     batch = next(iter(dm.val_dataloader()))
     assert batch["mask_target"].shape == (2, 1, 48, 48)
     assert (batch["mask_target"][:, :, :, :20] == 1).all() and (batch["mask_target"][:, :, :, -20:] == 0).all()
     with pytest.raises(ImageNetFolderError, match="actmatch explain"):
         ImageNetDataModule(str(root), mask_targets=str(tmp_path / "none")).setup()
-    _write_mask_targets(root, tmp_path / "small", size=(10, 10))
+    write_mask_targets(sorted(root.glob("*.JPEG")), tmp_path / "small", size=(10, 10))
     dm = ImageNetDataModule(str(root), backbone="test_resnet", image_size=48, mask_targets=str(tmp_path / "small"))
     with pytest.raises(ImageNetFolderError, match="full-size mask.png"):
         next(iter(dm.val_dataloader()))

@@ -11,13 +11,11 @@ import contextlib
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from actmatch.explainers.classifier import OFFLINE_DEFAULTS, load_classifier
-from lightning_helpers import ROOT, cli_in_process, fake_imagenet, save_random_weights
+from lightning_helpers import ROOT, cli_in_process, fake_imagenet, save_random_weights, write_mask_targets
 
 EXPERIMENTS = ROOT / "experiments"
 # experiments/explain/ holds per-image fit recipes (actmatch explain|study --config), tested below
@@ -101,11 +99,7 @@ def stand_in_args(chain: list[str], tmp_path: Path) -> list[str]:
         root = fake_imagenet(tmp_path / "imagenet", layout=layout, per_class=1)
         args += ["--data.init_args.root", str(root), "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0"]
         if data["init_args"].get("mask_targets"):  # a stand-in mask.png per photo, where `actmatch explain` writes it
-            masks = tmp_path / "mask_targets"
-            for photo in root.rglob("*.JPEG"):
-                (masks / photo.stem).mkdir(parents=True, exist_ok=True)
-                width, height = Image.open(photo).size
-                Image.fromarray(np.full((height, width), 255, dtype=np.uint8)).save(masks / photo.stem / "mask.png")
+            masks = write_mask_targets(sorted(root.rglob("*.JPEG")), tmp_path / "mask_targets")
             args += ["--data.init_args.mask_targets", str(masks), "--data.init_args.val_fraction", "0.5"]
     if config["model"]["class_path"].endswith("ClassifierTrainer"):
         args += ["--model.init_args.export_path", str(tmp_path / "classifier.safetensors")]
