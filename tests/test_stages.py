@@ -15,7 +15,7 @@ from actmatch.explainers.fitting import AreaContinuation, _Candidates
 from actmatch.explainers.independent import IndependentNets
 from actmatch.explainers.masks import border_band, top_fraction_mask
 from actmatch.explainers.module import ActMatchExplainer
-from actmatch.explainers.stages import BorderFree, FitState, Grow, Prune, Scan, Verify, areas_below
+from actmatch.explainers.stages import BandTrim, BorderFree, FitState, Grow, Prune, Scan, Verify, areas_below
 from actmatch.explainers.unet import MaskUNet
 from test_criteria import FixedBackgrounds, H, RedMeter, W, rows, solid_reds
 
@@ -189,6 +189,56 @@ def test_border_free_with_its_own_criterion_asks_it_instead_of_the_recipes(red):
     assert BorderFree().families == frozenset()
     with pytest.raises(ValueError, match="criterion must be a Criterion"):
         BorderFree(criterion="robust")
+
+
+def test_band_trim_drops_the_band_where_the_interior_keeps_the_decision(red):
+    """Band: the 1-px border, 60 of 256 pixels. The top 6 rows (96 px) minus the band keep 70 px
+    (0.273 > 0.2: kept with the fill); the top 4 rows (64 px) minus the band keep 42 (0.164: lost), so
+    that mask stays. One test per mask with band pixels; a mask without band pixels is not tested."""
+    image, logits_x, target = red
+    band = border_band(torch.zeros(1, 1, H, W))
+    for top_rows, trimmed_px in ((6, 70), (4, None)):
+        masks = rows(top_rows / H)
+        before = masks.clone()
+        fit, passes = state(red, masks, masks.clone())
+        BandTrim(width=0.03).run(fit)
+        assert passes == {"stage": 1}
+        if trimmed_px is None:
+            assert torch.equal(masks, before)
+        else:
+            assert masks.sum() == trimmed_px and not masks[band].any() and torch.equal(masks, before * ~band)
+    interior = rows(6 / H) * ~band
+    fit, passes = state(red, interior, interior.clone())
+    BandTrim().run(fit)
+    assert passes == {} and torch.equal(fit.masks, rows(6 / H) * ~band)
+    # only the band holds the evidence: the mask stays
+    masks = band.float()
+    fit = FitState(BandMeter(), image, BandMeter()(image), target, masks, masks.clone(), Sufficient())
+    BandTrim().run(fit)
+    assert torch.equal(masks, band.float())
+
+
+def test_band_trim_with_its_own_criterion_asks_it_instead_of_the_recipes(red):
+    """On a black background the red image keeps class 0 above 0.6 of it kept. The top 12 rows minus
+    the band keep 154 px (0.602): accepted; the top 11 rows minus the band keep 140 (0.547): the fill
+    accepts it, the black background refuses it and the mask stays."""
+    black = AllOf([Sufficient(), FixedBackgrounds(solid_reds(0.0), rate=1.0)])
+    band = border_band(torch.zeros(1, 1, H, W))
+    for top_rows, trimmed in ((12, True), (11, False)):
+        masks = rows(top_rows / H)
+        fit, passes = state(red, masks, masks.clone())
+        BandTrim(criterion=black).run(fit)
+        assert bool(masks[band].any()) is not trimmed
+        assert passes == {"stage": black.bind(RedMeter(), *red).cost}
+        masks = rows(top_rows / H)
+        fit, _ = state(red, masks, masks.clone())
+        BandTrim().run(fit)  # the recipe's criterion, the fill: both trims keep the label
+        assert not masks[band].any()
+    assert BandTrim(criterion=RobustOn(kinds=["solid"])).families == RobustOn(kinds=["solid"]).families
+    with pytest.raises(ValueError, match="criterion must be a Criterion"):
+        BandTrim(criterion="robust")
+    with pytest.raises(ValueError, match="0 < width < 0.5"):
+        BandTrim(width=0.5)
 
 
 def test_verify_returns_the_smallest_candidate_that_passes_the_criterions_backgrounds(red):

@@ -9,6 +9,7 @@ one criterion (:mod:`actmatch.explainers.criteria`) whether a mask keeps the dec
 * :class:`Grow`: where the criterion refuses the mask, the smallest accepted cut above it.
 * :class:`Prune`: backward elimination of the grid cells the decision does not need.
 * :class:`BorderFree`: a cut that leaves the image's border band alone, where it is not much larger.
+* :class:`BandTrim`: the mask without the border band, where that keeps the decision.
 
 Every stage runs without gradient (forward passes only) and classifies through the fit's counted
 classifier, so the fit result reports the images each one classified. Override point:
@@ -35,6 +36,7 @@ __all__ = [
     "Grow",
     "Prune",
     "BorderFree",
+    "BandTrim",
     "Verify",
     "logistic_blobs",
     "areas_below",
@@ -388,6 +390,45 @@ class BorderFree(Stage):
             if cut is None or cut.mean().item() > self.factor * area:
                 continue  # the interior alone needs a much larger mask: the mask stays
             masks[one] = cut
+
+
+class BandTrim(Stage):
+    """The mask without the image's border band, where that alone keeps the decision.
+
+    Per image whose mask keeps pixels of the border band (``width`` × the short side,
+    :func:`~actmatch.explainers.masks.border_band`): m' = m ⊙ (1 − band); m' replaces m if the
+    criterion accepts it. m' is never larger than m. Where the decision needs the band (a frame, a
+    watermark, an object the border cuts), the mask stays; :class:`BorderFree` after it can then
+    look for a larger band-free cut of the ranking.
+
+    Args:
+        width: the band's width as a fraction of the image's short side (0 < width < 0.5).
+        criterion: what the trimmed mask must pass, instead of the recipe's.
+
+    Cost: one test per image with band pixels.
+    """
+
+    name = "band_trim"
+
+    def __init__(self, width: float = 0.03, criterion: Criterion | None = None) -> None:
+        if not 0 < width < 0.5:
+            raise ValueError(f"BandTrim: need 0 < width < 0.5 (a fraction of the short side), got width={width}")
+        self.width, self.criterion = width, self._own_criterion(criterion)
+
+    def check(self, strategy) -> None:
+        self._needs_robust_criterion(strategy, "its trimmed mask")
+
+    @torch.no_grad()
+    def run(self, fit: FitState) -> None:
+        masks = fit.masks
+        band = border_band(masks[:1], self.width)  # (1, 1, H, W)
+        for i in range(fit.images.shape[0]):
+            one = slice(i, i + 1)
+            if not masks[one][band].any():
+                continue
+            trimmed = masks[one] * ~band
+            if fit.check(i, self.criterion).accepts(trimmed)[0]:
+                masks[one] = trimmed
 
 
 class Verify(Stage):
