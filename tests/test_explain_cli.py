@@ -147,7 +147,7 @@ def test_same_seed_gives_the_same_mask(small_coffee_path, tmp_path):
         masks.append((tmp_path / name / "small_coffee" / "mask.png").read_bytes())
     assert masks[0] == masks[1]
     summary = json.loads((tmp_path / "a" / "small_coffee" / "summary.json").read_text())
-    assert (summary["recipe"], summary["recipe_version"]) == ("faithful", 3)
+    assert (summary["recipe"], summary["recipe_version"]) == ("faithful", 4)
 
 
 def test_config_file_and_flags(small_coffee_path, tmp_path):

@@ -50,7 +50,7 @@ __all__ = ["ActMatchExplainer", "Explanation", "StepOutput", "DEFAULT_RECIPE", "
 #: the name and version of the built-in recipe (:func:`default_loss_terms`, :func:`default_fitting`, the
 #: default U-Net, fill and restarts), which experiments/explain/faithful.yaml spells out
 DEFAULT_RECIPE = "faithful"
-DEFAULT_RECIPE_VERSION = 3
+DEFAULT_RECIPE_VERSION = 4
 
 
 @dataclass
