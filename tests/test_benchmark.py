@@ -341,7 +341,7 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
     saved = tmp_path / "settings.json"
     saved.write_text(json.dumps(settings()))
     am = json.loads(saved.read_text())["methods"]["am"]
-    assert (am["recipe"], am["recipe_version"], len(am["recipe_digest"])) == ("faithful", 3, 8)
+    assert (am["recipe"], am["recipe_version"], len(am["recipe_digest"])) == ("faithful", 4, 8)
     assert benchmark.settings_changes(saved, settings()) == []
     assert benchmark.settings_changes(saved, settings("--config", str(config))) == [
         "methods.am.recipe",
