@@ -17,6 +17,7 @@ from actmatch.commands.explain import build_explainer, load_unet
 from actmatch.commands.study import study_rows
 from actmatch.datamodules.imagenet import ImageNetFolderError, held_out
 from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.criteria import Sufficient
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY, FitCheckpoint
 from actmatch.explainers.losses import AreaBudget, Evidence
 from actmatch.explainers.unet import MaskUNet
@@ -122,11 +123,85 @@ def test_explain_scans_the_amortized_ranking_under_its_own_recipe_name(shipped_c
     assert "--scan refines the masks of one amortized pass; add --amortized" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         explain_main("explain", argv + ["--amortized", "--border-free", "1.5"])
-    assert "--border-free F cuts the scanned ranking again: it needs --scan N" in capsys.readouterr().err
+    assert "--border-free F cuts the refined ranking again: it needs --scan N or --grow N" in capsys.readouterr().err
     assert explain_main("explain", argv + ["--amortized", "--scan", "4"]) == 0
     summary = json.loads(next((tmp_path / "out").rglob("summary.json")).read_text())
     assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+scan4", 2)
     assert summary["label_kept"] and summary["confidence_explanation"] >= 0.9 * summary["confidence_original"]
+
+
+def test_explain_grows_only_the_refused_amortized_masks_under_its_own_recipe_name(shipped_checkpoint, tmp_path, capsys):
+    from actmatch.commands.explain import main as explain_main
+
+    photo = _photo_folder(tmp_path / "new") / "n01440764_photo0.JPEG"
+    argv = [str(photo), "--checkpoint", str(shipped_checkpoint), "--out", str(tmp_path / "out")]
+    for extra, message in [
+        (["--grow", "4"], "--grow refines the masks of one amortized pass; add --amortized"),
+        (["--amortized", "--grow", "4", "--scan", "4"], "use --scan N or --grow N, not both"),
+        (["--amortized", "--grow", "0"], "--grow must be in 1..1024, got 0"),
+        (["--amortized", "--bisect"], "--bisect searches the cuts of --grow N; add --grow N"),
+    ]:
+        with pytest.raises(SystemExit):
+            explain_main("explain", argv + extra)
+        assert message in capsys.readouterr().err
+    assert explain_main("explain", argv + ["--amortized", "--grow", "4"]) == 0
+    summary = json.loads(next((tmp_path / "out").rglob("summary.json")).read_text())
+    assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+grow4", 2)
+    assert summary["label_kept"] and summary["confidence_explanation"] >= 0.9 * summary["confidence_original"]
+    assert explain_main("explain", argv + ["--amortized", "--grow", "4", "--bisect", "--out", str(tmp_path / "b")]) == 0
+    summary = json.loads(next((tmp_path / "b").rglob("summary.json")).read_text())
+    assert summary["recipe"] == "amortized-lite0+grow4bisect"
+    assert summary["label_kept"] and summary["confidence_explanation"] >= 0.9 * summary["confidence_original"]
+
+
+def test_a_grown_amortized_pass_classifies_each_explanation_once(shipped_checkpoint):
+    """With ``--grow N`` the pass's explanations are classified once, in one batch: the recipe's fill
+    criterion (p_f(e)(y) >= 0.9 p_f(x)(y)) is read from those logits, N cuts are classified only for
+    the refused masks, and only the changed masks again. The reported confidences are the
+    classifier's own on the final masks' explanations, and every final mask is accepted."""
+    from actmatch.commands.explain import use_amortized_scan, use_checkpoint
+
+    explainer = build_explainer(None)
+    use_checkpoint(explainer, str(shipped_checkpoint), amortized=True)
+    use_amortized_scan(explainer, None, grow=4)
+    explainer.eval()
+    import skimage.data
+
+    images = torch.rand(3, 3, 224, 224)
+    coffee = Image.fromarray(skimage.data.coffee()).resize((224, 224))
+    images[0] = torch.from_numpy(np.array(coffee)).permute(2, 0, 1) / 255
+    calls: list[int] = []
+    handle = explainer.classifier.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        result = explainer.explain(images)
+    finally:
+        handle.remove()
+    first, _ = explainer.ranked_masks(images)
+    changed = (result.masks != first.cpu()).flatten(1).any(1)
+    refused = result.passes.get("grow", 0) // 4
+    assert calls[0] == 3 and sum(calls) == 3 + 4 * refused + int(changed.sum())
+    assert result.passes == {
+        "accepted": 3,
+        **({"grow": 4 * refused} if refused else {}),
+        **({"refined": int(changed.sum())} if changed.any() else {}),
+    }
+    with torch.no_grad():
+        p_e = explainer.classifier(explainer.explanations(images, result.masks)).softmax(-1)
+    assert torch.allclose(result.confidence_explanation, p_e.gather(1, result.label[:, None]).squeeze(1), atol=1e-5)
+    assert bool((result.confidence_explanation >= 0.9 * result.confidence_original).all()) and bool(result.label_kept.all())
+
+    class AcceptsAll(Sufficient):
+        def kept(self, logits_e, logits_x, target):
+            return torch.ones_like(target, dtype=torch.bool)
+
+    explainer.fitting.criterion, calls[:] = AcceptsAll(), []
+    handle = explainer.classifier.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        result = explainer.explain(images)
+    finally:
+        handle.remove()
+    assert calls == [3] and result.passes == {"accepted": 3}  # every mask accepted: the one pass, nothing more
+    assert torch.equal(result.masks, first.cpu())
 
 
 def test_a_checkpoint_for_another_backbone_is_refused(shipped_checkpoint, tmp_path, capsys):

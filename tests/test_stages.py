@@ -15,7 +15,18 @@ from actmatch.explainers.fitting import AreaContinuation, _Candidates
 from actmatch.explainers.independent import IndependentNets
 from actmatch.explainers.masks import border_band, top_fraction_mask
 from actmatch.explainers.module import ActMatchExplainer
-from actmatch.explainers.stages import BandTrim, BorderFree, FitState, Grow, Prune, Scan, Verify, areas_below
+from actmatch.explainers.stages import (
+    BandTrim,
+    BorderFree,
+    FitState,
+    Grow,
+    Prune,
+    Scan,
+    Verify,
+    areas_below,
+    bisected_accepted_cut,
+    smallest_accepted_cut,
+)
 from actmatch.explainers.unet import MaskUNet
 from test_criteria import FixedBackgrounds, H, RedMeter, W, rows, solid_reds
 
@@ -114,6 +125,77 @@ def test_grow_with_its_own_criterion_asks_it_instead_of_the_recipes(red):
     assert masks.mean().item() > 0.6
     assert Grow(criterion=RobustOn(kinds=["solid"])).families == RobustOn(kinds=["solid"]).families != frozenset()
     assert Grow().families == frozenset()
+
+
+def test_grow_reads_a_known_verdict_only_for_the_unchanged_mask_and_the_recipes_criterion(red):
+    """With the mean fill the red image keeps class 0 iff more than a fifth is kept, so the fill
+    refuses a top-0.1 mask. A verdict the caller already has (``FitState.known``, an amortized pass's
+    own logits) replaces Grow's test of that mask: ``True`` keeps the mask with no pass at all, ``False``
+    goes straight to the 8 cuts (smallest above a fifth). Once the mask has changed, or with Grow's
+    own criterion, the verdict is not read and the mask is tested (one image more)."""
+    soft = raster_ranking()
+    small = top_fraction_mask(soft, 0.1)
+    grid = torch.logspace(math.log10(small.mean().item()), 0.0, 9)[1:]
+    smallest_kept = min(k / (H * W) for k in (grid * H * W).round().long().tolist() if k / (H * W) > 0.2)
+
+    fit, passes = state(red, small.clone(), soft, known=torch.tensor([True]))
+    Grow(areas=8).run(fit)
+    assert torch.equal(fit.masks, small) and passes == {}  # trusted: no test, no cuts
+
+    fit, passes = state(red, small.clone(), soft, known=torch.tensor([False]))
+    Grow(areas=8).run(fit)
+    assert fit.masks.mean().item() == pytest.approx(smallest_kept) and passes["stage"] == 8  # the cuts only
+
+    fit, passes = state(red, small.clone(), soft, known=torch.tensor([True]))
+    fit.masks[0] = top_fraction_mask(soft, 0.15)[0]  # a stage before changed it: the verdict is stale
+    Grow(areas=8).run(fit)
+    assert fit.masks.mean().item() > 0.2 and passes["stage"] == 1 + 8
+
+    fit, passes = state(red, small.clone(), soft, known=torch.tensor([True]))
+    Grow(areas=8, criterion=Sufficient()).run(fit)  # its own criterion: the recipe's verdict does not answer it
+    assert fit.masks.mean().item() == pytest.approx(smallest_kept) and passes["stage"] == 1 + 8
+
+
+def test_bisection_finds_the_cut_a_hand_bisection_finds():
+    """Cuts of a raster ranking at 0.1, 0.2, ..., 0.8 (8 areas, so 3 halvings). Where acceptance
+    grows with the area (accepted from 0.3 on) bisection tests 0.4, 0.2, 0.3 and returns 0.3, the
+    smallest accepted. Where it does not (accepted at 0.3 and from 0.6 on) it tests 0.4 (refused),
+    0.6 (accepted), 0.5 (refused) and returns 0.6, not 0.3. Where every cut is refused it tests
+    0.4, 0.6, 0.7 and then the largest, 0.8, and returns None."""
+    soft = raster_ranking()
+    fractions = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    for accepted_areas, tested, found in [
+        (lambda a: a >= 0.3, [0.4, 0.2, 0.3], 0.3),
+        (lambda a: abs(a - 0.3) < 0.01 or a >= 0.6, [0.4, 0.6, 0.5], 0.6),
+        (lambda a: False, [0.4, 0.6, 0.7, 0.8], None),
+    ]:
+        seen: list[float] = []
+
+        def accepts(masks, rule=accepted_areas, seen=seen):
+            area = round(masks.mean().item(), 2)
+            seen.append(area)
+            return torch.tensor([rule(area)])
+
+        cut = bisected_accepted_cut(accepts, soft, fractions)
+        assert seen == tested
+        assert (cut is None) if found is None else cut.mean().item() == pytest.approx(found, abs=0.01)
+    assert smallest_accepted_cut(lambda m: (m.flatten(1).mean(1) - 0.3).abs() < 0.01, soft, fractions).mean().item() == (
+        pytest.approx(0.3, abs=0.01)
+    )  # testing every cut finds the smaller one
+
+
+def test_grow_by_bisection_returns_the_smallest_cut_above_a_fifth_in_fewer_tests(red):
+    """With the mean fill the red image keeps class 0 iff more than a fifth is kept: acceptance grows
+    with the area, so bisection over 16 cuts above a top-0.1 mask returns the cut testing all 16 does,
+    after the mask's test and 4 or 5 cuts, one at a time."""
+    soft = raster_ranking()
+    masks = top_fraction_mask(soft, 0.1)
+    fit, passes = state(red, masks.clone(), soft)
+    Grow(areas=16).run(fit)
+    bisected, bisect_passes = state(red, masks.clone(), soft)
+    Grow(areas=16, bisect=True).run(bisected)
+    assert torch.equal(bisected.masks, fit.masks) and bisected.masks.mean().item() > 0.2
+    assert passes["stage"] == 1 + 16 and 1 + 4 <= bisect_passes["stage"] <= 1 + 5
 
 
 def test_grow_rejects_a_bad_grid_and_criterion():

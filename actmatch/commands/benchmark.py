@@ -247,7 +247,7 @@ def method_settings(args: argparse.Namespace) -> dict[str, dict]:
     am = {"steps": args.steps, "seed": args.seed, "checkpoint": args.checkpoint, "config": args.config}
     return {
         "am": am,
-        "am-amortized": {**am, "scan": args.scan, "border_free": args.border_free},
+        "am-amortized": {**am, "scan": args.scan, "border_free": args.border_free, "grow": args.grow, "bisect": args.bisect},
         "occlusion": window,
         "convad": {**window, "tau": args.tau},
         "ig": {"steps": args.ig_steps},

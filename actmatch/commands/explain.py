@@ -32,7 +32,7 @@ from actmatch.datamodules.images import ImageItem, ImageReadError, expand_image_
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.fit_checkpoint import FitCheckpoint
 from actmatch.explainers.module import ActMatchExplainer, Explanation
-from actmatch.explainers.stages import BorderFree, Scan, Stage
+from actmatch.explainers.stages import BorderFree, Grow, Scan, Stage
 from actmatch.report import write_report
 from actmatch.results import as_items, clean_staging, explanation_at, finished_rows, recipe_digest, write_result, write_summary
 
@@ -114,27 +114,51 @@ def add_scan_argument(parser: argparse.ArgumentParser) -> None:
         "criterion accepts (one batched pass of N masks per image; two where the pass's mask is not accepted)",
     )
     parser.add_argument(
+        "--grow",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --amortized, instead of --scan: where the recipe's criterion refuses the pass's mask, the "
+        "smallest accepted of N larger cuts of its ranking, up to the whole image (one batched pass of N masks, "
+        "only for refused masks; the per-image recipe's Grow stage)",
+    )
+    parser.add_argument(
+        "--bisect",
+        action="store_true",
+        help="with --grow: find the cut by bisection, one mask at a time (about log2 N + 1 masks instead of N; "
+        "the smallest accepted cut where acceptance only grows with the area, a larger one where it does not)",
+    )
+    parser.add_argument(
         "--border-free",
         type=float,
         default=None,
         metavar="F",
-        help="with --scan: then the smallest accepted cut of the ranking that leaves the image's border band "
-        "alone, where it needs at most F times the area (the per-image recipe's BorderFree stage)",
+        help="with --scan or --grow: then the smallest accepted cut of the ranking that leaves the image's border "
+        "band alone, where it needs at most F times the area (the per-image recipe's BorderFree stage)",
     )
 
 
 def check_scan_argument(
     parser: argparse.ArgumentParser, args: argparse.Namespace, amortized: bool | None = None, fix: str = "add --amortized"
 ) -> None:
-    """Refuse ``--scan`` without an amortized pass to refine (``amortized``, default ``args.amortized``;
-    ``fix`` says how to ask for one) and out-of-range ``--scan`` / ``--border-free``."""
+    """Refuse ``--scan`` / ``--grow`` without an amortized pass to refine (``amortized``, default
+    ``args.amortized``; ``fix`` says how to ask for one), both at once, and out-of-range ``--scan`` /
+    ``--grow`` / ``--border-free``."""
     amortized = args.amortized if amortized is None else amortized
-    if args.scan is not None and not amortized:
-        parser.error(f"--scan refines the masks of one amortized pass; {fix} (a per-image recipe has its own stages)")
-    if args.scan is not None and not 1 <= args.scan <= 1024:
-        parser.error(f"--scan must be in 1..1024, got {args.scan}")
-    if args.border_free is not None and (args.scan is None or args.border_free < 1):
-        parser.error(f"--border-free F cuts the scanned ranking again: it needs --scan N and F >= 1, got {args.border_free}")
+    for flag, value in (("--scan", args.scan), ("--grow", args.grow)):
+        if value is not None and not amortized:
+            parser.error(f"{flag} refines the masks of one amortized pass; {fix} (a per-image recipe has its own stages)")
+        if value is not None and not 1 <= value <= 1024:
+            parser.error(f"{flag} must be in 1..1024, got {value}")
+    if args.scan is not None and args.grow is not None:
+        parser.error("--scan already cuts above a refused mask (and below an accepted one); use --scan N or --grow N, not both")
+    if args.bisect and args.grow is None:
+        parser.error("--bisect searches the cuts of --grow N; add --grow N (e.g. --grow 16 --bisect)")
+    refined = args.scan is not None or args.grow is not None
+    if args.border_free is not None and (not refined or args.border_free < 1):
+        parser.error(
+            f"--border-free F cuts the refined ranking again: it needs --scan N or --grow N and F >= 1, got {args.border_free}"
+        )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,15 +307,28 @@ def use_checkpoint(explainer: ActMatchExplainer, path: str, amortized: bool) -> 
     return explainer.unet.state_dict()
 
 
-def use_amortized_scan(explainer: ActMatchExplainer, areas: int, border_free: float | None = None) -> str:
+def use_amortized_scan(
+    explainer: ActMatchExplainer,
+    areas: int | None,
+    border_free: float | None = None,
+    grow: int | None = None,
+    bisect: bool = False,
+) -> str:
     """Refine ``explainer``'s amortized masks by the smallest accepted cut of their ranking
-    (:class:`~actmatch.explainers.stages.Scan` with ``areas`` cuts, the recipe's criterion), then,
-    with ``border_free``, by a band-free cut of at most that many times the area
+    (:class:`~actmatch.explainers.stages.Scan` with ``areas`` cuts, the recipe's criterion) or, with
+    ``grow`` instead, only where the criterion refuses the pass's mask, by the smallest accepted of
+    ``grow`` larger cuts (:class:`~actmatch.explainers.stages.Grow`; with ``bisect``, found by
+    bisection); then, with ``border_free``, by a band-free cut of at most that many times the area
     (:class:`~actmatch.explainers.stages.BorderFree`). Returns the suffix the recipe's name gains,
-    ``+scan<areas>`` (and ``+bf<factor>``), e.g. ``amortized-lite0+scan16``."""
-    stages: list[Stage] = [Scan(areas=areas)] + ([BorderFree(factor=border_free)] if border_free else [])
+    ``+scan<areas>``, ``+grow<grow>`` or ``+grow<grow>bisect`` (and ``+bf<factor>``), e.g.
+    ``amortized-lite0+scan16``."""
+    if (areas is None) == (grow is None):
+        raise ValueError(f"refine the amortized masks by a scan or a grow, one of them (got areas={areas}, grow={grow})")
+    first: Stage = Scan(areas=areas) if areas is not None else Grow(areas=grow or 1, bisect=bisect)
+    stages: list[Stage] = [first] + ([BorderFree(factor=border_free)] if border_free else [])
     explainer.amortized_stages = explainer.checked_amortized_stages(stages)
-    suffix = f"+scan{areas}" + (f"+bf{border_free:g}" if border_free else "")
+    suffix = f"+scan{areas}" if areas is not None else f"+grow{grow}" + ("bisect" if bisect else "")
+    suffix += f"+bf{border_free:g}" if border_free else ""
     explainer.recipe += suffix
     return suffix
 
@@ -495,8 +532,8 @@ def main(command: str, argv: list[str]) -> int:
         explainer = build_explainer(config, args.backbone, args.weights, args.steps, **classifier_overrides(args))
         # the checkpoint's own network: one pass with --amortized, else the fit's starting point
         init_state = use_checkpoint(explainer, args.checkpoint, args.amortized) if args.checkpoint else None
-        if args.scan:
-            use_amortized_scan(explainer, args.scan, args.border_free)
+        if args.scan or args.grow:
+            use_amortized_scan(explainer, args.scan, args.border_free, args.grow, args.bisect)
     except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
         print(f"actmatch {command}: {err}", file=sys.stderr)
         return 2

@@ -73,8 +73,9 @@ class ActMatchMethod(AttributionMethod):
 
 class AmortizedActMatchMethod(ActMatchMethod):
     """Amortized activation matching: the mask network of an ``actmatch fit`` checkpoint, one forward
-    pass (with ``scan``: its mask cut at the smallest accepted of ``scan`` areas of its ranking, and
-    with ``border_free`` a band-free cut, as ``actmatch explain --amortized --scan N``). The map is
+    pass (with ``scan``: its mask cut at the smallest accepted of ``scan`` areas of its ranking; with
+    ``grow``: where its mask is refused, the smallest accepted of ``grow`` larger cuts; and with
+    ``border_free`` a band-free cut, as ``actmatch explain --amortized --scan N`` or ``--grow N``). The map is
     m + σ(z), as per image: the cut at the mask's area is the mask, other cuts follow the network's
     ranking."""
 
@@ -86,6 +87,8 @@ class AmortizedActMatchMethod(ActMatchMethod):
         checkpoint: str | None = None,
         scan: int | None = None,
         border_free: float | None = None,
+        grow: int | None = None,
+        bisect: bool = False,
         **settings,
     ) -> None:
         from actmatch.commands.explain import use_amortized_scan, use_checkpoint
@@ -97,8 +100,8 @@ class AmortizedActMatchMethod(ActMatchMethod):
         super().__init__(classifier, **settings)
         self.checkpoint = checkpoint
         use_checkpoint(self.explainer, checkpoint, amortized=True)
-        if scan:  # the smallest accepted of `scan` cuts of the pass's ranking (and a band-free cut)
-            use_amortized_scan(self.explainer, scan, border_free)
+        if scan or grow:  # the smallest accepted of `scan` cuts of the pass's ranking, or of `grow` larger ones where refused
+            use_amortized_scan(self.explainer, scan, border_free, grow, bisect)
 
     @property
     def name(self) -> str:

@@ -110,6 +110,11 @@ class Criterion:
         :class:`~actmatch.explainers.module.StepOutput`), no extra forward pass."""
         raise NotImplementedError
 
+    def accepts_logits(self, logits_e: torch.Tensor, logits_x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B,) bool from the logits (B, K) of explanations built with the criterion's fill and of
+        their originals, where :attr:`answered_by_step` (a fill check); ValueError otherwise."""
+        raise ValueError(f"{self!r} needs its own backgrounds; ask it through bind(...).accepts(masks)")
+
     @property
     def parts(self) -> list[Criterion]:
         """The criteria this one is the conjunction of (itself for a single criterion)."""
@@ -159,6 +164,9 @@ class Sufficient(Criterion):
 
     def accepts_step(self, out, target: torch.Tensor) -> torch.Tensor:
         return self.kept(out.evidence.logits_e.detach(), out.evidence.logits, target)
+
+    def accepts_logits(self, logits_e: torch.Tensor, logits_x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.kept(logits_e, logits_x, target)
 
     def bind(self, classifier, image, logits_x, target) -> Check:
         return _FillCheck(self, classifier, image, logits_x, target)
@@ -348,6 +356,12 @@ class AllOf(Criterion):
         kept = self.parts[0].accepts_step(out, target)
         for part in self.parts[1:]:
             kept = kept & part.accepts_step(out, target)
+        return kept
+
+    def accepts_logits(self, logits_e: torch.Tensor, logits_x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kept = self.parts[0].accepts_logits(logits_e, logits_x, target)
+        for part in self.parts[1:]:
+            kept = kept & part.accepts_logits(logits_e, logits_x, target)
         return kept
 
     def bind(self, classifier, image, logits_x, target) -> Check:

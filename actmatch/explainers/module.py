@@ -367,15 +367,17 @@ class ActMatchExplainer(L.LightningModule):
         return kept
 
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, masks: torch.Tensor, logits: torch.Tensor | None = None) -> Explanation:
+    def evaluate(
+        self, images: torch.Tensor, masks: torch.Tensor, logits: torch.Tensor | None = None, logits_e: torch.Tensor | None = None
+    ) -> Explanation:
         """Classify x and e = m ⊙ x + (1 − m) ⊙ fill for given hard masks, in one pass (only e when
-        the classifier's ``logits`` on x are given)."""
-        fill = make_fill(images, self.fill, self.classifier.data_config["mean"])
-        explanations = masks * images + (1 - masks) * fill
+        the classifier's ``logits`` on x are given, neither when its ``logits_e`` on e are too)."""
+        explanations = self.explanations(images, masks)
         if logits is None:
             p_x, p_e = self.classifier(torch.cat([images, explanations])).softmax(-1).chunk(2)
         else:
-            p_x, p_e = logits.softmax(-1), self.classifier(explanations).softmax(-1)
+            p_x = logits.softmax(-1)
+            p_e = (self.classifier(explanations) if logits_e is None else logits_e).softmax(-1)
         label = p_x.argmax(-1)
         return Explanation(
             masks=masks.cpu(),
@@ -385,6 +387,10 @@ class ActMatchExplainer(L.LightningModule):
             confidence_explanation=p_e.gather(1, label[:, None]).squeeze(1).cpu(),
             label_explanation=p_e.argmax(-1).cpu(),
         )
+
+    def explanations(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """e = m ⊙ x + (1 − m) ⊙ fill, with this explainer's fill."""
+        return masks * images + (1 - masks) * make_fill(images, self.fill, self.classifier.data_config["mean"])
 
     # ------------------------------------------------------------------ amortized
     @torch.no_grad()
@@ -411,10 +417,10 @@ class ActMatchExplainer(L.LightningModule):
         start = time.perf_counter()
         images = images.to(self.device)
         mask, soft = self.ranked_masks(images)
-        logits, passes = self._class_logits_read(images), dict[str, int]()
+        logits, passes, logits_e = self._class_logits_read(images), dict[str, int](), None
         if self.amortized_stages:
-            mask, logits, passes = self.refined(images, mask, soft, logits)
-        result = self.evaluate(images, mask, logits)
+            mask, logits, logits_e, passes = self.refined(images, mask, soft, logits)
+        result = self.evaluate(images, mask, logits, logits_e)
         result.soft_masks = soft.detach().cpu()
         result.seconds, result.passes = time.perf_counter() - start, passes
         return result
@@ -442,25 +448,39 @@ class ActMatchExplainer(L.LightningModule):
     @torch.no_grad()
     def refined(
         self, images: torch.Tensor, masks: torch.Tensor, soft: torch.Tensor, logits: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
         """The amortized ``masks`` (B, 1, H, W) refined by :attr:`amortized_stages`, each asking
         ``fitting``'s criterion with the ranking ``soft`` as after a per-image fit, where a mask
         the criterion does not accept counts as a fit that found none (``Scan`` then also cuts
-        above its area). Returns the masks, the logits on ``images`` (``logits`` if given) and
-        the images each part classified: ``forward`` (the originals, where not given),
-        ``accepted`` (the pass's masks) and each stage's name."""
+        above its area). The pass's explanations are classified once: a fill criterion is answered
+        from those logits (and :class:`~actmatch.explainers.stages.Grow` reads that verdict), and
+        only the masks a stage changed are classified again. Returns the masks, the logits on
+        ``images`` (``logits`` if given) and on their explanations, and the images each part
+        classified: ``forward`` (the originals, where not given), ``accepted`` (the pass's masks and
+        what else the criterion classifies), each stage's name and ``refined`` (the changed masks)."""
         passes: dict[str, int] = {}
         if logits is None:
             logits = CountedClassifier(self.classifier, passes, "forward")(images)
         target, criterion = logits.argmax(-1), self.fitting.criterion
         counted = CountedClassifier(self.classifier, passes, "accepted")
-        one = [slice(i, i + 1) for i in range(len(images))]
-        accepted = torch.cat([criterion.accepts(counted, images[i], masks[i], logits[i], target[i]) for i in one])
-        state = FitState(self.classifier, images, logits, target, masks.clone(), soft, criterion, self.amortized_stages, accepted)
+        logits_e = counted(self.explanations(images, masks))
+        if criterion.answered_by_step:  # a fill check; its fill is the explainer's (checked_amortized_stages)
+            accepted = known = criterion.accepts_logits(logits_e, logits, target)
+        else:
+            one = [slice(i, i + 1) for i in range(len(images))]
+            accepted = torch.cat([criterion.accepts(counted, images[i], masks[i], logits[i], target[i]) for i in one])
+            known = None
+        state = FitState(
+            self.classifier, images, logits, target, masks.clone(), soft, criterion, self.amortized_stages, accepted, known=known
+        )
         for stage in self.amortized_stages:
             state.classifier = CountedClassifier(self.classifier, passes, stage.name)
             stage.run(state)
-        return state.masks, logits, passes
+        changed = (state.masks != masks).flatten(1).any(1)
+        if changed.any():
+            refined = CountedClassifier(self.classifier, passes, "refined")
+            logits_e[changed] = refined(self.explanations(images[changed], state.masks[changed]))
+        return state.masks, logits, logits_e, passes
 
     def _class_logits_read(self, images: torch.Tensor) -> torch.Tensor | None:
         """The classifier's logits on ``images`` as the mask network's last pass read them (a network

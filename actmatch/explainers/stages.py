@@ -42,6 +42,7 @@ __all__ = [
     "areas_below",
     "areas_above",
     "smallest_accepted_cut",
+    "bisected_accepted_cut",
     "pruned",
 ]
 
@@ -56,6 +57,9 @@ class FitState:
     ``candidates[i]``: image i's smallest robust step masks, as (area, mask (1, H, W), soft), by
     increasing area (collected for the stages that ask for them, :attr:`Stage.candidates`).
     ``kept_found[i]``: whether any step (or lookahead cut) of image i was accepted.
+    ``known[i]``: the recipe's criterion's verdict on ``masks[i]`` as given, where the caller already
+    has it (an amortized pass classifies its own explanations); read by :meth:`known_verdict` only
+    while the mask is unchanged.
     """
 
     classifier: object  # images (n, 3, H, W) -> logits (n, K), with a ``data_config``
@@ -68,11 +72,22 @@ class FitState:
     stages: list = field(default_factory=list)
     kept_found: torch.Tensor | None = None  # (B,) bool; None: all True
     candidates: list = field(default_factory=list)
+    known: torch.Tensor | None = None  # (B,) bool; None: no verdict known
+
+    def __post_init__(self) -> None:
+        self._known_masks = self.masks.clone() if self.known is not None else None
 
     def check(self, i: int, criterion: Criterion | None = None) -> Check:
         """The recipe's criterion (or ``criterion``) bound to image i (what it draws is drawn here)."""
         one = slice(i, i + 1)
         return (criterion or self.criterion).bind(self.classifier, self.images[one], self.logits_x[one], self.target[one])
+
+    def known_verdict(self, i: int, criterion: Criterion | None = None) -> bool | None:
+        """The recipe's criterion's known verdict on image i's mask (:attr:`known`), if the mask is
+        still the one it was given for and ``criterion`` is None (the recipe's); None otherwise."""
+        if criterion is not None or self.known is None or self._known_masks is None:
+            return None
+        return bool(self.known[i]) if torch.equal(self.masks[i], self._known_masks[i]) else None
 
     def stage(self, kind: type[_S]) -> _S | None:
         """The first stage of the recipe of this class, if any."""
@@ -111,6 +126,32 @@ def smallest_accepted_cut(accepts, scores: torch.Tensor, fractions: torch.Tensor
     cuts = top_fraction_mask(scores.expand(n, -1, -1, -1), fractions)  # (n, 1, H, W)
     kept = accepts(cuts)
     return cuts[int(kept.float().argmax())] if kept.any() else None
+
+
+@torch.no_grad()
+def bisected_accepted_cut(accepts, scores: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor | None:
+    """A cut top_a(scores), a in ``fractions`` (increasing), that ``accepts`` keeps while it refuses
+    the next smaller one, found by bisection, one mask at a time: the smallest accepted cut where
+    acceptance only grows with the area; None if the largest is refused. Tests ⌈log2 n⌉ masks, and
+    the largest only where every smaller one tested was refused (instead of all n at once).
+
+    Shapes: scores (1, 1, H, W); returns (1, H, W).
+    """
+
+    def cut(k: int) -> torch.Tensor:
+        return top_fraction_mask(scores, fractions[k : k + 1])
+
+    refused, accepted = -1, fractions.shape[0] - 1  # the largest is taken as accepted until tested
+    while accepted - refused > 1:
+        middle = (refused + accepted) // 2
+        if accepts(cut(middle))[0]:
+            accepted = middle
+        else:
+            refused = middle
+    top = cut(accepted)
+    if accepted == fractions.shape[0] - 1 and not accepts(top)[0]:
+        return None
+    return top[0]
 
 
 @torch.no_grad()
@@ -256,33 +297,44 @@ class Grow(Stage):
             them is accepted the mask stays as it is (None: up to the whole image, which always
             keeps the label). A classifier whose evidence does not survive other surroundings at any
             small size then keeps its small mask instead of most of the image.
+        bisect: find the cut by bisection (:func:`bisected_accepted_cut`: about log2(areas) masks,
+            one at a time; the smallest accepted where acceptance only grows with the area) instead
+            of testing every cut in one pass (the smallest accepted, always).
 
-    Cost: per image, one test of the mask; where it is refused, one pass of ``areas`` masks.
+    Cost: per image, one test of the mask (none where :attr:`FitState.known` has its verdict); where it
+    is refused, one pass of ``areas`` masks (with ``bisect``, ⌈log2 areas⌉ to ⌈log2 areas⌉ + 1 passes of one).
     """
 
     name = "grow"
 
-    def __init__(self, areas: int = 16, criterion: Criterion | None = None, max_factor: float | None = None) -> None:
+    def __init__(
+        self, areas: int = 16, criterion: Criterion | None = None, max_factor: float | None = None, bisect: bool = False
+    ) -> None:
         if not 1 <= areas <= 1024:
             raise ValueError(f"Grow: need 1 <= areas <= 1024, got areas={areas}")
         if max_factor is not None and not max_factor > 1:
             raise ValueError(f"Grow: max_factor must be > 1 (e.g. 2.0: at most twice the area) or None, got {max_factor}")
         self.areas, self.criterion, self.max_factor = areas, self._own_criterion(criterion), max_factor
+        self.bisect = bisect
 
     @torch.no_grad()
     def run(self, fit: FitState) -> None:
         masks, device = fit.masks, fit.images.device
         for i in range(fit.images.shape[0]):
             one = slice(i, i + 1)
+            known = fit.known_verdict(i, self.criterion)
+            if known:
+                continue
             check = fit.check(i, self.criterion)
-            if check.accepts(masks[one])[0]:
+            if known is None and check.accepts(masks[one])[0]:
                 continue
             area = max(masks[i].mean().item(), 1.0 / masks[i].numel())
             high = 1.0 if self.max_factor is None else min(1.0, self.max_factor * area)
             if high <= area:
                 continue
             grid = areas_above(area, self.areas, device, high)
-            cut = smallest_accepted_cut(check.accepts, fit.soft[one], grid)
+            search = bisected_accepted_cut if self.bisect else smallest_accepted_cut
+            cut = search(check.accepts, fit.soft[one], grid)
             if cut is not None:
                 masks[i] = cut
 

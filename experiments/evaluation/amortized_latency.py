@@ -70,8 +70,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     explainer = build_explainer(None, args.backbone)
     use_checkpoint(explainer, args.checkpoint, amortized=True)  # its network, one pass
-    if args.scan:
-        use_amortized_scan(explainer, args.scan, args.border_free)
+    if args.scan or args.grow:
+        use_amortized_scan(explainer, args.scan, args.border_free, args.grow, args.bisect)
     explainer.to(args.device).eval()
     classifier, unet = explainer.classifier, explainer.unet.eval()
     x = espresso(classifier.input_size).to(args.device)
