@@ -68,15 +68,16 @@ def test_a_scanned_pass_keeps_the_smallest_cut_the_criterion_accepts(lite0):
     images, branches = _photos(), set()
     for ratio in (0.0, 0.95):
         explainer = _explainer(lite0, ratio, [Scan(areas=AREAS, min_area=MIN_AREA)])
-        _, ranking = explainer.ranked_masks(images)
+        first, ranking = explainer.ranked_masks(images)
         result = explainer.explain(images)
-        classified = 0
+        classified, changed = 0, int((result.masks != first.cpu()).flatten(1).any(1).sum())
         for i in range(len(images)):
             area, branch, n = _scan_by_hand(lite0, images[i : i + 1], ranking[i : i + 1], 0.25, ratio)
             branches.add(branch)
             classified += n
             assert float(result.area[i]) == pytest.approx(area, abs=2 / ranking[0].numel())
-        assert result.passes == {"accepted": 2, "scan": classified}
+        # the pass's explanations once, the scan's cuts, and the changed masks' explanations again
+        assert result.passes == {"accepted": 2, "scan": classified, **({"refined": changed} if changed else {})}
         # what the explanation reports is the scanned mask's own reading
         p_e = lite0(result.explanations).softmax(-1).gather(1, result.label[:, None]).squeeze(1)
         assert torch.allclose(result.confidence_explanation, p_e, atol=1e-5)
