@@ -123,7 +123,7 @@ def test_explain_scans_the_amortized_ranking_under_its_own_recipe_name(shipped_c
     assert "--scan refines the masks of one amortized pass; add --amortized" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         explain_main("explain", argv + ["--amortized", "--border-free", "1.5"])
-    assert "--border-free F cuts the refined ranking again: it needs --scan N or --grow N" in capsys.readouterr().err
+    assert "--border-free F cuts the scanned ranking again: it needs --scan N" in capsys.readouterr().err
     assert explain_main("explain", argv + ["--amortized", "--scan", "4"]) == 0
     summary = json.loads(next((tmp_path / "out").rglob("summary.json")).read_text())
     assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+scan4", 2)
@@ -140,6 +140,10 @@ def test_explain_grows_only_the_refused_amortized_masks_under_its_own_recipe_nam
         (["--amortized", "--grow", "4", "--scan", "4"], "use --scan N or --grow N, not both"),
         (["--amortized", "--grow", "0"], "--grow must be in 1..1024, got 0"),
         (["--amortized", "--bisect"], "--bisect searches the cuts of --grow N; add --grow N"),
+        (
+            ["--amortized", "--grow", "4", "--border-free", "1.5"],
+            "--border-free F cuts the scanned ranking again: it needs --scan N",
+        ),
     ]:
         with pytest.raises(SystemExit):
             explain_main("explain", argv + extra)

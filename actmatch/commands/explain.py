@@ -133,8 +133,8 @@ def add_scan_argument(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="F",
-        help="with --scan or --grow: then the smallest accepted cut of the ranking that leaves the image's border "
-        "band alone, where it needs at most F times the area (the per-image recipe's BorderFree stage)",
+        help="with --scan: then the smallest accepted cut of the ranking that leaves the image's border band "
+        "alone, where it needs at most F times the area (the per-image recipe's BorderFree stage, on the scan's areas)",
     )
 
 
@@ -154,11 +154,8 @@ def check_scan_argument(
         parser.error("--scan already cuts above a refused mask (and below an accepted one); use --scan N or --grow N, not both")
     if args.bisect and args.grow is None:
         parser.error("--bisect searches the cuts of --grow N; add --grow N (e.g. --grow 16 --bisect)")
-    refined = args.scan is not None or args.grow is not None
-    if args.border_free is not None and (not refined or args.border_free < 1):
-        parser.error(
-            f"--border-free F cuts the refined ranking again: it needs --scan N or --grow N and F >= 1, got {args.border_free}"
-        )
+    if args.border_free is not None and (args.scan is None or args.border_free < 1):
+        parser.error(f"--border-free F cuts the scanned ranking again: it needs --scan N and F >= 1, got {args.border_free}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
