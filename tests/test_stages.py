@@ -198,6 +198,12 @@ def test_grow_by_bisection_returns_the_smallest_cut_above_a_fifth_in_fewer_tests
     assert passes["stage"] == 1 + 16 and 1 + 4 <= bisect_passes["stage"] <= 1 + 5
 
 
+def test_grow_names_bisection_only_where_it_is_on():
+    """A recipe written before ``bisect`` existed keeps its repr, and so its recipe digest."""
+    assert repr(Grow(areas=16, max_factor=3.0)) == "Grow(areas=16, criterion=None, max_factor=3.0)"
+    assert repr(Grow(areas=16, bisect=True)) == "Grow(areas=16, criterion=None, max_factor=None, bisect=True)"
+
+
 def test_grow_rejects_a_bad_grid_and_criterion():
     with pytest.raises(ValueError, match="1 <= areas <= 1024"):
         Grow(areas=0)

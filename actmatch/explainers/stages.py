@@ -210,8 +210,12 @@ class Stage:
                 f"select='smallest_kept' (or 'last')"
             )
 
+    def settings(self) -> dict:
+        """What the stage was built with, as its repr (and so the recipe digest) shows it."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return f"{type(self).__name__}({args})"
 
 
@@ -316,6 +320,14 @@ class Grow(Stage):
             raise ValueError(f"Grow: max_factor must be > 1 (e.g. 2.0: at most twice the area) or None, got {max_factor}")
         self.areas, self.criterion, self.max_factor = areas, self._own_criterion(criterion), max_factor
         self.bisect = bisect
+
+    def settings(self) -> dict:
+        """As :meth:`Stage.settings`, without ``bisect`` where it is off: a recipe written before it
+        existed keeps its digest."""
+        settings = super().settings()
+        if not self.bisect:
+            del settings["bisect"]
+        return settings
 
     @torch.no_grad()
     def run(self, fit: FitState) -> None:
