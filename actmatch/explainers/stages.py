@@ -26,7 +26,7 @@ from typing import TypeVar
 import torch
 
 from actmatch.explainers.criteria import Check, Criterion, RobustOn
-from actmatch.explainers.masks import border_band, top_fraction_mask
+from actmatch.explainers.masks import border_band, cut, keep_count, pixel_ranks
 from actmatch.explainers.pruning import prune_cells
 
 __all__ = [
@@ -115,6 +115,15 @@ def areas_above(low: float, count: int, device, high: float = 1.0) -> torch.Tens
     return torch.logspace(math.log10(low), math.log10(high), count + 1, device=device)[1:]
 
 
+def cuts_of(scores: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """The cuts top_a(scores), a in ``fractions`` (n,), as (n, 1, H, W) masks of one ranking of
+    ``scores`` (1, 1, H, W), computed once (:func:`~actmatch.explainers.masks.top_fraction_mask`'s
+    ranking and rounding)."""
+    ranks = pixel_ranks(scores)  # (1, H·W)
+    n = fractions.shape[0]
+    return cut(ranks.expand(n, -1), keep_count(fractions, ranks.shape[1], n, scores.device), (scores.shape[-2], scores.shape[-1]))
+
+
 @torch.no_grad()
 def smallest_accepted_cut(accepts, scores: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor | None:
     """The smallest of the cuts top_a(scores), a in ``fractions`` (increasing), that ``accepts``
@@ -122,8 +131,7 @@ def smallest_accepted_cut(accepts, scores: torch.Tensor, fractions: torch.Tensor
 
     Shapes: scores (1, 1, H, W); returns (1, H, W).
     """
-    n = fractions.shape[0]
-    cuts = top_fraction_mask(scores.expand(n, -1, -1, -1), fractions)  # (n, 1, H, W)
+    cuts = cuts_of(scores, fractions)  # (n, 1, H, W)
     kept = accepts(cuts)
     return cuts[int(kept.float().argmax())] if kept.any() else None
 
@@ -138,20 +146,26 @@ def bisected_accepted_cut(accepts, scores: torch.Tensor, fractions: torch.Tensor
     Shapes: scores (1, 1, H, W); returns (1, H, W).
     """
 
-    def cut(k: int) -> torch.Tensor:
-        return top_fraction_mask(scores, fractions[k : k + 1])
+    ranks = pixel_ranks(scores)  # (1, H·W), once for every cut tested
 
-    refused, accepted = -1, fractions.shape[0] - 1  # the largest is taken as accepted until tested
+    def cut_at(k: int) -> torch.Tensor:
+        return cut(
+            ranks, keep_count(fractions[k : k + 1], ranks.shape[1], 1, scores.device), (scores.shape[-2], scores.shape[-1])
+        )
+
+    refused, accepted, found = -1, fractions.shape[0] - 1, None  # the largest is taken as accepted until tested
     while accepted - refused > 1:
         middle = (refused + accepted) // 2
-        if accepts(cut(middle))[0]:
-            accepted = middle
+        mask = cut_at(middle)
+        if accepts(mask)[0]:
+            accepted, found = middle, mask
         else:
             refused = middle
-    top = cut(accepted)
-    if accepted == fractions.shape[0] - 1 and not accepts(top)[0]:
-        return None
-    return top[0]
+    if found is None:  # every cut tested was refused: the largest decides
+        found = cut_at(accepted)
+        if not accepts(found)[0]:
+            return None
+    return found[0]
 
 
 @torch.no_grad()
