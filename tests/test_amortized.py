@@ -163,11 +163,11 @@ def test_a_grown_amortized_pass_classifies_each_explanation_once(shipped_checkpo
     criterion (p_f(e)(y) >= 0.9 p_f(x)(y)) is read from those logits, N cuts are classified only for
     the refused masks, and only the changed masks again. The reported confidences are the
     classifier's own on the final masks' explanations, and every final mask is accepted."""
-    from actmatch.commands.explain import use_amortized_scan, use_checkpoint
+    from actmatch.commands.explain import use_amortized_refinement, use_checkpoint
 
     explainer = build_explainer(None)
     use_checkpoint(explainer, str(shipped_checkpoint), amortized=True)
-    use_amortized_scan(explainer, None, grow=4)
+    use_amortized_refinement(explainer, None, grow=4)
     explainer.eval()
     import skimage.data
 
@@ -206,6 +206,19 @@ def test_a_grown_amortized_pass_classifies_each_explanation_once(shipped_checkpo
         handle.remove()
     assert calls == [3] and result.passes == {"accepted": 3}  # every mask accepted: the one pass, nothing more
     assert torch.equal(result.masks, first.cpu())
+
+
+def test_no_scan_and_no_grow_leave_the_amortized_recipe_as_it_is():
+    from actmatch.commands.explain import use_amortized_refinement
+
+    explainer = build_explainer(None, steps=2, classifier=load_classifier("resnet10t", pretrained=False, num_classes=5))
+    stages, recipe = list(explainer.amortized_stages), explainer.recipe
+    assert use_amortized_refinement(explainer, None) == ""
+    assert use_amortized_refinement(explainer, None, border_free=2.0, bisect=True) == ""
+    assert explainer.amortized_stages == stages and explainer.recipe == recipe
+    with pytest.raises(ValueError, match="one of them"):
+        use_amortized_refinement(explainer, 16, grow=4)
+    assert explainer.amortized_stages == stages and explainer.recipe == recipe
 
 
 def test_a_checkpoint_for_another_backbone_is_refused(shipped_checkpoint, tmp_path, capsys):

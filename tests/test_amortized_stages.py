@@ -11,11 +11,11 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from actmatch.explainers.criteria import Confident, Sufficient
+from actmatch.explainers.criteria import AllOf, Confident, CountedClassifier, RobustOn, Sufficient
 from actmatch.explainers.feature_masknet import FeatureMaskNet
 from actmatch.explainers.fitting import AreaContinuation, TopFraction
 from actmatch.explainers.module import ActMatchExplainer
-from actmatch.explainers.stages import BorderFree, Scan, Verify
+from actmatch.explainers.stages import BorderFree, FitState, Scan, Stage, Verify
 
 AREAS, MIN_AREA = 6, 0.02
 
@@ -131,3 +131,36 @@ def test_a_band_free_cut_after_the_scan_leaves_the_border_or_the_mask(lite0):
         assert int(p_e.argmax()) == y and float(p_e[y]) >= 0.9 * float(p_x[y])
     assert changed == 1  # the espresso's scanned mask reaches into the band; the cat's does not
     assert band_free.passes["scan"] == scanned.passes["scan"]
+
+
+class _Verdicts(Stage):
+    """Records the criterion's verdicts on the pass's masks, as the stages after it read them."""
+
+    name = "verdicts"
+
+    def run(self, fit: FitState) -> None:
+        self.seen = fit.kept_found.clone() if fit.kept_found is not None else None
+
+
+def test_the_fill_part_of_a_robust_criterion_is_read_from_the_passs_own_logits(lite0):
+    """AllOf([Confident, RobustOn]) after a pass: the fill part is answered from the logits of the
+    pass's explanations, not classified again; the verdicts are the criterion's own (asked mask by
+    mask with the same backgrounds), one image fewer per pass image."""
+    criterion, verdicts = AllOf([Confident(0.9), RobustOn(n=4)]), _Verdicts()
+    explainer = _explainer(lite0, 0.9, None)
+    explainer.fitting.criterion, explainer.amortized_stages = criterion, explainer.checked_amortized_stages([verdicts])
+    images = _photos()
+    masks, soft = explainer.ranked_masks(images)
+    masks[0] = 1  # the whole photo: the fill keeps the label, so the backgrounds are asked too
+    torch.manual_seed(1)
+    _, logits, _, passes = explainer.refined(images, masks, soft)
+    torch.manual_seed(1)  # the same backgrounds, drawn image by image
+    by_hand: dict[str, int] = {}
+    counted, target = CountedClassifier(lite0, by_hand, "accepted"), logits.argmax(-1)
+    one = [slice(i, i + 1) for i in range(len(images))]
+    expected = torch.cat([criterion.accepts(counted, images[i], masks[i], logits[i], target[i]) for i in one])
+    assert torch.equal(verdicts.seen, expected) and bool(expected[0])
+    assert by_hand["accepted"] >= len(images) + 4  # by hand: a fill image per mask, 4 backgrounds where it keeps
+    # the pass: its explanations once (the fill images) and the same backgrounds, where asking the
+    # criterion after it would classify len(images) + by_hand["accepted"]
+    assert passes["accepted"] == by_hand["accepted"]

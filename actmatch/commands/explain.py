@@ -304,7 +304,7 @@ def use_checkpoint(explainer: ActMatchExplainer, path: str, amortized: bool) -> 
     return explainer.unet.state_dict()
 
 
-def use_amortized_scan(
+def use_amortized_refinement(
     explainer: ActMatchExplainer,
     areas: int | None,
     border_free: float | None = None,
@@ -318,8 +318,10 @@ def use_amortized_scan(
     bisection); then, with ``border_free``, by a band-free cut of at most that many times the area
     (:class:`~actmatch.explainers.stages.BorderFree`). Returns the suffix the recipe's name gains,
     ``+scan<areas>``, ``+grow<grow>`` or ``+grow<grow>bisect`` (and ``+bf<factor>``), e.g.
-    ``amortized-lite0+scan16``."""
-    if (areas is None) == (grow is None):
+    ``amortized-lite0+scan16``. With neither ``areas`` nor ``grow``, changes nothing and returns ``""``."""
+    if areas is None and grow is None:
+        return ""
+    if areas is not None and grow is not None:
         raise ValueError(f"refine the amortized masks by a scan or a grow, one of them (got areas={areas}, grow={grow})")
     first: Stage = Scan(areas=areas) if areas is not None else Grow(areas=grow or 1, bisect=bisect)
     stages: list[Stage] = [first] + ([BorderFree(factor=border_free)] if border_free else [])
@@ -529,8 +531,7 @@ def main(command: str, argv: list[str]) -> int:
         explainer = build_explainer(config, args.backbone, args.weights, args.steps, **classifier_overrides(args))
         # the checkpoint's own network: one pass with --amortized, else the fit's starting point
         init_state = use_checkpoint(explainer, args.checkpoint, args.amortized) if args.checkpoint else None
-        if args.scan or args.grow:
-            use_amortized_scan(explainer, args.scan, args.border_free, args.grow, args.bisect)
+        use_amortized_refinement(explainer, args.scan, args.border_free, args.grow, args.bisect)
     except (ClassifierLoadError, FileNotFoundError, ValueError) as err:
         print(f"actmatch {command}: {err}", file=sys.stderr)
         return 2

@@ -349,7 +349,7 @@ def study_rows(
 
 
 def main(command: str, argv: list[str]) -> int:
-    from actmatch.commands.explain import build_explainer, explain_files, use_amortized_scan, use_checkpoint
+    from actmatch.commands.explain import build_explainer, explain_files, use_amortized_refinement, use_checkpoint
     from actmatch.datamodules.images import ImageReadError
 
     args = parse_args(argv)
@@ -366,8 +366,7 @@ def main(command: str, argv: list[str]) -> int:
             explainer = build_explainer(config, args.backbone, args.weights, args.steps, classifier=classifier)
             if checkpoint:
                 init_state = use_checkpoint(explainer, checkpoint, args.amortized)
-            if args.scan or args.grow:
-                name += use_amortized_scan(explainer, args.scan, args.border_free, args.grow, args.bisect)
+            name += use_amortized_refinement(explainer, args.scan, args.border_free, args.grow, args.bisect)
             if exam is None:
                 exam = default_exam(_photos(args, paths, explainer.classifier.input_size), args.exam_seed)
             leaks = held_out_leaks(explainer.families, exam)

@@ -91,7 +91,7 @@ class AmortizedActMatchMethod(ActMatchMethod):
         bisect: bool = False,
         **settings,
     ) -> None:
-        from actmatch.commands.explain import use_amortized_scan, use_checkpoint
+        from actmatch.commands.explain import use_amortized_refinement, use_checkpoint
 
         if checkpoint is None:
             raise ValueError("am-amortized needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
@@ -100,8 +100,8 @@ class AmortizedActMatchMethod(ActMatchMethod):
         super().__init__(classifier, **settings)
         self.checkpoint = checkpoint
         use_checkpoint(self.explainer, checkpoint, amortized=True)
-        if scan or grow:  # the smallest accepted of `scan` cuts of the pass's ranking, or of `grow` larger ones where refused
-            use_amortized_scan(self.explainer, scan, border_free, grow, bisect)
+        # the smallest accepted of `scan` cuts of the pass's ranking, or of `grow` larger ones where refused
+        use_amortized_refinement(self.explainer, scan, border_free, grow, bisect)
 
     @property
     def name(self) -> str:

@@ -21,6 +21,10 @@ Every check classifies through the classifier it is given; the fit hands it a
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Iterable
+
 import torch
 from einops import rearrange
 
@@ -322,6 +326,11 @@ class _BackgroundCheck(Check):
         return alive
 
 
+def _conjunction(verdicts: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The elementwise AND of (B,) bool verdicts, in order (at least one)."""
+    return functools.reduce(operator.and_, verdicts)
+
+
 class AllOf(Criterion):
     """Kept when every one of ``criteria`` keeps it. Tested in stages, the cheapest part first
     (fewest images per mask; the fill before the backgrounds), each part only on the masks the
@@ -353,16 +362,10 @@ class AllOf(Criterion):
         return frozenset().union(*(c.families for c in self.criteria))
 
     def accepts_step(self, out, target: torch.Tensor) -> torch.Tensor:
-        kept = self.parts[0].accepts_step(out, target)
-        for part in self.parts[1:]:
-            kept = kept & part.accepts_step(out, target)
-        return kept
+        return _conjunction(part.accepts_step(out, target) for part in self.parts)
 
     def accepts_logits(self, logits_e: torch.Tensor, logits_x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        kept = self.parts[0].accepts_logits(logits_e, logits_x, target)
-        for part in self.parts[1:]:
-            kept = kept & part.accepts_logits(logits_e, logits_x, target)
-        return kept
+        return _conjunction(part.accepts_logits(logits_e, logits_x, target) for part in self.parts)
 
     def bind(self, classifier, image, logits_x, target) -> Check:
         return _AllChecks([part.bind(classifier, image, logits_x, target) for part in self.parts])

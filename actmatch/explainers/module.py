@@ -26,7 +26,7 @@ from torch import nn
 
 from actmatch.explainers.backgrounds import FAMILY_OF_FILL, FILLS, make_fill
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
-from actmatch.explainers.criteria import CountedClassifier
+from actmatch.explainers.criteria import AllOf, CountedClassifier
 from actmatch.explainers.feature_masknet import default_mask_network
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY, network_spec
 from actmatch.explainers.fitting import FitStrategy, default_fitting
@@ -453,8 +453,9 @@ class ActMatchExplainer(L.LightningModule):
         ``fitting``'s criterion with the ranking ``soft`` as after a per-image fit, where a mask
         the criterion does not accept counts as a fit that found none (``Scan`` then also cuts
         above its area). The pass's explanations are classified once: a fill criterion is answered
-        from those logits (and :class:`~actmatch.explainers.stages.Grow` reads that verdict), and
-        only the masks a stage changed are classified again. Returns the masks, the logits on
+        from those logits (and :class:`~actmatch.explainers.stages.Grow` reads that verdict), as are
+        the fill parts of one with backgrounds of its own, and only the masks a stage changed are
+        classified again. Returns the masks, the logits on
         ``images`` (``logits`` if given) and on their explanations, and the images each part
         classified: ``forward`` (the originals, where not given), ``accepted`` (the pass's masks and
         what else the criterion classifies), each stage's name and ``refined`` (the changed masks)."""
@@ -466,9 +467,15 @@ class ActMatchExplainer(L.LightningModule):
         logits_e = counted(self.explanations(images, masks))
         if criterion.answered_by_step:  # a fill check; its fill is the explainer's (checked_amortized_stages)
             accepted = known = criterion.accepts_logits(logits_e, logits, target)
-        else:
-            one = [slice(i, i + 1) for i in range(len(images))]
-            accepted = torch.cat([criterion.accepts(counted, images[i], masks[i], logits[i], target[i]) for i in one])
+        else:  # its fill parts from those logits too; the others (backgrounds of their own) only where those accept
+            fills = [part for part in criterion.parts if part.answered_by_step]
+            others = AllOf([part for part in criterion.parts if not part.answered_by_step])
+            accepted = AllOf(fills).accepts_logits(logits_e, logits, target) if fills else torch.ones_like(target).bool()
+            for i in range(len(images)):
+                one = slice(i, i + 1)
+                check = others.bind(counted, images[one], logits[one], target[one])  # drawn for every image, as before
+                if accepted[i]:
+                    accepted[i] = check.accepts(masks[one])[0]
             known = None
         state = FitState(
             self.classifier, images, logits, target, masks.clone(), soft, criterion, self.amortized_stages, accepted, known=known

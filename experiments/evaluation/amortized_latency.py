@@ -39,7 +39,7 @@ from actmatch.commands.explain import (
     add_scan_argument,
     build_explainer,
     check_scan_argument,
-    use_amortized_scan,
+    use_amortized_refinement,
     use_checkpoint,
 )
 from actmatch.evaluation.statistics import bootstrap_ci
@@ -70,8 +70,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     explainer = build_explainer(None, args.backbone)
     use_checkpoint(explainer, args.checkpoint, amortized=True)  # its network, one pass
-    if args.scan or args.grow:
-        use_amortized_scan(explainer, args.scan, args.border_free, args.grow, args.bisect)
+    use_amortized_refinement(explainer, args.scan, args.border_free, args.grow, args.bisect)
     explainer.to(args.device).eval()
     classifier, unet = explainer.classifier, explainer.unet.eval()
     x = espresso(classifier.input_size).to(args.device)
