@@ -581,3 +581,49 @@ def test_an_area_screen_copy_cuts_the_same_ranking_at_its_own_area(shipped_check
     assert summary["recipe"] == "amortized-lite0-area40" and summary["mask_area"] == pytest.approx(0.4, abs=0.01)
     bad = subprocess.run(argv[:4] + ["1.5", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode != 0 and "(0, 1)" in bad.stderr
+
+
+def _area_rules_script():
+    import importlib.util
+
+    path = ROOT / "experiments" / "evaluation" / "amortized_area_rules.py"
+    spec = importlib.util.spec_from_file_location("amortized_area_rules", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_area_rules_judge_each_photo_at_its_own_cut():
+    """experiments/evaluation/amortized_area_rules.py on hand-made rows (grid 0.25, 0.5, 0.75, 1): photo A keeps its
+    label from 0.5 on, photo B only at 1. Cut at (0.5, 0.5): one kept of two, median area 0.5, p(e)/p(x) the median of
+    0.8 and 0.1; cut at (0.25, 1): one kept, median area 0.625; smallest keeping cuts 0.5 and 1."""
+    rules = _area_rules_script()
+    grid = np.array([0.25, 0.5, 0.75, 1.0])
+    rows = [
+        {"kept": [False, True, True, True], "ratio": [0.3, 0.8, 0.9, 1.0]},
+        {"kept": [False, False, False, True], "ratio": [0.05, 0.1, 0.2, 1.0]},
+    ]
+    assert rules.smallest_keeping(rows, grid).tolist() == [0.5, 1.0]
+    assert rules.judged(rows, grid, np.array([0.5, 0.5])) == pytest.approx((0.5, 0.5, 0.45))
+    assert rules.judged(rows, grid, np.array([0.25, 1.0])) == pytest.approx((0.5, 0.625, 0.65))
+
+
+def test_area_rules_screen_reads_the_classifier_as_it_classifies_the_photos(shipped_checkpoint, tmp_path):
+    """The screen's p(x) is the classifier's own softmax on the photo as `actmatch explain` reads it, and its cut at the
+    whole image (the photo itself) keeps every label."""
+    from actmatch.datamodules.images import read_for_model
+
+    rules = _area_rules_script()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos = sorted(_photo_folder(tmp_path / "all").glob("*.JPEG"))[:2]
+    for photo in photos:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    rows = rules.screen(str(shipped_checkpoint), folder, np.array([0.5, 1.0]))
+    classifier = load_classifier("efficientnet_lite0")
+    for row, photo in zip(rows, photos):
+        x = read_for_model(photo, classifier.input_size, classifier.fixed_input_size)[1][None]
+        with torch.no_grad():
+            assert row["p_x"] == pytest.approx(float(classifier(x).softmax(-1).max()), abs=1e-5)
+        assert row["kept"][1] and row["ratio"][1] == pytest.approx(1.0, abs=1e-4)
