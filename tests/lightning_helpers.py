@@ -6,6 +6,7 @@ Also holds small probe callbacks that the subprocess tests load by class_path
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
@@ -21,6 +22,15 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
+
+
+def evaluation_script(name: str):
+    """``experiments/evaluation/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "evaluation" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

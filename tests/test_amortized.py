@@ -21,7 +21,7 @@ from actmatch.explainers.criteria import Sufficient
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY, FitCheckpoint
 from actmatch.explainers.losses import AreaBudget, Evidence
 from actmatch.explainers.unet import MaskUNet
-from lightning_helpers import ROOT, cli_in_process, write_mask_targets
+from lightning_helpers import ROOT, cli_in_process, evaluation_script, write_mask_targets
 
 SHIPPED = "experiments/amortized_lite0.yaml"
 ABLATIONS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "experiments" / "ablations").glob("*.yaml"))
@@ -583,22 +583,11 @@ def test_an_area_screen_copy_cuts_the_same_ranking_at_its_own_area(shipped_check
     assert bad.returncode != 0 and "(0, 1)" in bad.stderr
 
 
-def _area_rules_script():
-    import importlib.util
-
-    path = ROOT / "experiments" / "evaluation" / "amortized_area_rules.py"
-    spec = importlib.util.spec_from_file_location("amortized_area_rules", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_area_rules_judge_each_photo_at_its_own_cut():
     """experiments/evaluation/amortized_area_rules.py on hand-made rows (grid 0.25, 0.5, 0.75, 1): photo A keeps its
     label from 0.5 on, photo B only at 1. Cut at (0.5, 0.5): one kept of two, median area 0.5, p(e)/p(x) the median of
     0.8 and 0.1; cut at (0.25, 1): one kept, median area 0.625; smallest keeping cuts 0.5 and 1."""
-    rules = _area_rules_script()
+    rules = evaluation_script("amortized_area_rules")
     grid = np.array([0.25, 0.5, 0.75, 1.0])
     rows = [
         {"kept": [False, True, True, True], "ratio": [0.3, 0.8, 0.9, 1.0]},
@@ -614,7 +603,7 @@ def test_area_rules_screen_reads_the_classifier_as_it_classifies_the_photos(ship
     whole image (the photo itself) keeps every label."""
     from actmatch.datamodules.images import read_for_model
 
-    rules = _area_rules_script()
+    rules = evaluation_script("amortized_area_rules")
     folder = tmp_path / "photos"
     folder.mkdir()
     photos = sorted(_photo_folder(tmp_path / "all").glob("*.JPEG"))[:2]

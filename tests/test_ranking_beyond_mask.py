@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from lightning_helpers import ROOT
-
-
-def _script():
-    path = ROOT / "experiments" / "evaluation" / "ranking_beyond_mask.py"
-    spec = importlib.util.spec_from_file_location("ranking_beyond_mask", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from lightning_helpers import evaluation_script
 
 
 def _order(scores: torch.Tensor) -> list[int]:
@@ -25,7 +14,8 @@ def _order(scores: torch.Tensor) -> list[int]:
 def test_the_mask_comes_first_and_each_side_follows_its_own_order():
     """am's mask is pixels 0 and 1 (map ≥ 1; network order 0, 1); Grad-CAM ranks 2, 3, 1, 0. Network inside then
     Grad-CAM outside: 0, 1, 2, 3; Grad-CAM inside then outside: 1, 0, 2, 3."""
-    orders = _script().orders(torch.tensor([[[[1.9, 1.2], [0.3, 0.8]]]]), torch.tensor([[[[0.0, 1.0], [4.0, 2.0]]]]))
+    am, gradcam = torch.tensor([[[[1.9, 1.2], [0.3, 0.8]]]]), torch.tensor([[[[0.0, 1.0], [4.0, 2.0]]]])
+    orders = evaluation_script("ranking_beyond_mask").orders(am, gradcam)
     assert _order(orders["am"]) == [0, 1, 3, 2]
     assert _order(orders["am_then_gradcam"]) == [0, 1, 2, 3]
     assert _order(orders["mask_by_gradcam"]) == [1, 0, 2, 3]
