@@ -218,6 +218,8 @@ def test_no_scan_and_no_grow_leave_the_amortized_recipe_as_it_is():
     assert explainer.amortized_stages == stages and explainer.recipe == recipe
     with pytest.raises(ValueError, match="one of them"):
         use_amortized_refinement(explainer, 16, grow=4)
+    with pytest.raises(ValueError, match="1 <= areas <= 1024"):  # no grid of 0 cuts, nor a silent one
+        use_amortized_refinement(explainer, None, grow=0)
     assert explainer.amortized_stages == stages and explainer.recipe == recipe
 
 

@@ -319,11 +319,14 @@ def use_amortized_refinement(
     (:class:`~actmatch.explainers.stages.BorderFree`). Returns the suffix the recipe's name gains,
     ``+scan<areas>``, ``+grow<grow>`` or ``+grow<grow>bisect`` (and ``+bf<factor>``), e.g.
     ``amortized-lite0+scan16``. With neither ``areas`` nor ``grow``, changes nothing and returns ``""``."""
-    if areas is None and grow is None:
-        return ""
     if areas is not None and grow is not None:
         raise ValueError(f"refine the amortized masks by a scan or a grow, one of them (got areas={areas}, grow={grow})")
-    first: Stage = Scan(areas=areas) if areas is not None else Grow(areas=grow or 1, bisect=bisect)
+    if areas is not None:
+        first: Stage = Scan(areas=areas)
+    elif grow is not None:
+        first = Grow(areas=grow, bisect=bisect)
+    else:
+        return ""
     stages: list[Stage] = [first] + ([BorderFree(factor=border_free)] if border_free else [])
     explainer.amortized_stages = explainer.checked_amortized_stages(stages)
     suffix = f"+scan{areas}" if areas is not None else f"+grow{grow}" + ("bisect" if bisect else "")
