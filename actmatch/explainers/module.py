@@ -465,18 +465,18 @@ class ActMatchExplainer(L.LightningModule):
         target, criterion = logits.argmax(-1), self.fitting.criterion
         counted = CountedClassifier(self.classifier, passes, "accepted")
         logits_e = counted(self.explanations(images, masks))
-        if criterion.answered_by_step:  # a fill check; its fill is the explainer's (checked_amortized_stages)
-            accepted = known = criterion.accepts_logits(logits_e, logits, target)
-        else:  # its fill parts from those logits too; the others (backgrounds of their own) only where those accept
-            fills = [part for part in criterion.parts if part.answered_by_step]
-            others = AllOf([part for part in criterion.parts if not part.answered_by_step])
-            accepted = AllOf(fills).accepts_logits(logits_e, logits, target) if fills else torch.ones_like(target).bool()
+        # the fill parts from those logits (their fill is the explainer's: checked_amortized_stages); the others
+        # (backgrounds of their own) only where those accept
+        fills = [part for part in criterion.parts if part.answered_by_step]
+        others = [part for part in criterion.parts if not part.answered_by_step]
+        accepted = AllOf(fills).accepts_logits(logits_e, logits, target) if fills else torch.ones_like(target).bool()
+        if others:
             for i in range(len(images)):
                 one = slice(i, i + 1)
-                check = others.bind(counted, images[one], logits[one], target[one])  # drawn for every image, as before
+                check = AllOf(others).bind(counted, images[one], logits[one], target[one])  # drawn for every image
                 if accepted[i]:
                     accepted[i] = check.accepts(masks[one])[0]
-            known = None
+        known = None if others else accepted  # Grow reads a fill criterion's verdict instead of asking again
         state = FitState(
             self.classifier, images, logits, target, masks.clone(), soft, criterion, self.amortized_stages, accepted, known=known
         )
