@@ -188,6 +188,29 @@ def test_deletion_curve_and_auc_by_hand(ranked):
     assert curve[0, -1].item() == pytest.approx(V_MEAN, abs=1e-6)
 
 
+def test_deletion_to_the_heavy_blur_is_scipys_gaussian_filter(ranked):
+    """fill="blur": the deleted pixels take the heavy blur of x (σ = max(1, short side / 20), a 3σ kernel,
+    mirrored edges: scipy's gaussian_filter(mode="mirror", truncate=3)); step i deletes the top 4·i pixels."""
+    from scipy.ndimage import gaussian_filter
+
+    image, saliency = ranked
+    clf = WeightedColour()
+    blurred = torch.from_numpy(gaussian_filter(image[0].double().numpy(), sigma=(0, 1, 1), mode="mirror", truncate=3.0))
+    order = torch.argsort(saliency.flatten(), descending=True)
+    expected = []
+    for n in (0, 4, 8, 12, 16):
+        changed = torch.zeros(16, dtype=torch.bool)
+        changed[order[:n]] = True
+        e = torch.where(changed.view(1, 4, 4), blurred.float(), image[0])
+        expected.append(clf(e[None]).softmax(-1)[0, 1].item())
+    curve = M.perturbation_curve(clf, image, saliency, mode="deletion", steps=4, fill="blur")
+    assert curve[0].tolist() == pytest.approx(expected, abs=1e-5)
+    assert expected[-1] != pytest.approx(V_MEAN, abs=1e-3)  # not the mean fill's end
+    assert M.deletion_auc(clf, image, saliency, steps=4, fill="blur").item() == pytest.approx(trapezoid(expected), abs=1e-5)
+    with pytest.raises(ValueError, match="unknown deletion fill"):
+        M.deletion_auc(clf, image, saliency, steps=4, fill="black")
+
+
 def test_deletion_changes_ceil_of_i_n_over_s_pixels(ranked):
     """5 steps over 16 pixels: ⌈16·i/5⌉ = 0, 4, 7, 10, 13, 16 pixels deleted."""
     image, saliency = ranked
@@ -690,6 +713,9 @@ def test_score_maps_columns_equal_the_hand_values(ranked):
     assert scores["kept_equal_area"].item() == 1.0
     assert scores["ratio_equal_area"].item() == pytest.approx((9.43 / 16) / 0.61, abs=1e-6)
     assert scores["deletion_auc"].item() == pytest.approx(0.420625, abs=1e-6)
+    # to the heavy blur: the curve checked against scipy's gaussian_filter above
+    blur = M.deletion_auc(WeightedColour(), image, saliency, steps=4, fill="blur").item()
+    assert scores["deletion_auc_blur"].item() == pytest.approx(blur, abs=1e-6) and blur != pytest.approx(0.420625, abs=1e-3)
     assert scores["smallest_sufficient_area"].item() == pytest.approx(0.21875, abs=1e-7)
     assert scores["kept_at_20"].item() == 0.0  # 0.2 · 16 = 3.2 -> 3 white pixels: 1.89 < 2.08
     # the equal-area cut on the 8 backgrounds: 7 pixels of x (v 4 + 2.1) and 9 of (b + .05, b, b − .05),

@@ -81,6 +81,7 @@ SUMMARY_METRICS = (
     ("robust_noise", "robust_noise", "mean", "r.noise", True),
     ("insertion_auc", "insertion_auc", "mean", "ins.AUC", True),
     ("insertion_auc_rise", "insertion_auc_rise", "mean", "ins.AUC(RISE)", True),
+    ("deletion_auc_blur", "deletion_auc_blur", "mean", "del.AUC(blur)", False),
     ("dg_score", "dg_score", "mean", "DG score", False),
     ("kept_dilated", "kept_dilated", "mean", "kept.dilated", True),
     ("median_ratio_dilated", "ratio_dilated", "median", "pe/px.dilated", True),
@@ -103,7 +104,7 @@ TABLE_BLOCKS = (
     ("median_robust_sufficient_area", "robustness", "robust_photos", "robust_blur", "robust_road"),
     ("robust_solid", "robust_noise", "insertion_auc", "insertion_auc_rise", "dg_score"),
     ("kept_dilated", "median_ratio_dilated", "kept_shift", "kept_readback", "kept_resampled"),
-    ("median_sanity_spearman", "median_sanity_iou"),
+    ("deletion_auc_blur", "median_sanity_spearman", "median_sanity_iou"),
 )
 #: metrics of the paired comparison: (results.csv column, header, higher is better, group)
 PAIRED_METRICS = tuple(

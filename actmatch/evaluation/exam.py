@@ -9,7 +9,7 @@ for the image) is judged the same way; the columns fall in three groups (:data:`
 * ``exam``: judged with what no fit sees: the exam's perturbation families
   (:class:`~actmatch.evaluation.families.Exam`: other photos, blur, ROAD imputation, and solid
   colours and noise from the exam's own seed stream), the insertion paths (which start from a
-  blur of the image), the Dabkowski–Gal crop score, and perturbations of the region itself
+  blur of the image), the deletion path to that blur, the Dabkowski–Gal crop score, and perturbations of the region itself
   (3×3 dilation, one-pixel shifts, the mask file read back, the photo resized with another filter);
 * ``construction``: true for ``am`` by construction (its mask is the equal-area cut).
 
@@ -57,6 +57,7 @@ COLUMN_GROUPS = {
     "robust_sufficient_area": "exam",
     "insertion_auc": "exam",
     "insertion_auc_rise": "exam",
+    "deletion_auc_blur": "exam",
     "dg_score": "exam",
     "kept_dilated": "exam",
     "ratio_dilated": "exam",
@@ -78,7 +79,7 @@ def score_keys(families: list[str], fixed_areas: tuple[float, ...] = FIXED_AREAS
         "area", "kept_equal_area", "ratio_equal_area", "kept_equal_area_convad",
         *(_fixed_key(f) for f in fixed_areas), "ratio_at_10", "smallest_sufficient_area", "region_area",
         "ratio_region", "kept_dilated", "ratio_dilated", "kept_shift", "kept_readback", "kept_resampled",
-        "dg_score", "dg_score_fill", "insertion_auc", "insertion_auc_rise", "deletion_auc", "robustness",
+        "dg_score", "dg_score_fill", "insertion_auc", "insertion_auc_rise", "deletion_auc", "deletion_auc_blur", "robustness",
         *(f"robust_{name}" for name in dict.fromkeys(families)), "robust_sufficient_area",
     ]  # fmt: skip
 
@@ -201,8 +202,8 @@ def score_maps(
       NaN without ``file_size`` / ``resampled``;
     * ``dg_score`` (crop) and ``dg_score_fill`` (box on the mean colour): the smallest
       Dabkowski–Gal score over the map's cuts at the grid's fractions and the equal-area cut;
-    * ``insertion_auc`` / ``insertion_auc_rise`` (heavy / published RISE blur start) and
-      ``deletion_auc`` over ``steps`` steps;
+    * ``insertion_auc`` / ``insertion_auc_rise`` (heavy / published RISE blur start),
+      ``deletion_auc`` (to the mean colour) and ``deletion_auc_blur`` (to the heavy blur) over ``steps`` steps;
     * ``robustness``: the share of the exam's draws on which the equal-area cut keeps the label,
       and ``robust_<family>`` per family; ``robust_sufficient_area``: the smallest top-k fraction
       kept on at least ``rate`` of the draws (:func:`~actmatch.evaluation.metrics.robust_sufficient_area`).
@@ -267,13 +268,14 @@ def score_maps(
     # ---- phase A: everything that needs no earlier answer, in one packed pass
     dg = [dg_inputs(i) for i in range(m)]
     jobs = [_blend_job(image, cuts, fill), Job(1, lambda lo, hi: heavy), Job(1, lambda lo, hi: rise), Job(1, lambda lo, hi: fill)]
-    per_map = 6
+    per_map = 7
     for i in range(m):
         jobs += [
             _blend_job(image, scan_cuts(i), fill),
             M._curve_job(heavy, image, ranks[i], counts),
             M._curve_job(rise, image, ranks[i], counts),
             M._curve_job(image, fill, ranks[i], counts),
+            M._curve_job(image, heavy, ranks[i], counts),
             _stack_job(dg[i][0]),
             _stack_job(dg[i][1]),
         ]
@@ -291,8 +293,9 @@ def score_maps(
     insertion = torch.stack([torch.cat([p_heavy, prob(rows[per_map * i + 1]), ends]) for i in range(m)])  # (M, S + 1)
     insertion_rise = torch.stack([torch.cat([p_rise, prob(rows[per_map * i + 2]), ends]) for i in range(m)])
     deletion = torch.stack([torch.cat([ends, prob(rows[per_map * i + 3]), p_fill]) for i in range(m)])
-    dg_crop = torch.stack([M.dg_score(dg[i][2], prob(rows[per_map * i + 4]).double().cpu()).min() for i in range(m)])
-    dg_fill = torch.stack([M.dg_score(dg[i][2], prob(rows[per_map * i + 5]).double().cpu()).min() for i in range(m)])
+    deletion_blur = torch.stack([torch.cat([ends, prob(rows[per_map * i + 4]), p_heavy]) for i in range(m)])
+    dg_crop = torch.stack([M.dg_score(dg[i][2], prob(rows[per_map * i + 5]).double().cpu()).min() for i in range(m)])
+    dg_fill = torch.stack([M.dg_score(dg[i][2], prob(rows[per_map * i + 6]).double().cpu()).min() for i in range(m)])
 
     # ---- phase B: the smallest sufficient area (mean fill), then each map's region
     def is_kept(rows_: list[int], mids: list[float]) -> list[bool]:
@@ -334,6 +337,7 @@ def score_maps(
         "insertion_auc": M._auc(insertion),
         "insertion_auc_rise": M._auc(insertion_rise),
         "deletion_auc": M._auc(deletion),
+        "deletion_auc_blur": M._auc(deletion_blur),
         "robustness": robust["all"].to(device),
         **{f"robust_{name}": value.to(device) for name, value in robust.items() if name != "all"},
         "robust_sufficient_area": robust_area,

@@ -15,7 +15,8 @@ Metrics (each a function returning one value per image or map):
   AUC                  x (``start="heavy"``: σ = 1/20 of the short side; ``start="rise"``: the
                        published 11×11 kernel, σ = 5, :func:`rise_blur`) and inserts pixels in
                        decreasing saliency; deletion starts from x and replaces them by the mean
-                       colour. ``steps`` + 1 points, AUC by the trapezoid rule, p = softmax prob.
+                       colour (``fill="mean"``) or by the heavy blur (``fill="blur"``, a fill no fit
+                       uses). ``steps`` + 1 points, AUC by the trapezoid rule, p = softmax prob.
 * robustness           the region planted on the exam's draws (:class:`~actmatch.evaluation.families.Exam`):
                        the fraction that keeps the label
 * smallest sufficient  smallest fraction k such that the top-k of the map keeps the label with the
@@ -90,6 +91,7 @@ __all__ = [
     "PointingGame",
     "MaskPrecision",
     "SUFFICIENCY_GRID",
+    "DELETION_FILLS",
     "INSERTION_STARTS",
 ]
 
@@ -97,6 +99,7 @@ __all__ = [
 SUFFICIENCY_GRID = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: the start of the insertion path: ``heavy`` (σ = 1/20 of the short side) or ``rise`` (as published)
 INSERTION_STARTS = ("heavy", "rise")
+DELETION_FILLS = ("mean", "blur")  # what the deletion path puts in: the mean colour, or the heavy blur of x
 
 
 def _target(classifier: nn.Module, images: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -159,11 +162,11 @@ def insertion_start(images: torch.Tensor, start: str = "heavy") -> torch.Tensor:
     raise ValueError(f"unknown insertion start {start!r}; choose one of {INSERTION_STARTS}")
 
 
-def _path_ends(images: torch.Tensor, mode: str, mean, start: str = "heavy") -> tuple[torch.Tensor, torch.Tensor]:
-    """(start, finish) of the insertion (blur → x) or deletion (x → mean colour) path."""
+def _path_ends(images: torch.Tensor, mode: str, mean, start: str = "heavy", fill: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, finish) of the insertion (blur → x) or deletion (x → mean colour, or x → heavy blur) path."""
     if mode == "insertion":
         return insertion_start(images, start), images
-    return images, make_fill(images, "mean", mean)
+    return images, make_fill(images, "mean", mean) if fill == "mean" else gaussian_blur(images)
 
 
 def _curve_job(start: torch.Tensor, finish: torch.Tensor, ranks: torch.Tensor, counts: torch.Tensor) -> Job:
@@ -178,9 +181,11 @@ def _curve_job(start: torch.Tensor, finish: torch.Tensor, ranks: torch.Tensor, c
     return Job(len(counts), make)
 
 
-def _check_curve(mode: str, steps: int) -> None:
+def _check_curve(mode: str, steps: int, fill: str = "mean") -> None:
     if mode not in ("insertion", "deletion"):
         raise ValueError(f"mode must be 'insertion' or 'deletion', got {mode!r}")
+    if fill not in DELETION_FILLS:
+        raise ValueError(f"unknown deletion fill {fill!r}; choose one of {DELETION_FILLS}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
 
@@ -197,19 +202,21 @@ def perturbation_curve(
     seed: int = 0,
     counter: PassCounter | None = None,
     start: str = "heavy",
+    fill: str = "mean",
 ) -> torch.Tensor:
     """(B, steps + 1) p_f(·)(y) along the RISE insertion or deletion path.
 
     Step i has the top ⌈i·H·W/steps⌉ pixels of the map inserted into the blurred copy
-    (``insertion``) or replaced by the mean colour (``deletion``). All steps of all images go
-    through the classifier in chunks of ``batch`` inputs. ``start`` picks the insertion's blur.
+    (``insertion``) or replaced by the mean colour (``deletion``; ``fill="blur"``: by the heavy
+    blur of x instead). All steps of all images go through the classifier in chunks of ``batch``
+    inputs. ``start`` picks the insertion's blur.
     """
-    _check_curve(mode, steps)
+    _check_curve(mode, steps, fill)
     target = _target(classifier, images, target)
     b, _, h, w = images.shape
     ranks = pixel_ranks(saliency, seed)  # (B, H·W)
     counts = _step_counts(steps, h * w, images.device)  # (S + 1,)
-    begin, finish = _path_ends(images, mode, classifier.data_config["mean"], start)
+    begin, finish = _path_ends(images, mode, classifier.data_config["mean"], start, fill)
     jobs = [_curve_job(begin[i : i + 1], finish[i : i + 1], ranks[i], counts) for i in range(b)]
     logits = classify(classifier, jobs, batch, counter)
     return torch.stack([lg.softmax(-1)[:, y] for lg, y in zip(logits, target.tolist())])
