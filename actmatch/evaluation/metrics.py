@@ -162,7 +162,9 @@ def insertion_start(images: torch.Tensor, start: str = "heavy") -> torch.Tensor:
     raise ValueError(f"unknown insertion start {start!r}; choose one of {INSERTION_STARTS}")
 
 
-def _path_ends(images: torch.Tensor, mode: str, mean, start: str = "heavy", fill: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+def _path_ends(
+    images: torch.Tensor, mode: str, mean, start: str = "heavy", fill: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, finish) of the insertion (blur → x) or deletion (x → mean colour, or x → heavy blur) path."""
     if mode == "insertion":
         return insertion_start(images, start), images
