@@ -20,3 +20,13 @@ def test_the_mask_comes_first_and_each_side_follows_its_own_order():
     assert _order(orders["am_then_gradcam"]) == [0, 1, 2, 3]
     assert _order(orders["mask_by_gradcam"]) == [1, 0, 2, 3]
     assert _order(orders["gradcam"]) == [2, 3, 1, 0]
+
+
+def test_a_smoothed_order_keeps_the_mask_first():
+    """Mask = pixels 0 and 3 of a 1×4 map, with probabilities 0 and 0.1; outside 0.95 and 0.9. Blurred, every
+    probability stays in [0, 1], so the mask (2 + its blurred probability) still ranks above the rest, though
+    the outside pixels score higher than the mask's on their own."""
+    am = torch.tensor([[[[1.0, 0.95, 0.9, 1.1]]]])
+    orders = evaluation_script("ranking_beyond_mask").orders(am, torch.zeros_like(am), (1.0,))
+    assert set(_order(orders["smooth1"])[:2]) == {0, 3}
+    assert set(orders) == {"am", "gradcam", "am_then_gradcam", "mask_by_gradcam", "smooth1"}

@@ -1,6 +1,6 @@
 """Would another ranking around `am`'s mask shrink its robust-sufficient area? A screen on a benchmark run.
 
-    .venv/bin/python experiments/evaluation/ranking_beyond_mask.py OUT --images DIR --exam-photos DIR
+    .venv/bin/python experiments/evaluation/ranking_beyond_mask.py OUT --images DIR --exam-photos DIR [--smooth 4 8 16]
 
 ``OUT`` is an ``actmatch benchmark --methods am,gradcam`` run on ``DIR`` (its ``raw/`` maps). `am`'s map is
 its binary mask plus the mask network's probability, so cuts up to the mask's area follow the network inside
@@ -8,7 +8,9 @@ the mask and larger cuts add pixels outside it in the network's order. Two other
 `am` and Grad-CAM with the benchmark's own robust-sufficient area (the same exam, seed and grid):
 
 * ``am_then_gradcam``: the mask in the network's order, then the rest in Grad-CAM's;
-* ``mask_by_gradcam``: the mask in Grad-CAM's order, then the rest in Grad-CAM's.
+* ``mask_by_gradcam``: the mask in Grad-CAM's order, then the rest in Grad-CAM's;
+* ``smooth<σ>`` (``--smooth σ ...``): the mask first, each side in the order of the network's probability
+  blurred with a Gaussian of σ pixels (a smoother ranking: compact cuts instead of scattered pixels).
 
 Prints the medians and, per order, on how many images it is smaller or larger than `am`'s and Grad-CAM's.
 A screen for photos other than the evaluation photos (e.g. 30 of ``imagenet-train``).
@@ -25,19 +27,22 @@ import torch
 from actmatch.commands.benchmark import load_images, load_photo_pool
 from actmatch.evaluation import metrics as M
 from actmatch.evaluation.families import EXAM_SEED, default_exam
+from actmatch.explainers.backgrounds import gaussian_blur
 from actmatch.explainers.classifier import load_classifier
 
 
-def orders(am: torch.Tensor, gradcam: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The four rankings (1, 1, H, W) of one image; `am`'s mask is where its map is ≥ 1."""
+def orders(am: torch.Tensor, gradcam: torch.Tensor, smooth: tuple[float, ...] = ()) -> dict[str, torch.Tensor]:
+    """The rankings (1, 1, H, W) of one image; `am`'s mask is where its map is ≥ 1 (map = mask + probability)."""
     mask = am >= 1
     low = gradcam - gradcam.min()
     cam = low / low.max().clamp_min(1e-12)  # in [0, 1], below every pixel of the mask once shifted by 2
+    probability = am - mask.float()
     return {
         "am": am,
         "gradcam": gradcam,
         "am_then_gradcam": torch.where(mask, am + 1, cam),
         "mask_by_gradcam": torch.where(mask, cam + 2, cam),
+        **{f"smooth{s:g}": torch.where(mask, 2 + gaussian_blur(probability, s), gaussian_blur(probability, s)) for s in smooth},
     }
 
 
@@ -48,6 +53,7 @@ def main() -> None:
     parser.add_argument("--exam-photos", required=True, help="the run's --exam-photos")
     parser.add_argument("--exam-seed", type=int, default=EXAM_SEED)
     parser.add_argument("--seed", type=int, default=0, help="the run's --seed (ties in the ranking)")
+    parser.add_argument("--smooth", type=float, nargs="*", default=[], help="also the network's order blurred, σ in pixels")
     args = parser.parse_args()
     classifier = load_classifier("efficientnet_lite0").eval()
     images = load_images([args.images], classifier, None)
@@ -56,7 +62,7 @@ def main() -> None:
     for item in images:
         name = Path(item.path).name
         raw = {m: torch.load(args.out / "raw" / name / f"{m}.pt", weights_only=True)["map"].float() for m in ("am", "gradcam")}
-        maps = orders(*(raw[m].reshape(1, 1, *raw[m].shape[-2:]) for m in ("am", "gradcam")))
+        maps = orders(*(raw[m].reshape(1, 1, *raw[m].shape[-2:]) for m in ("am", "gradcam")), tuple(args.smooth))
         x = item.image[None]
         with torch.no_grad():
             y = int(classifier(x).argmax(-1))
