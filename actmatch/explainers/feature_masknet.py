@@ -194,11 +194,15 @@ class FeatureMaskNet(nn.Module):
         logits = model.forward_head(final) if logits is None else logits
         y = logits.argmax(-1)
         if self._pool_linear:
-            weight = model.get_classifier().weight  # (K, C)
-            alpha = weight[y]
+            linear: nn.Linear = model.get_classifier()
+            alpha, bias = linear.weight[y], linear.bias[y] if linear.bias is not None else None  # (B, C), (B,)
             if self.class_score == "log_probability":
-                alpha = alpha - logits.softmax(-1) @ weight
+                p = logits.softmax(-1)
+                alpha = alpha - p @ linear.weight
+                bias = bias - p @ linear.bias if bias is not None else None
             cam = torch.einsum("bc,bchw->bhw", alpha, final)[:, None]
+            if bias is not None:  # a constant, gone after standardisation up to rounding (kept: the same maps as before)
+                cam = cam + bias.view(-1, 1, 1, 1)
         else:
             log_probability = self.class_score == "log_probability"
 
