@@ -14,26 +14,27 @@ AUC (lower is better) and `am` against each other method, paired over the images
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from actmatch.commands.benchmark import load_images
+from actmatch.commands.benchmark import load_images, read_results
 from actmatch.evaluation import metrics as M
 from actmatch.evaluation.statistics import holm, paired_comparison
 from actmatch.explainers.classifier import load_classifier
 
+AUCs = dict[str, dict[str, list[float]]]  # {fill: {method: one deletion AUC per image}}
 
-def deletion_aucs(out: Path, images: str, fills: list[str], seed: int, steps: int) -> dict[str, dict[str, list[float]]]:
-    """{fill: {method: one deletion AUC per image}} for every method with a map of every image."""
+
+def deletion_aucs(out: Path, images: str, fills: list[str], seed: int, steps: int) -> tuple[list[str], AUCs]:
+    """The images' file names and their AUCs, for every method with a map of every image."""
     classifier = load_classifier("efficientnet_lite0").eval()
     items = load_images([images], classifier, None)
     methods = sorted(p.stem for p in (out / "raw" / Path(items[0].path).name).glob("*.pt"))
-    aucs: dict[str, dict[str, list[float]]] = {f: {m: [] for m in methods} for f in fills}
-    for item in items:
-        name = Path(item.path).name
+    aucs: AUCs = {f: {m: [] for m in methods} for f in fills}
+    names = [Path(item.path).name for item in items]
+    for item, name in zip(items, names):
         maps = [torch.load(out / "raw" / name / f"{m}.pt", weights_only=True)["map"].float() for m in methods]
         stacked = torch.cat([m.reshape(1, 1, *m.shape[-2:]) for m in maps])
         x = item.image[None].expand(len(methods), -1, -1, -1)
@@ -42,16 +43,13 @@ def deletion_aucs(out: Path, images: str, fills: list[str], seed: int, steps: in
             for method, value in zip(methods, values.tolist()):
                 aucs[fill][method].append(value)
         print(name, {f: round(aucs[f]["am"][-1], 3) for f in fills} if "am" in methods else "", flush=True)
-    return aucs
+    return names, aucs
 
 
-def run_values(out: Path, column: str = "deletion_auc") -> dict[str, list[float]]:
-    """The run's own ``column`` per method, in results.csv's image order."""
-    values: dict[str, list[float]] = {}
-    with (out / "results.csv").open() as f:
-        for row in csv.DictReader(f):
-            values.setdefault(row["method"], []).append(float(row[column]))
-    return values
+def run_values(out: Path, column: str = "deletion_auc") -> dict[tuple[str, str], float]:
+    """The run's own ``column`` by (image file name, method), from its results.csv (rows without it left out)."""
+    rows = read_results(out / "results.csv")
+    return {(Path(r["image"]).name, r["method"]): float(r[column]) for r in rows if r.get(column) not in (None, "")}
 
 
 def main() -> None:
@@ -64,11 +62,12 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.out / "raw").is_dir():
         parser.error(f"{args.out} is not a benchmark output folder with saved maps (raw/)")
-    aucs = deletion_aucs(args.out, args.images, args.fills, args.seed, args.steps)
+    names, aucs = deletion_aucs(args.out, args.images, args.fills, args.seed, args.steps)
     if "mean" in aucs and (args.out / "results.csv").is_file():
         run = run_values(args.out)
-        gap = max(abs(a - b) for m, v in aucs["mean"].items() if m in run for a, b in zip(v, run[m]))
-        print(f"\nmean fill against the run's deletion_auc: largest difference {gap:.2g}")
+        gaps = [abs(v[i] - run[name, m]) for m, v in aucs["mean"].items() for i, name in enumerate(names) if (name, m) in run]
+        largest = max(gaps, default=float("nan"))
+        print(f"\nmean fill against the run's deletion_auc ({len(gaps)} pairs): largest difference {largest:.2g}")
     for fill, by_method in aucs.items():
         n = len(next(iter(by_method.values())))
         print(f"\ndeletion AUC, fill {fill}, {n} images (lower is better)")

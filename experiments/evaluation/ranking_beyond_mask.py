@@ -36,13 +36,13 @@ def orders(am: torch.Tensor, gradcam: torch.Tensor, smooth: tuple[float, ...] = 
     mask = am >= 1
     low = gradcam - gradcam.min()
     cam = low / low.max().clamp_min(1e-12)  # in [0, 1], below every pixel of the mask once shifted by 2
-    probability = am - mask.float()
+    blurred = {s: gaussian_blur(am - mask.float(), s) for s in smooth}  # the network's probability, blurred
     return {
         "am": am,
         "gradcam": gradcam,
         "am_then_gradcam": torch.where(mask, am + 1, cam),
         "mask_by_gradcam": torch.where(mask, cam + 2, cam),
-        **{f"smooth{s:g}": torch.where(mask, 2 + gaussian_blur(probability, s), gaussian_blur(probability, s)) for s in smooth},
+        **{f"smooth{s:g}": torch.where(mask, 2 + b, b) for s, b in blurred.items()},
     }
 
 
