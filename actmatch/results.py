@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -247,13 +248,32 @@ def finished_row(folder: Path, drop: tuple[str, ...] = (), circuit: bool = False
     return row
 
 
+@functools.cache
+def explainer_source_digest() -> str:
+    """sha1 of the source of :mod:`actmatch.explainers` and :mod:`actmatch.datamodules` (every ``.py``
+    below them, by path and content): the code that loads the images and turns a recipe into masks.
+    Computed once per process."""
+    import actmatch.datamodules
+    import actmatch.explainers
+
+    digest = hashlib.sha1()
+    for package in (actmatch.explainers, actmatch.datamodules):
+        root = Path(str(package.__file__)).parent
+        for path in sorted(root.rglob("*.py")):
+            name = f"{package.__name__}/{path.relative_to(root).as_posix()}"
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def recipe_digest(explainer, steps: int | None, seed: int, amortized: bool = False, warm_start: bool = False) -> str:
     """8 hex digits naming what produced a mask: the classifier, the U-Net (and its weights when
     they are a trained checkpoint's: ``amortized`` or ``warm_start``), the loss terms, the fitting
     strategy and its settings, the steps, restarts, fill and seed (not the recipe's name, which a
-    config states). Written as ``recipe_digest``; a resumed run keeps only the folders
-    written with the same digest."""
+    config states), and the source of the code that fits them (:func:`explainer_source_digest`).
+    Written as ``recipe_digest``; a resumed run keeps only the folders written with the same digest,
+    so an edited explainer module is never resumed from masks the earlier code wrote."""
     parts = [
+        explainer_source_digest(),
         explainer.classifier.name,
         repr(getattr(explainer.classifier, "settings", {})),
         repr(explainer.unet.__class__),

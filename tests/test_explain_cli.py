@@ -301,6 +301,59 @@ def test_rerun_with_another_recipe_explains_again(small_coffee_path, tmp_path, c
     assert second["steps"] == 2 and second["recipe_digest"] != first["recipe_digest"]
 
 
+def test_rerun_after_an_explainer_code_change_explains_again(small_coffee_path, tmp_path, monkeypatch, capsys, fast):
+    """The same settings with edited explainer code (its source digest) are another recipe: the folder
+    the earlier code wrote is not passed off as this code's masks."""
+    from actmatch import results
+
+    out = tmp_path / "out"
+    assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
+    first = json.loads(next(out.rglob("summary.json")).read_text())
+    capsys.readouterr()
+    monkeypatch.setattr(results, "explainer_source_digest", lambda: "edited")
+    assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
+    err = capsys.readouterr().err
+    assert "explained with another recipe" in err and "already explained" not in err
+    assert json.loads(next(out.rglob("summary.json")).read_text())["recipe_digest"] != first["recipe_digest"]
+
+
+def test_explainer_source_digest_follows_the_files(tmp_path, monkeypatch):
+    """The digest is sha1 over (path, content) of every explainers/ and datamodules/ module: a changed
+    byte in one file changes it, the same files give the same digest."""
+    import hashlib
+    import sys
+    import types
+
+    import actmatch
+    from actmatch import results
+
+    def package(name, files):
+        root = tmp_path / name
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        return types.SimpleNamespace(__file__=str(root / "__init__.py"), __name__=f"actmatch.{name}")
+
+    def digest(explainers_files):
+        for name, files in [("explainers", explainers_files), ("datamodules", {"__init__.py": ""})]:
+            fake = package(name, files)
+            monkeypatch.setattr(actmatch, name, fake)
+            monkeypatch.setitem(sys.modules, f"actmatch.{name}", fake)
+        results.explainer_source_digest.cache_clear()
+        try:
+            return results.explainer_source_digest()
+        finally:
+            results.explainer_source_digest.cache_clear()
+
+    files = {"__init__.py": "", "fitting.py": "a = 1\n"}
+    by_hand = hashlib.sha1()
+    for name, text in [("actmatch.explainers/__init__.py", ""), ("actmatch.explainers/fitting.py", "a = 1\n"),
+                       ("actmatch.datamodules/__init__.py", "")]:  # fmt: skip
+        by_hand.update(name.encode() + b"\0" + text.encode() + b"\0")
+    assert digest(files) == by_hand.hexdigest()
+    assert digest({**files, "fitting.py": "a = 2\n"}) != by_hand.hexdigest()
+
+
 def test_results_name_the_recipe_and_an_older_folder_still_counts(small_coffee_path, tmp_path, capsys):
     """summary.json and summary.csv carry the config's recipe name and version beside the digest of its
     settings; a folder written before recipes had names (the digest as ``recipe``) is still skipped."""
