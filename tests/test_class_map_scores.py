@@ -10,13 +10,13 @@ from lightning_helpers import evaluation_script
 
 
 def test_the_whole_image_keeps_the_label_at_its_own_confidence(coffee_path, tmp_path):
-    """Cut at area 1, every pixel is kept: the explanation is the photo, so both class maps keep the
-    label with p(e)/p(x) = 1; at a tenth of the image neither can be the photo itself."""
+    """Cut at area 1, every pixel is kept: the explanation is the photo, so every class map keeps the
+    label with p(e)/p(x) = 1 (every class map); at a tenth of the image neither can be the photo itself."""
     folder = tmp_path / "photos"
     folder.mkdir()
     shutil.copy(coffee_path, folder / "coffee.png")
     rows = evaluation_script("class_map_scores").screen(folder, [0.1, 1.0])
-    assert set(rows) == {"logit", "log_probability"}
+    assert set(rows) == {"logit", "log_probability", "margin"}
     for r in rows.values():
         assert r.shape == (1, 2, 2)
         assert r[0, 1, 0] == 1 and abs(r[0, 1, 1] - 1) < 1e-4

@@ -26,7 +26,7 @@ from actmatch.explainers.classifier import FrozenClassifier, load_classifier
 
 __all__ = ["CLASS_SCORES", "FeatureMaskNet"]
 
-CLASS_SCORES = ("logit", "log_probability")  # what the class activation map explains
+CLASS_SCORES = ("logit", "log_probability", "margin")  # what the class activation map explains
 
 
 class FeatureMaskNet(nn.Module):
@@ -55,9 +55,10 @@ class FeatureMaskNet(nn.Module):
         pretrained: load the backbone's weights (False: random, for tests).
         class_map: read and correct the class activation map of the predicted class (the
             classifier must end in a convolutional feature map, as timm's CNNs do).
-        class_score: what the class map explains: ``"logit"`` f_y (CAM, Grad-CAM) or
+        class_score: what the class map explains: ``"logit"`` f_y (CAM, Grad-CAM),
             ``"log_probability"`` log p_y = f_y − log Σ_c exp f_c, whose map also subtracts the
-            evidence for the other classes (p-weighted): pixels that support y *against* its rivals.
+            evidence for the other classes (p-weighted): pixels that support y *against* its rivals,
+            or ``"margin"`` f_y − f_r, r the runner-up class: pixels that tell y from its closest rival.
     """
 
     def __init__(
@@ -180,9 +181,10 @@ class FeatureMaskNet(nn.Module):
         standardised per image (zero mean, unit spread); ``logits``: the head's output on A, if known.
 
         Grad-CAM before its ReLU, Σ_c α_c A_c with α_c the spatial mean of ∂s/∂A_c through the head
-        only, for the score s = f_y (``class_score="logit"``) or s = log p_y. For a head that is global
-        average pooling and one linear layer, α = W_y for the logit (CAM = W_y · A + b_y, Zhou et al.
-        2016, up to the constant) and α = W_y − Σ_c p_c W_c for the log-probability, in closed form;
+        only, for the score s = f_y (``class_score="logit"``), s = log p_y or s = f_y − f_r (r the
+        runner-up). For a head that is global average pooling and one linear layer, α = W_y for the
+        logit (CAM = W_y · A + b_y, Zhou et al. 2016, up to the constant), α = W_y − Σ_c p_c W_c for the
+        log-probability and α = W_y − W_r for the margin, in closed form;
         for any other head (a 1×1 convolution or a norm after the pooling, as MobileNetV3's and
         ConvNeXt's), by autograd."""
         if final.dim() != 4:
@@ -200,16 +202,21 @@ class FeatureMaskNet(nn.Module):
                 p = logits.softmax(-1)
                 alpha = alpha - p @ linear.weight
                 bias = bias - p @ linear.bias if bias is not None else None
+            elif self.class_score == "margin":
+                rival = _runner_up(logits)
+                alpha = alpha - linear.weight[rival]
+                bias = bias - linear.bias[rival] if bias is not None else None
             cam = torch.einsum("bc,bchw->bhw", alpha, final)[:, None]
             if bias is not None:  # a constant, gone after standardisation up to rounding (kept: the same maps as before)
                 cam = cam + bias.view(-1, 1, 1, 1)
         else:
-            log_probability = self.class_score == "log_probability"
+            log_probability, rival = self.class_score == "log_probability", _runner_up(logits)
 
             def score(features: torch.Tensor) -> torch.Tensor:
                 out = model.forward_head(features)
                 out = out.log_softmax(-1) if log_probability else out
-                return out.gather(1, y[:, None]).sum()
+                chosen = out.gather(1, y[:, None])
+                return (chosen - out.gather(1, rival[:, None]) if self.class_score == "margin" else chosen).sum()
 
             grad = torch.func.grad(score)(final.detach())  # a function transform: also under no_grad and vmap
             cam = (grad.mean((2, 3), keepdim=True) * final).sum(1, keepdim=True)
@@ -242,6 +249,11 @@ class FeatureMaskNet(nn.Module):
             assert self.class_scale is not None
             logits = logits + self.class_scale * F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
         return logits
+
+
+def _runner_up(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) the second-highest class of each row of ``logits`` (B, K)."""
+    return logits.topk(2, dim=-1).indices[:, 1]
 
 
 def _without_encoder(module: FeatureMaskNet, state: dict, prefix: str, local_metadata: dict) -> None:

@@ -1,14 +1,15 @@
-"""What should the class map explain, the logit or the log-probability? A screen of the untrained class map.
+"""What should the class map explain: the logit, the log-probability or the margin? A screen of the untrained class map.
 
     .venv/bin/python experiments/evaluation/class_map_scores.py FOLDER [--areas 0.1 0.25 0.5]
 
 For every photo of ``FOLDER`` (loaded as ``actmatch explain`` loads it) and each ``class_score`` of
 :class:`~actmatch.explainers.feature_masknet.FeatureMaskNet` (``logit``: CAM / Grad-CAM of f_y;
-``log_probability``: Grad-CAM of log p_y), the class map of the predicted class, upsampled bilinearly to the
+``log_probability``: Grad-CAM of log p_y; ``margin``: Grad-CAM of f_y − f_r, r the runner-up class), the
+class map of the predicted class, upsampled bilinearly to the
 image, is cut at each area (the top fraction of its pixels) and classified with the mean fill, as the study
 does. No network is trained or fitted: the map alone. Printed per score and area: the labels kept and the
-median p(e)/p(x); then, per area, log-probability against logit, paired (photos where only one keeps the
-label, exact sign test).
+median p(e)/p(x); then, per area, each other score against the logit, paired (photos where only one keeps
+the label, exact sign test).
 
 A screen for the training photos, never the evaluation photos. One masked forward per area, score and photo.
 """
@@ -73,10 +74,11 @@ def main() -> None:
     print(f"{'class_score':<16}" + "".join(f"{a:>14g}" for a in args.areas))
     for score, r in rows.items():
         print(f"{score:<16}" + "".join(f"{k:>7.3f} ({q:.2f})" for k, q in zip(r[..., 0].mean(0), np.median(r[..., 1], 0))))
-    print("\nlog_probability against logit, paired: only it keeps – only logit keeps (sign test p)")
-    for i, a in enumerate(args.areas):
-        wins, losses, p = paired_kept(rows["log_probability"][:, i, 0], rows["logit"][:, i, 0])
-        print(f"{a:<6g} {wins}–{losses} (p = {p:.2g})")
+    for score in [s for s in rows if s != "logit"]:
+        print(f"\n{score} against logit, paired: only it keeps – only logit keeps (sign test p)")
+        for i, a in enumerate(args.areas):
+            wins, losses, p = paired_kept(rows[score][:, i, 0], rows["logit"][:, i, 0])
+            print(f"{a:<6g} {wins}–{losses} (p = {p:.2g})")
 
 
 if __name__ == "__main__":
