@@ -11,7 +11,7 @@ from lightning_helpers import evaluation_script
 
 def test_the_whole_image_keeps_the_label_at_its_own_confidence(coffee_path, tmp_path):
     """Cut at area 1, every pixel is kept: the explanation is the photo, so every class map keeps the
-    label with p(e)/p(x) = 1 (every class map); at a tenth of the image neither can be the photo itself."""
+    label with p(e)/p(x) = 1; at a tenth of the image none can be the photo itself."""
     folder = tmp_path / "photos"
     folder.mkdir()
     shutil.copy(coffee_path, folder / "coffee.png")
