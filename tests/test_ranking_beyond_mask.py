@@ -30,3 +30,16 @@ def test_a_smoothed_order_keeps_the_mask_first():
     orders = evaluation_script("ranking_beyond_mask").orders(am, torch.zeros_like(am), (1.0,))
     assert set(_order(orders["smooth1"])[:2]) == {0, 3}
     assert set(orders) == {"am", "gradcam", "am_then_gradcam", "mask_by_gradcam", "smooth1"}
+
+
+def test_the_rank_mean_order_averages_the_two_orders_on_each_side_of_the_mask():
+    """The 2×2 map of the first test: network probabilities 0.9, 0.2 (mask), 0.3, 0.8; Grad-CAM 0, 1, 4, 2.
+    Percentile ranks over the 4 pixels (0 lowest, 1 highest): network 1, 0, 1/3, 2/3; Grad-CAM 0, 1/3, 1, 2/3;
+    means 1/2, 1/6 inside the mask, 2/3, 2/3 outside (a tie, broken by position). Order: 0, 1, then 2 and 3."""
+    script = evaluation_script("ranking_beyond_mask")
+    am, gradcam = torch.tensor([[[[1.9, 1.2], [0.3, 0.8]]]]), torch.tensor([[[[0.0, 1.0], [4.0, 2.0]]]])
+    ranks = script.percentile_ranks(torch.tensor([0.9, 0.2, 0.3, 0.8]))
+    assert torch.allclose(ranks, torch.tensor([1.0, 0.0, 1 / 3, 2 / 3]))
+    order = script.orders(am, gradcam, rank_mean=True)["rank_mean"]
+    assert torch.allclose(order.flatten(), torch.tensor([2.5, 2 + 1 / 6, 2 / 3, 2 / 3]))
+    assert _order(order)[:2] == [0, 1]
