@@ -11,7 +11,8 @@ at fixed areas (its top ``a`` pixels) and the cut is planted on three kinds of b
   logit of a random class (``--rivals`` images, ``--rival-steps`` Adam steps, jittered by up to 8 px),
   those of the explained label left out.
 
-Prints, per map and area, the share of backgrounds on which the label is kept, and per area the rank
+Prints, per map and area, the share of backgrounds on which the label is kept; per area, `am` paired against
+Grad-CAM on each kind (wins–ties–losses over images, the benchmark's paired test); and per area the rank
 correlation (Spearman, over images and maps) between the photos' share and each surrogate's: how well a
 background a fit could use predicts which cuts hold on photos. A screen for photos other than the evaluation
 photos (e.g. 30 of ``imagenet-train``, the other 270 as exam photos).
@@ -28,10 +29,12 @@ from scipy.stats import spearmanr
 
 from actmatch.commands.benchmark import load_images, load_photo_pool
 from actmatch.evaluation.families import Photos, cover_resize
+from actmatch.evaluation.statistics import paired_comparison
 from actmatch.explainers.backgrounds import FIT_KINDS, cycled_backgrounds, pink_noise
 from actmatch.explainers.classifier import FrozenClassifier, load_classifier
 
 AREAS = (0.1, 0.2, 0.3, 0.4, 0.6)
+KINDS = ("photos", "fit kinds", "rivals")
 
 
 def rival_images(classifier: FrozenClassifier, n: int, steps: int, seed: int = 123) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +109,15 @@ def main() -> None:
             sel = [r for r in rows if r[0] == method and r[1] == area]
             means = [statistics.mean(r[i] for r in sel) for i in (2, 3, 4)]
             print(f"{method:<8} {area:>5} {means[0]:>7.3f} {means[1]:>10.3f} {means[2]:>7.3f}")
+    print("\nam against gradcam, paired over images: wins–ties–losses (p)")
+    print(f"{'area':>5} " + "".join(f"{kind:>22}" for kind in KINDS))
+    for area in AREAS:
+        pairs = [[r for r in rows if r[0] == m and r[1] == area] for m in ("am", "gradcam")]
+        cells = []
+        for i, _ in enumerate(KINDS, start=2):
+            c = paired_comparison([r[i] for r in pairs[0]], [r[i] for r in pairs[1]])
+            cells.append(f"{c['wins']}–{c['ties']}–{c['losses']} ({c['p_value']:.2g})")
+        print(f"{area:>5} " + "".join(f"{cell:>22}" for cell in cells))
     print("\nSpearman's rho with the photos' share, per area (over images and both maps)")
     for area in AREAS:
         sel = [r for r in rows if r[1] == area]
