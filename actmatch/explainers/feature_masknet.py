@@ -195,33 +195,37 @@ class FeatureMaskNet(nn.Module):
         model = cast(Any, self.encoder.model)
         logits = model.forward_head(final) if logits is None else logits
         y = logits.argmax(-1)
+        rivals = self._rival_weights(logits)
         if self._pool_linear:
             linear: nn.Linear = model.get_classifier()
             alpha, bias = linear.weight[y], linear.bias[y] if linear.bias is not None else None  # (B, C), (B,)
-            if self.class_score == "log_probability":
-                p = logits.softmax(-1)
-                alpha = alpha - p @ linear.weight
-                bias = bias - p @ linear.bias if bias is not None else None
-            elif self.class_score == "margin":
-                rival = _runner_up(logits)
-                alpha = alpha - linear.weight[rival]
-                bias = bias - linear.bias[rival] if bias is not None else None
+            if rivals is not None:
+                alpha = alpha - rivals @ linear.weight
+                bias = bias - rivals @ linear.bias if bias is not None else None
             cam = torch.einsum("bc,bchw->bhw", alpha, final)[:, None]
             if bias is not None:  # a constant, gone after standardisation up to rounding (kept: the same maps as before)
                 cam = cam + bias.view(-1, 1, 1, 1)
         else:
-            log_probability, rival = self.class_score == "log_probability", _runner_up(logits)
 
             def score(features: torch.Tensor) -> torch.Tensor:
                 out = model.forward_head(features)
-                out = out.log_softmax(-1) if log_probability else out
-                chosen = out.gather(1, y[:, None])
-                return (chosen - out.gather(1, rival[:, None]) if self.class_score == "margin" else chosen).sum()
+                chosen = out.gather(1, y[:, None]).sum()
+                return chosen if rivals is None else chosen - (rivals * out).sum()
 
             grad = torch.func.grad(score)(final.detach())  # a function transform: also under no_grad and vmap
             cam = (grad.mean((2, 3), keepdim=True) * final).sum(1, keepdim=True)
         flat = cam.flatten(1)
         return (cam - flat.mean(1).view(-1, 1, 1, 1)) / flat.std(1).clamp_min(1e-6).view(-1, 1, 1, 1)
+
+    def _rival_weights(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """(B, K) weights w of the classes the score subtracts, s = f_y − w · f (w held constant), or None for
+        the logit: the runner-up's one-hot for the margin, p for log p_y (the same gradient:
+        ∂ log p_y = ∂f_y − Σ_c p_c ∂f_c)."""
+        if self.class_score == "log_probability":
+            return logits.softmax(-1)
+        if self.class_score == "margin":
+            return F.one_hot(logits.topk(2, dim=-1).indices[:, 1], logits.shape[-1]).to(logits)
+        return None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Mask logits, shape (B, 1, H, W), for images (B, 3, H, W) in [0, 1]. With ``class_map`` the
@@ -249,11 +253,6 @@ class FeatureMaskNet(nn.Module):
             assert self.class_scale is not None
             logits = logits + self.class_scale * F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
         return logits
-
-
-def _runner_up(logits: torch.Tensor) -> torch.Tensor:
-    """(B,) the second-highest class of each row of ``logits`` (B, K)."""
-    return logits.topk(2, dim=-1).indices[:, 1]
 
 
 def _without_encoder(module: FeatureMaskNet, state: dict, prefix: str, local_metadata: dict) -> None:
