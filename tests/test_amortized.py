@@ -441,6 +441,22 @@ def test_class_map_prior_ranks_the_pixels_as_captums_grad_cam():
     assert net.init_args()["class_map"] is True
 
 
+def _silenced_class_map(name: str, class_score: str):
+    """A random FeatureMaskNet(class_map=True) on ``name`` with the decoder's head silenced, run on two random
+    images: (its logits less the head's bias, i.e. s · upsample(standardised class map), s = 1; the timm model;
+    the normalised images)."""
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    torch.manual_seed(0)
+    net = FeatureMaskNet(name, stages=[2, 3, 4], width=8, pretrained=False, class_map=True, class_score=class_score)
+    net.eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+    images = torch.rand(2, 3, 96, 128)
+    assert net.init_args()["class_score"] == class_score
+    return net(images) - net.init_keep, net.encoder.model, net.encoder.normalize(images)
+
+
 @pytest.mark.parametrize(("name", "layer"), [("resnet10t", "layer4"), ("mobilenetv3_small_050", "blocks")])
 def test_log_probability_class_map_is_captums_grad_cam_of_the_log_softmax(name, layer):
     """class_score="log_probability": Grad-CAM (Captum's LayerGradCam, before its ReLU) of log p_y
@@ -448,19 +464,11 @@ def test_log_probability_class_map_is_captums_grad_cam_of_the_log_softmax(name, 
     (autograd); on a random classifier the two maps differ, so the test tells them apart."""
     from actmatch.explainers.feature_masknet import FeatureMaskNet
 
-    torch.manual_seed(0)
-    net = FeatureMaskNet(name, stages=[2, 3, 4], width=8, pretrained=False, class_map=True, class_score="log_probability")
-    net.eval()
-    with torch.no_grad():
-        net.head.weight.zero_()
-    images = torch.rand(2, 3, 96, 128)
-    logits = net(images) - net.init_keep
-    model, normalized = net.encoder.model, net.encoder.normalize(images)
+    logits, model, normalized = _silenced_class_map(name, "log_probability")
     expected = _captum_class_map(model, getattr(model, layer), normalized, (96, 128), lambda x: model(x).log_softmax(-1))
     assert torch.allclose(logits, expected, atol=1e-3)
     of_logit = _captum_class_map(model, getattr(model, layer), normalized, (96, 128))
     assert not torch.allclose(logits, of_logit, atol=1e-2)
-    assert net.init_args()["class_score"] == "log_probability"
     with pytest.raises(ValueError, match="class_score must be one of"):
         FeatureMaskNet(name, stages=[2, 3, 4], width=8, pretrained=False, class_map=True, class_score="probability")
 
@@ -470,16 +478,7 @@ def test_margin_class_map_is_captums_grad_cam_of_the_margin_to_the_runner_up(nam
     """class_score="margin": Grad-CAM (Captum's LayerGradCam, before its ReLU) of f_y − f_r, r the
     runner-up class of each image, for a pool + linear head (closed form W_y − W_r) and another head
     (autograd); it differs from the logit's map on a random classifier."""
-    from actmatch.explainers.feature_masknet import FeatureMaskNet
-
-    torch.manual_seed(0)
-    net = FeatureMaskNet(name, stages=[2, 3, 4], width=8, pretrained=False, class_map=True, class_score="margin")
-    net.eval()
-    with torch.no_grad():
-        net.head.weight.zero_()
-    images = torch.rand(2, 3, 96, 128)
-    logits = net(images) - net.init_keep
-    model, normalized = net.encoder.model, net.encoder.normalize(images)
+    logits, model, normalized = _silenced_class_map(name, "margin")
     with torch.no_grad():
         runner_up = model(normalized).topk(2, dim=-1).indices[:, 1:]  # (B, 1)
 
@@ -491,7 +490,6 @@ def test_margin_class_map_is_captums_grad_cam_of_the_margin_to_the_runner_up(nam
     assert torch.allclose(logits, expected, atol=1e-3)
     of_logit = _captum_class_map(model, getattr(model, layer), normalized, (96, 128))
     assert not torch.allclose(logits, of_logit, atol=1e-2)
-    assert net.init_args()["class_score"] == "margin"
 
 
 def test_the_backbone_comparison_changes_only_the_backbone():
