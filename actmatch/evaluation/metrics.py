@@ -168,7 +168,7 @@ def _path_ends(
     """(start, finish) of the insertion (blur → x) or deletion (x → mean colour, or x → heavy blur) path."""
     if mode == "insertion":
         return insertion_start(images, start), images
-    return images, make_fill(images, "mean", mean) if fill == "mean" else gaussian_blur(images)
+    return images, make_fill(images, fill, mean)  # the mean colour, or the heavy blur of x (make_fill's "blur")
 
 
 def _curve_job(start: torch.Tensor, finish: torch.Tensor, ranks: torch.Tensor, counts: torch.Tensor) -> Job:
