@@ -1,4 +1,5 @@
-"""experiments/evaluation/ranking_inside_mask.py: the mask's gradient and the orders, worked out by hand."""
+"""experiments/evaluation/ranking_inside_mask.py and complement_probability.py: the mask's gradient, the orders
+and the probability left without the mask, worked out by hand."""
 
 from __future__ import annotations
 
@@ -42,3 +43,11 @@ def test_the_mask_comes_first_in_its_own_order_then_the_rest_in_the_network_s():
     order = script.inside_first(mask, torch.tensor([[[[5.0, -1.0, 7.0, 3.0]]]]), torch.tensor([[[[0.2, 0.8, 0.9, 0.1]]]]))
     assert _order(order) == [3, 1, 2, 0]
     assert order[mask].min() >= 2 and order[~mask].max() < 1
+
+
+def test_the_complement_probability_removes_the_mask_with_the_mean_colour():
+    """Removing pixel 0 of x = 1 (mask [1, 0]) gives pixel 0 = μ = (0.3, 0.4, 0.5) and pixel 1 = 1: logit 0 =
+    1·0.3 + 0·0.4 + 3·0.5 + 2·1 − 1·1 + 0·1 = 2.8, logit 1 = 0, so p_0 = σ(2.8)."""
+    script = evaluation_script("complement_probability")
+    p = script.complement_probability(Linear(), torch.ones(1, 3, 1, 2), torch.tensor([[[[1.0, 0.0]]]]), 0)
+    assert abs(p - torch.sigmoid(torch.tensor(2.8)).item()) < 1e-6
