@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from actmatch.commands.benchmark import load_images
+from actmatch.evaluation.benchmark import MapStore
 from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.classifier import load_classifier
 
@@ -37,10 +38,13 @@ def main() -> None:
     classifier = load_classifier("efficientnet_lite0").eval()
     images = load_images([args.images], classifier, None)
     for out in args.outs:
-        found = []
+        found, store = [], MapStore(out / "raw")
         for item in images:
             name, x = Path(item.path).name, item.image[None]
-            raw = torch.load(out / "raw" / name / "am.pt", weights_only=True)["map"].float()
+            saved = store.load(name, "am")
+            if saved is None:
+                raise SystemExit(f"{out} has no `am` map of {name}: give a benchmark run of --images with am among its methods")
+            raw = saved["map"].float()
             mask = (raw >= 1).float().reshape(1, 1, *x.shape[-2:])
             with torch.no_grad():
                 y = int(classifier(x).argmax(-1))

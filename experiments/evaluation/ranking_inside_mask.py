@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from actmatch.commands.benchmark import load_images, load_photo_pool, read_results
+from actmatch.evaluation.benchmark import MapStore
 from actmatch.evaluation.exam import score_maps
 from actmatch.evaluation.families import EXAM_SEED, default_exam
 from actmatch.evaluation.statistics import paired_comparison
@@ -61,9 +62,10 @@ def mask_gradient(classifier, image: torch.Tensor, mask: torch.Tensor, y: int) -
 
 def inside_first(mask: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
     """A map whose order is the mask first (by ``inside``), then the rest (by ``outside`` in [0, 1))."""
-    low = inside - inside[mask].min() if mask.any() else inside
-    scaled = low / low[mask].max().clamp_min(1e-12) if mask.any() else low
-    return torch.where(mask, 2 + scaled, outside)
+    if mask.any():
+        inside = inside - inside[mask].min()
+        inside = inside / inside[mask].max().clamp_min(1e-12)
+    return torch.where(mask, 2 + inside, outside)
 
 
 GRADIENT_ORDERS = ("grad_e", "grad_x", "ig_inside")
@@ -79,13 +81,13 @@ def orders(
     build = {
         "grad_e": lambda: inside_first(mask, mask_gradient(classifier, image, mask.float(), y), s),
         "grad_x": lambda: inside_first(mask, mask_gradient(classifier, image, torch.ones_like(am), y), s),
-        "ig_inside": lambda: inside_first(mask, ig, s) if ig is not None else None,
+        "ig_inside": lambda: inside_first(mask, ig, s),
     }
-    candidates = {"am": am, **{key: build[key]() for key in which}}
+    candidates = {"am": am, **{key: build[key]() for key in which if key != "ig_inside" or ig is not None}}
     for sigma in smooth:
         blurred = gaussian_blur(s, sigma)
         candidates[f"smooth{sigma:g}"] = inside_first(mask, blurred, blurred.clamp(0, 1 - 1e-6))
-    return {key: value for key, value in candidates.items() if value is not None}
+    return candidates
 
 
 def main() -> None:
@@ -103,10 +105,13 @@ def main() -> None:
     exam = default_exam(load_photo_pool(args.exam_photos, images, classifier.input_size), args.exam_seed)
     run = {(Path(r["image"]).name, r["method"]): r for r in read_results(args.out / "results.csv")}
     baselines = sorted({m for (_, m) in run if m != "am"})
+    store = MapStore(args.out / "raw")
     values: dict[str, dict[str, list[float]]] = {}
     for item in images:
         name = Path(item.path).name
-        raw = {p.stem: torch.load(p, weights_only=True)["map"].float() for p in (args.out / "raw" / name).glob("*.pt")}
+        raw = {m: saved["map"].float() for m in ("am", "ig") if (saved := store.load(name, m)) is not None}
+        if "am" not in raw:
+            raise SystemExit(f"{args.out} has no `am` map of {name}: give a benchmark run of --images with am among its methods")
         x = item.image[None]
         with torch.no_grad():
             logits = classifier(x)
