@@ -51,3 +51,27 @@ def test_the_complement_probability_removes_the_mask_with_the_mean_colour():
     script = evaluation_script("complement_probability")
     p = script.complement_probability(Linear(), torch.ones(1, 3, 1, 2), torch.tensor([[[[1.0, 0.0]]]]), 0)
     assert abs(p - torch.sigmoid(torch.tensor(2.8)).item()) < 1e-6
+
+
+def test_the_class_map_order_is_captums_grad_cam_before_its_relu():
+    """The ``cam`` orders rank the pixels by Grad-CAM of the predicted class before its ReLU (Captum's
+    LayerGradCam on the pooled features of a random ResNet, standardised, bilinear to the image), and
+    ``unit_interval`` keeps that order inside [0, 1)."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from actmatch.explainers.classifier import load_classifier
+
+    script = evaluation_script("ranking_inside_mask")
+    torch.manual_seed(0)
+    classifier = load_classifier("resnet10t", pretrained=False).eval()
+    image = torch.rand(1, 3, 96, 128)
+    normalized = classifier.normalize(image)
+    model = classifier.model
+    target = model(normalized).argmax(-1)
+    grad_cam = LayerGradCam(model, model.layer4).attribute(normalized, target=target, relu_attributions=False)
+    expected = LayerAttribution.interpolate((grad_cam - grad_cam.mean()) / grad_cam.std(), (96, 128), interpolate_mode="bilinear")
+    found = script.class_map(classifier, image)
+    assert torch.allclose(found, expected, atol=1e-4)
+    unit = script.unit_interval(found)
+    ascending = found.flatten().argsort()
+    assert unit.min() >= 0 and unit.max() < 1 and (unit.flatten()[ascending].diff() >= 0).all()

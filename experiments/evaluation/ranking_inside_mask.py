@@ -13,7 +13,11 @@ beside `am`, each the mask first (its equal-area cut is still the mask) and the 
   relies on most, to first order; one backward pass;
 * ``grad_x``: the same gradient at the image (m = 1), gradient × (image − mean colour);
 * ``ig_inside``: inside by the run's integrated-gradients map;
-* ``smooth<σ>`` (``--smooth σ ...``): inside and outside by s blurred with a Gaussian of σ pixels (compact cuts).
+* ``smooth<σ>`` (``--smooth σ ...``): inside and outside by s blurred with a Gaussian of σ pixels (compact cuts);
+* ``cam_out``, ``cam_in``, ``cam_all``: the class activation map of the prediction (W_y · A + b_y on the final
+  features, Grad-CAM before its ReLU, bilinear to the image; :meth:`FeatureMaskNet.class_activation_map`, the
+  map v4's fit starts from) as the order outside the mask, inside it, or on both sides;
+* ``cam``: that class map alone, a relevance map without a mask (its region the smallest sufficient cut).
 
 ``--orders`` picks among them (default: the three gradient orders); `am` is always scored.
 
@@ -38,6 +42,7 @@ from actmatch.evaluation.families import EXAM_SEED, default_exam
 from actmatch.evaluation.statistics import paired_comparison
 from actmatch.explainers.backgrounds import gaussian_blur, make_fill
 from actmatch.explainers.classifier import load_classifier
+from actmatch.explainers.feature_masknet import FeatureMaskNet
 
 #: column, lower is better, median (else mean)
 COLUMNS = [
@@ -60,6 +65,22 @@ def mask_gradient(classifier, image: torch.Tensor, mask: torch.Tensor, y: int) -
     return grad.detach()
 
 
+def class_map(classifier, image: torch.Tensor) -> torch.Tensor:
+    """(1, 1, H, W) class activation map of the prediction, W_y · A + b_y standardised, bilinear to the image."""
+    net = FeatureMaskNet(classifier, stages=[-1], width=4, class_map=True)
+    model = classifier.model
+    with torch.no_grad():
+        final = model.forward_intermediates(classifier.normalize(image), indices=[len(model.feature_info) - 1])[0]
+        cam = net.class_activation_map(final, model.forward_head(final))
+    return torch.nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def unit_interval(values: torch.Tensor) -> torch.Tensor:
+    """``values`` shifted and scaled into [0, 1), the same order (an outside order below every mask pixel)."""
+    low = values - values.min()
+    return low / low.max().clamp_min(1e-12) * 0.99
+
+
 def inside_first(mask: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
     """A map whose order is the mask first (by ``inside``), then the rest (by ``outside`` in [0, 1))."""
     if mask.any():
@@ -69,6 +90,8 @@ def inside_first(mask: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor
 
 
 GRADIENT_ORDERS = ("grad_e", "grad_x", "ig_inside")
+CLASS_MAP_ORDERS = ("cam_out", "cam_in", "cam_all", "cam")
+UNDELIVERED = ("cam",)  # relevance maps: no binary mask of their own
 
 
 def orders(
@@ -78,7 +101,12 @@ def orders(
     """The candidate maps (1, 1, H, W) of one image; `am`'s mask is where its map is ≥ 1."""
     mask = am >= 1
     s = am - mask.float()
+    cam = class_map(classifier, image) if any(k.startswith("cam") for k in which) else None
     build = {
+        "cam_out": lambda: inside_first(mask, s, unit_interval(cam)),
+        "cam_in": lambda: inside_first(mask, cam, s),
+        "cam_all": lambda: inside_first(mask, cam, unit_interval(cam)),
+        "cam": lambda: cam,
         "grad_e": lambda: inside_first(mask, mask_gradient(classifier, image, mask.float(), y), s),
         "grad_x": lambda: inside_first(mask, mask_gradient(classifier, image, torch.ones_like(am), y), s),
         "ig_inside": lambda: inside_first(mask, ig, s),
@@ -97,7 +125,7 @@ def main() -> None:
     parser.add_argument("--exam-photos", required=True, help="the run's --exam-photos")
     parser.add_argument("--exam-seed", type=int, default=EXAM_SEED)
     parser.add_argument("--seed", type=int, default=0, help="the run's --seed (ties in the ranking)")
-    parser.add_argument("--orders", nargs="*", default=list(GRADIENT_ORDERS), choices=GRADIENT_ORDERS)
+    parser.add_argument("--orders", nargs="*", default=list(GRADIENT_ORDERS), choices=GRADIENT_ORDERS + CLASS_MAP_ORDERS)
     parser.add_argument("--smooth", type=float, nargs="*", default=[], help="also s blurred, σ in pixels")
     args = parser.parse_args()
     classifier = load_classifier("efficientnet_lite0").eval()
@@ -125,7 +153,7 @@ def main() -> None:
             scores = score_maps(
                 classifier, x, torch.cat(list(maps.values())), exam.draws(x, name), y, area, logits=logits,
                 file_size=item.file_size, resampled=resampled, seed=args.seed, chunk=8,
-                delivered=torch.ones(len(maps), dtype=torch.bool),
+                delivered=torch.tensor([key not in UNDELIVERED for key in maps]),
             )  # fmt: skip
         for j, key in enumerate(maps):
             for column, _, _ in COLUMNS:
