@@ -16,6 +16,7 @@ from actmatch.evaluation.benchmark import (
     BenchImage,
     add_derived,
     compare_pairs,
+    format_paired,
     headline,
     result_fields,
     score_image,
@@ -82,6 +83,7 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
         assert {p.name for p in (tmp_path / "maps" / photo.stem).glob("*.png")} >= {f"{m}.png" for m in methods.split(",")}
     report = (tmp_path / "report.html").read_text()
     assert "maps/" in report and "On the exam" in report and "robust.area" in report and "p (Holm)" in report
+    assert "difference [95 %]" in report
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 2 * 8
     assert not any(r["error"] for r in rows)
@@ -119,6 +121,8 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
         # the sanity check ran on the first image only (and a constant map, e.g. an untrained U-Net's, has no ρ)
         n = (0, 1) if r["metric"].startswith("sanity") else (2,)
         assert r["reference"] == "am" and int(r["wins"]) + int(r["ties"]) + int(r["losses"]) == int(r["n"]) and int(r["n"]) in n
+        if int(r["n"]):  # the gap am − baseline inside its bootstrap interval
+            assert float(r["difference_ci_low"]) - 1e-9 <= float(r["difference"]) <= float(r["difference_ci_high"]) + 1e-9
         if r["group"] == "construction":
             assert r["test"] == "by construction" and r["p_value"] == "nan" and r["significant"] == "False"
         elif int(r["n"]) == 0:  # no pair to test
@@ -380,6 +384,9 @@ def test_the_paired_table_never_counts_a_column_true_by_construction():
     assert construction and all(r["wins"] == 12 and math.isnan(r["p_value"]) and not r["significant"] for r in construction)
     robust = next(r for r in paired if r["metric"] == "robust_sufficient_area")
     assert robust["significant"] and robust["p_holm"] >= robust["p_value"]
+    # the size of the gap: am − gradcam = 0.1 − 0.3 on every image (a median column), a zero-width interval
+    assert (robust["difference"], robust["difference_ci_low"], robust["difference_ci_high"]) == pytest.approx((-0.2,) * 3)
+    assert "-0.200 [-0.200, -0.200]" in format_paired(paired)
     text = headline(paired)
     assert "better than every baseline (gradcam) on robust.area" in text
     assert "kept@area" not in text  # the headline is computed from exam columns only

@@ -534,10 +534,12 @@ def print_tables(summary: list[dict], paired: list[dict], header: str) -> None:
     print(header)
     print(format_table(summary))
     if paired:
-        counted = sum(r["group"] != "construction" for r in paired)
+        counted = sum(not math.isnan(float(r["p_value"])) for r in paired)  # not by construction, with pairs to test
         print(
-            f"\nam against each baseline, paired by image (wins: am better); two-sided p, Wilcoxon signed-rank or sign "
-            f"test; p(Holm): Holm-corrected over the {counted} counted comparisons (by-construction rows are not tested)"
+            f"\nam against each baseline, paired by image (wins: am better); difference: am − baseline, the mean (median for "
+            f"areas and ratios) over images [95 % bootstrap interval]; two-sided p, Wilcoxon signed-rank or sign test "
+            f"(paired.csv's `test`); p(Holm): Holm-corrected over the {counted} counted comparisons (by-construction rows are "
+            f"not tested)"
         )
         print(format_paired(paired))
         print("\n" + headline(paired))
@@ -555,7 +557,7 @@ def summarize_earlier(args: argparse.Namespace) -> int:
         print(f"actmatch benchmark: error: {out} holds a benchmark run (results.csv); pass another --out for the "
               "summary of --from-results", file=sys.stderr)  # fmt: skip
         return 2
-    summary, paired = summarize(rows, seed=args.seed), compare_pairs(rows, "am")
+    summary, paired = summarize(rows, seed=args.seed), compare_pairs(rows, "am", seed=args.seed)
     images = len({r["image"] for r in rows})
     print_tables(
         summary,
@@ -638,7 +640,7 @@ def main(command: str, argv: list[str]) -> int:
                                partial=lambda rows_: write_csv(out / "results.csv", rows_, fields), timing=timing,
                                done=done, store=MapStore(out / "raw"), reuse=reuse, reusable=reusable)  # fmt: skip
     summary = summarize(rows, seed=args.seed)
-    paired = compare_pairs(rows, reference)
+    paired = compare_pairs(rows, reference, seed=args.seed)
     write_csv(out / "results.csv", rows, fields)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     write_csv(out / "paired.csv", paired, PAIRED_FIELDS)

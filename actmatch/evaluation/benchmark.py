@@ -30,7 +30,7 @@ from actmatch.evaluation import metrics as M
 from actmatch.evaluation.batching import PassCounter
 from actmatch.evaluation.exam import COLUMN_GROUPS, score_keys, score_maps
 from actmatch.evaluation.families import Exam
-from actmatch.evaluation.statistics import bootstrap_ci, holm, paired_comparison
+from actmatch.evaluation.statistics import bootstrap_ci, holm, paired_comparison, paired_difference
 
 __all__ = [
     "BenchImage",
@@ -112,8 +112,10 @@ PAIRED_METRICS = tuple(
     for _, column, _, header, better in SUMMARY_METRICS
     if column != "seconds"
 )
-PAIRED_FIELDS = ["metric", "group", "reference", "baseline", "n", "wins", "ties", "losses", "p_value", "p_holm", "test",
-                 "significant"]  # fmt: skip
+#: results.csv column -> the statistic of its summary ("mean", or "median" for areas and ratios)
+COLUMN_STATISTICS = {column: stat for _, column, stat, _, _ in SUMMARY_METRICS}
+PAIRED_FIELDS = ["metric", "group", "reference", "baseline", "n", "wins", "ties", "losses", "difference", "difference_ci_low",
+                 "difference_ci_high", "p_value", "p_holm", "test", "significant"]  # fmt: skip
 
 
 def result_fields(exam: Exam | None = None) -> list[str]:
@@ -414,9 +416,12 @@ def summarize(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]
     return out
 
 
-def compare_pairs(rows: list[dict], reference: str = "am") -> list[dict]:
+def compare_pairs(rows: list[dict], reference: str = "am", seed: int = 0) -> list[dict]:
     """``reference`` against every other method, per column, paired by image
-    (:func:`~actmatch.evaluation.statistics.paired_comparison`); [] when it was not run.
+    (:func:`~actmatch.evaluation.statistics.paired_comparison`), with the size of the gap: the mean (median
+    for areas and ratios) of the per-image differences reference − baseline and its bootstrap interval
+    (:func:`~actmatch.evaluation.statistics.paired_difference`, resampled with ``seed``); [] when
+    ``reference`` was not run.
 
     Columns of the ``construction`` group are listed with their counts but no test (``p_value``
     NaN, never significant); Holm's correction runs over every other comparison of the table
@@ -437,7 +442,8 @@ def compare_pairs(rows: list[dict], reference: str = "am") -> list[dict]:
             shared = [img for img in ours if img in theirs]
             a = [float(ours[img][column]) if ours[img].get(column) not in (None, "") else math.nan for img in shared]
             b = [float(theirs[img][column]) if theirs[img].get(column) not in (None, "") else math.nan for img in shared]
-            result = paired_comparison(a, b, higher_is_better=better)
+            gap = paired_difference(a, b, COLUMN_STATISTICS[column], seed=seed)
+            result = {**paired_comparison(a, b, higher_is_better=better), **gap}
             if group == "construction" or result["n"] == 0:
                 result = {**result, "p_value": math.nan, "test": "by construction" if group == "construction" else "none"}
             out.append({"metric": column, "group": group, "reference": reference, "baseline": baseline, **result})
@@ -502,11 +508,19 @@ def format_table(summary: list[dict]) -> str:
     return "\n\n".join(blocks) + "\n\n† true for am by construction (never counted)   * judged with the mean fill am fits with"
 
 
+def _difference(row: dict) -> str:
+    """``difference [low, high]`` of a paired row, or "" (a paired.csv written before the column existed)."""
+    keys = ("difference", "difference_ci_low", "difference_ci_high")
+    value, low, high = (float(v) if (v := row.get(k)) not in (None, "") else math.nan for k in keys)
+    return "" if math.isnan(value) else _cell(value, low, high, 3)
+
+
 def format_paired(paired: list[dict]) -> str:
-    """The paired comparison as a fixed-width text table, one line per metric and baseline."""
+    """The paired comparison as a fixed-width text table, one line per metric and baseline (the test's name is
+    paired.csv's ``test`` column)."""
     headers = {column: header for column, header, _, _ in PAIRED_METRICS}
-    heads = ["metric", "group", f"{paired[0]['reference']} vs" if paired else "vs", "n", "wins", "ties", "losses", "p", "p(Holm)",
-             "test", f"p<{ALPHA:g}"]  # fmt: skip
+    heads = ["metric", "group", f"{paired[0]['reference']} vs" if paired else "vs", "n", "wins", "ties", "losses",
+             "difference [95 %]", "p", "p(Holm)", f"p<{ALPHA:g}"]  # fmt: skip
     cells, previous = [], None
     for r in paired:
         first = r["metric"] != previous
@@ -515,5 +529,6 @@ def format_paired(paired: list[dict]) -> str:
         ph = "" if math.isnan(float(r["p_holm"])) else f"{float(r['p_holm']):.2g}"
         significant = "n/a" if r["group"] == "construction" else ("yes" if str(r["significant"]) == "True" else "no")
         cells.append([headers.get(r["metric"], r["metric"]) if first else "", r["group"] if first else "", r["baseline"],
-                      str(r["n"]), str(r["wins"]), str(r["ties"]), str(r["losses"]), p, ph, r["test"], significant])  # fmt: skip
+                      str(r["n"]), str(r["wins"]), str(r["ties"]), str(r["losses"]), _difference(r), p, ph,
+                      significant])  # fmt: skip
     return _text_table(heads, cells)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "paired_comparison", "holm", "STATISTICS", "SIGN_TEST_BELOW", "TIE_TOLERANCE"]
+__all__ = ["bootstrap_ci", "paired_comparison", "paired_difference", "holm", "STATISTICS", "SIGN_TEST_BELOW", "TIE_TOLERANCE"]
 
 #: named statistics of :func:`bootstrap_ci`; each maps (n_boot, n) -> (n_boot,) along axis 1
 STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "median": np.median}
@@ -125,6 +125,32 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: 
         return {**result, "p_value": float(p), "test": "sign"}
     p = stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided").pvalue
     return {**result, "p_value": float(p), "test": "wilcoxon"}
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], stat: str = "mean", n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict:
+    """How far apart two methods are on the same images: the statistic of d_i = a_i − b_i and its interval.
+
+    ``difference`` = stat(d) (the mean, or the median for areas and ratios, as the summary's column), and
+    ``difference_ci_low``/``_high`` its percentile bootstrap interval over images (:func:`bootstrap_ci`, the
+    same resampling as the summary's intervals). The sign is a − b in the column's own units, whatever its
+    direction; pairs with a NaN on either side are dropped, and the values are rounded as in
+    :func:`paired_comparison` first. An interval that excludes 0 says how large the gap is, where the test
+    says only whether there is one.
+
+    Raises:
+        ValueError: when a and b differ in length (and as :func:`bootstrap_ci` for ``stat``, ``n_boot``, ``level``).
+    """
+    a_arr, b_arr = (_significant(np.asarray(v, dtype=float).reshape(-1)) for v in (a, b))
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"paired values need the same images: {a_arr.size} against {b_arr.size}")
+    diff = a_arr - b_arr
+    diff = diff[~np.isnan(diff)]
+    if diff.size == 0:
+        return {"difference": float("nan"), "difference_ci_low": float("nan"), "difference_ci_high": float("nan")}
+    low, high = bootstrap_ci(diff, stat, n_boot=n_boot, level=level, seed=seed)
+    return {"difference": float(STATISTICS[stat](diff)), "difference_ci_low": low, "difference_ci_high": high}
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
