@@ -3,7 +3,8 @@
     python experiments/evaluation/paired_benchmarks.py OUT_A OUT_B [--method am]
 
 Reads ``results.csv`` of the two benchmark folders (``--out``) and prints, for the exam's columns,
-the means of A and B, how many images A beats, ties and loses to B, the benchmark's paired test
+the means of A and B, the mean of A − B per image with its 95 % bootstrap interval, how many images A beats,
+ties and loses to B, the benchmark's paired test
 (:func:`~actmatch.evaluation.statistics.paired_comparison`: Wilcoxon signed-rank, the exact sign
 test for binary columns) and Holm's correction over the columns. It also counts the masks keeping
 more than 5 % of the border band, from each run's ``raw/IMAGE/METHOD.pt`` maps (the method's hard
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from actmatch.commands.study import border_kept
-from actmatch.evaluation.statistics import holm, paired_comparison
+from actmatch.evaluation.statistics import holm, paired_comparison, paired_difference
 
 #: results.csv column -> whether higher is better
 COLUMNS = {
@@ -76,13 +77,16 @@ def main() -> None:
     for column, higher in COLUMNS.items():
         x = [float(a[i][column]) for i in images]
         y = [float(b[i][column]) for i in images]
-        results.append((column, higher, statistics.fmean(x), statistics.fmean(y), paired_comparison(x, y, higher)))
+        test = {**paired_comparison(x, y, higher), **paired_difference(x, y)}
+        results.append((column, higher, statistics.fmean(x), statistics.fmean(y), test))
     adjusted = holm([r[-1]["p_value"] for r in results])
-    print(f"{'column':<24} {'better':>6} {'mean A':>8} {'mean B':>8} {'A wins-ties-losses':>19} {'p':>8} {'p(Holm)':>8}")
+    print(f"{'column':<24} {'better':>6} {'mean A':>8} {'mean B':>8} {'A − B [95 %]':>26} {'A wins-ties-losses':>19} {'p':>8} "
+          f"{'p(Holm)':>8}")  # fmt: skip
     for (column, higher, mean_a, mean_b, test), p_holm in zip(results, adjusted):
         record = f"{test['wins']}-{test['ties']}-{test['losses']}"
         better = "higher" if higher else "lower"
-        print(f"{column:<24} {better:>6} {mean_a:>8.3f} {mean_b:>8.3f} {record:>19} {test['p_value']:>8.2g} {p_holm:>8.2g}")
+        gap = f"{test['difference']:.3f} [{test['difference_ci_low']:.3f}, {test['difference_ci_high']:.3f}]"
+        print(f"{column:<24} {better:>6} {mean_a:>8.3f} {mean_b:>8.3f} {gap:>26} {record:>19} {test['p_value']:>8.2g} {p_holm:>8.2g}")
     bands = [band_masks(folder, args.method, images) for folder in (args.a, args.b)]
     print(f"masks keeping > 5 % of the border band: A {bands[0]}, B {bands[1]} (of {len(images)})")
 

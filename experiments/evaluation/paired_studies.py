@@ -3,7 +3,8 @@
     python experiments/evaluation/paired_studies.py OUT_A/RECIPE_A OUT_B/RECIPE_B
 
 Reads each image's ``summary.json`` in the two recipe folders and prints, for the label kept, exam
-robustness, robustness on other photos, p(e)/p(x) and the mask's area, the means of A and B, how many
+robustness, robustness on other photos, p(e)/p(x) and the mask's area, the means of A and B, the mean of
+A − B per image with its 95 % bootstrap interval, how many
 images A beats, ties and loses to B (for the area: A's mask is smaller), and the benchmark's paired test
 (:func:`~actmatch.evaluation.statistics.paired_comparison`: the exact sign test for the label kept,
 Wilcoxon signed-rank with zero differences dropped for the rest).
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from actmatch.evaluation.statistics import paired_comparison
+from actmatch.evaluation.statistics import paired_comparison, paired_difference
 
 #: summary.json key -> whether higher is better
 MEASURES = {"label_kept": True, "robustness": True, "robust_photos": True, "confidence_ratio": True, "mask_area": False}
@@ -42,7 +43,9 @@ def main(argv: list[str]) -> int:
         test = paired_comparison(x, y, higher_is_better=higher_is_better)
         wins, ties, losses, p = test["wins"], test["ties"], test["losses"], test["p_value"]
         means = f"A {sum(x) / len(x):.3f}  B {sum(y) / len(y):.3f}"
-        print(f"{measure:18s} {means}  A better {wins}  ties {ties}  A worse {losses}  p {p:.3g}")
+        gap = paired_difference(x, y)
+        gap_text = f"A − B {gap['difference']:.3f} [{gap['difference_ci_low']:.3f}, {gap['difference_ci_high']:.3f}]"
+        print(f"{measure:18s} {means}  {gap_text}  A better {wins}  ties {ties}  A worse {losses}  p {p:.3g}")
     return 0
 
 
