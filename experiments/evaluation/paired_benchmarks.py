@@ -86,7 +86,8 @@ def main() -> None:
         record = f"{test['wins']}-{test['ties']}-{test['losses']}"
         better = "higher" if higher else "lower"
         gap = f"{test['difference']:.3f} [{test['difference_ci_low']:.3f}, {test['difference_ci_high']:.3f}]"
-        print(f"{column:<24} {better:>6} {mean_a:>8.3f} {mean_b:>8.3f} {gap:>26} {record:>19} {test['p_value']:>8.2g} {p_holm:>8.2g}")
+        p_value = test["p_value"]
+        print(f"{column:<24} {better:>6} {mean_a:>8.3f} {mean_b:>8.3f} {gap:>26} {record:>19} {p_value:>8.2g} {p_holm:>8.2g}")
     bands = [band_masks(folder, args.method, images) for folder in (args.a, args.b)]
     print(f"masks keeping > 5 % of the border band: A {bands[0]}, B {bands[1]} (of {len(images)})")
 
