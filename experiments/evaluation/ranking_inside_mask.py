@@ -14,6 +14,8 @@ beside `am`, each the mask first (its equal-area cut is still the mask) and the 
 * ``grad_x``: the same gradient at the image (m = 1), gradient × (image − mean colour);
 * ``ig_inside``: inside by the run's integrated-gradients map;
 * ``smooth<σ>`` (``--smooth σ ...``): inside and outside by s blurred with a Gaussian of σ pixels (compact cuts);
+* ``smooth_in<σ>`` (``--smooth-inside σ ...``): inside by s blurred, outside by s itself (compact cuts below the
+  mask's area, the network's order above it);
 * ``cam_out``, ``cam_in``, ``cam_all``: the class activation map of the prediction (W_y · A + b_y on the final
   features, Grad-CAM before its ReLU, bilinear to the image; :meth:`FeatureMaskNet.class_activation_map`, the
   map v4's fit starts from) as the order outside the mask, inside it, or on both sides;
@@ -96,7 +98,7 @@ UNDELIVERED = ("cam",)  # relevance maps: no binary mask of their own
 
 def orders(
     classifier, image: torch.Tensor, am: torch.Tensor, ig: torch.Tensor | None, y: int,
-    which: tuple[str, ...] = GRADIENT_ORDERS, smooth: tuple[float, ...] = (),
+    which: tuple[str, ...] = GRADIENT_ORDERS, smooth: tuple[float, ...] = (), smooth_inside: tuple[float, ...] = (),
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The candidate maps (1, 1, H, W) of one image; `am`'s mask is where its map is ≥ 1."""
     mask = am >= 1
@@ -115,6 +117,8 @@ def orders(
     for sigma in smooth:
         blurred = gaussian_blur(s, sigma)
         candidates[f"smooth{sigma:g}"] = inside_first(mask, blurred, blurred.clamp(0, 1 - 1e-6))
+    for sigma in smooth_inside:
+        candidates[f"smooth_in{sigma:g}"] = inside_first(mask, gaussian_blur(s, sigma), s)
     return candidates
 
 
@@ -127,6 +131,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the run's --seed (ties in the ranking)")
     parser.add_argument("--orders", nargs="*", default=list(GRADIENT_ORDERS), choices=GRADIENT_ORDERS + CLASS_MAP_ORDERS)
     parser.add_argument("--smooth", type=float, nargs="*", default=[], help="also s blurred, σ in pixels")
+    parser.add_argument("--smooth-inside", type=float, nargs="*", default=[], help="also s blurred inside the mask only")
     args = parser.parse_args()
     classifier = load_classifier("efficientnet_lite0").eval()
     images = load_images([args.images], classifier, None)
@@ -146,7 +151,7 @@ def main() -> None:
         y = int(logits.argmax(-1))
         as_map = lambda t: t.reshape(1, 1, *t.shape[-2:])  # noqa: E731
         ig = as_map(raw["ig"]) if "ig" in raw else None
-        maps = orders(classifier, x, as_map(raw["am"]), ig, y, tuple(args.orders), tuple(args.smooth))
+        maps = orders(classifier, x, as_map(raw["am"]), ig, y, tuple(args.orders), tuple(args.smooth), tuple(args.smooth_inside))
         area = float((maps["am"] >= 1).float().mean()) or 0.2
         resampled = item.resampled[None] if item.resampled is not None else None
         with torch.no_grad():
