@@ -513,6 +513,30 @@ def test_the_log_probability_recipe_changes_only_what_the_class_map_explains():
     assert tried.unet.init_args() == expected
 
 
+def test_the_random_area_recipe_changes_only_the_training_cut():
+    """random_area.yaml: the shipped network and terms, each training image cut at a ~ U[0.1, 0.5]; in eval mode
+    the quarter. A ranking network returning the pixel index keeps exactly round(a·N) pixels of each image."""
+    from actmatch.explainers.fitting import RandomTopFraction
+
+    shipped = _instantiated_model([SHIPPED])
+    tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/random_area.yaml"])
+    assert tried.recipe == "amortized-lite0-random-area" and isinstance(tried.unet, RandomTopFraction)
+    assert _terms(tried) == _terms(shipped) and tried.lr == shipped.lr
+    assert tried.unet.init_args() == {**shipped.unet.init_args(), "low": 0.1, "high": 0.5}
+
+    class Index(torch.nn.Module):
+        def forward(self, images):
+            return torch.arange(100.0).view(1, 1, 10, 10).expand(images.shape[0], 1, 10, 10)
+
+    net = RandomTopFraction(Index(), area=0.25, low=0.1, high=0.5)
+    torch.manual_seed(0)
+    kept = (net.train()(torch.zeros(64, 3, 10, 10)) > 0).flatten(1).sum(1)
+    assert kept.min() >= 10 and kept.max() <= 50 and len(set(kept.tolist())) > 10  # a fraction per image
+    assert ((net.eval()(torch.zeros(4, 3, 10, 10)) > 0).flatten(1).sum(1) == 25).all()
+    with pytest.raises(ValueError, match="low <= high"):
+        RandomTopFraction(Index(), low=0.5, high=0.2)
+
+
 def test_feature_mask_net_reads_the_explained_classifier_not_the_one_it_names():
     """An explainer hands its classifier to FeatureMaskNet: with another backbone named in the
     network's config, the class map is still the explained classifier's (Captum's Grad-CAM on it,

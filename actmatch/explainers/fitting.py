@@ -56,6 +56,7 @@ __all__ = [
     "TopArea",
     "cut_between",
     "TopFraction",
+    "RandomTopFraction",
     "FitResult",
     "SELECTIONS",
     "default_fitting",
@@ -450,6 +451,33 @@ class TopFraction(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         area = torch.full((images.shape[0],), self.area, device=images.device)
+        return TopArea(self.net, area)(images)
+
+
+class RandomTopFraction(TopFraction):
+    """:class:`TopFraction` whose training steps keep a random fraction of each image, a_i ~ U[low, high]
+    (global torch RNG), so the terms train the whole ranking instead of its order around one cut; in
+    eval mode (validation, ``explain``) it keeps ``area``, as :class:`TopFraction` does.
+
+    Args:
+        net: the ranking network.
+        area: the fraction kept in eval mode, in (0, 1).
+        low, high: the range of the training fractions, 0 < low <= high < 1.
+    """
+
+    def __init__(self, net: nn.Module, area: float = 0.25, low: float = 0.1, high: float = 0.5) -> None:
+        super().__init__(net, area)
+        if not 0 < low <= high < 1:
+            raise ValueError(f"RandomTopFraction: need 0 < low <= high < 1, got low={low}, high={high}")
+        self.low, self.high = float(low), float(high)
+
+    def init_args(self) -> dict:
+        return {**super().init_args(), "low": self.low, "high": self.high}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(images)
+        area = torch.empty(images.shape[0]).uniform_(self.low, self.high).to(images.device)
         return TopArea(self.net, area)(images)
 
 
