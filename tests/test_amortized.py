@@ -5,6 +5,7 @@ the ablation configs against the shipped recipe."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 from pathlib import Path
 
@@ -90,6 +91,9 @@ def shipped_checkpoint(tmp_path_factory) -> Path:
         assert cli_in_process("fit", resumed) == 0
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert (state["global_step"], state["epoch"]) == (4, 1)  # went on from step 2, did not start over
+    with (tmp / "run" / "epochs.csv").open() as f:  # EpochTable: validation by epoch, the first run's row kept
+        epochs = list(csv.DictReader(f))
+    assert [r["epoch"] for r in epochs] == ["0", "1"] and all(0 <= float(r["val/label_kept"]) <= 1 for r in epochs)
     return best
 
 

@@ -129,3 +129,34 @@ def test_smoke_yaml_logs_images_metrics_and_config_to_wandb_offline(tmp_path):
     config = (files / "config.yaml").read_text()
     assert "actmatch.explainers.losses.Area" in config and "SyntheticDataModule" in config
     assert any(r.WhichOneof("record_type") == "exit" for r in wandb_records(runs[0]))  # the run finished
+
+
+def test_epoch_table_writes_one_row_per_validation_epoch(tmp_path):
+    """A module that logs val/score = 10 · epoch + 1 (and val/late from epoch 1 on) over 3 epochs: epochs.csv beside
+    the run's checkpoints/ has rows 0, 1, 2 with those values, and val/late empty (NaN) in the first."""
+    import csv
+    import math
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from actmatch.callbacks import EpochTable
+
+    class Logged(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/score", 10.0 * self.current_epoch + 1)
+            if self.current_epoch:
+                self.log("val/late", float(self.current_epoch))
+            self.log("train_only", 5.0)  # not under val/: not written
+            return super().validation_step(batch, batch_idx)
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=2, logger=False, enable_progress_bar=False,
+                        callbacks=[ModelCheckpoint(dirpath=checkpoints), EpochTable()], accelerator="cpu")  # fmt: skip
+    trainer.fit(Logged())
+    with (tmp_path / "run" / "epochs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "step", "val/score", "val/late"]
+    assert [(r["epoch"], float(r["val/score"])) for r in rows] == [("0", 1.0), ("1", 11.0), ("2", 21.0)]
+    assert math.isnan(float(rows[0]["val/late"])) and float(rows[2]["val/late"]) == 2.0
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
