@@ -541,6 +541,21 @@ def test_the_random_area_recipe_changes_only_the_training_cut():
         RandomTopFraction(Index(), low=0.5, high=0.2)
 
 
+def test_the_label_margin_recipe_changes_only_the_label_terms():
+    """label_margin.yaml: the shipped network, learning rate and activation matching; cross-entropy and robustness
+    replaced by one hinge on the label's logit margin (τ = 2) on the fill and 2 backgrounds of the fit's own kinds."""
+    shipped = _instantiated_model([SHIPPED])
+    tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/label_margin.yaml"])
+    assert tried.recipe == "amortized-lite0-label-margin" and tried.lr == shipped.lr
+    assert tried.unet.init_args() == shipped.unet.init_args()
+    base, terms = _terms(shipped), _terms(tried)
+    assert list(terms) == ["activation_matching", "label_margin"]
+    assert terms["activation_matching"] == base["activation_matching"]
+    margin = next(t for t in tried.losses if t.name == "label_margin")
+    assert (margin.weight, margin.margin, margin.num_backgrounds) == (1.0, 2.0, 2)
+    assert set(margin.sampler.kinds) == {"solid", "uniform", "gaussian", "dead_leaves", "pink"}  # no held-out family
+
+
 def test_feature_mask_net_reads_the_explained_classifier_not_the_one_it_names():
     """An explainer hands its classifier to FeatureMaskNet: with another backbone named in the
     network's config, the class map is still the explained classifier's (Captum's Grad-CAM on it,
