@@ -51,6 +51,7 @@ __all__ = [
     "headline",
     "format_table",
     "format_paired",
+    "format_difference",
     "sufficient_with_cut",
     "add_derived",
 ]
@@ -508,8 +509,9 @@ def format_table(summary: list[dict]) -> str:
     return "\n\n".join(blocks) + "\n\n† true for am by construction (never counted)   * judged with the mean fill am fits with"
 
 
-def _difference(row: dict) -> str:
-    """``difference [low, high]`` of a paired row, or "" (a paired.csv written before the column existed)."""
+def format_difference(row: dict) -> str:
+    """``difference [low, high]`` of a paired row (compare_pairs' or paired.csv's), or "" where it has none
+    (a paired.csv written before the column existed, or no pairs)."""
     keys = ("difference", "difference_ci_low", "difference_ci_high")
     value, low, high = (float(v) if (v := row.get(k)) not in (None, "") else math.nan for k in keys)
     return "" if math.isnan(value) else _cell(value, low, high, 3)
@@ -529,6 +531,6 @@ def format_paired(paired: list[dict]) -> str:
         ph = "" if math.isnan(float(r["p_holm"])) else f"{float(r['p_holm']):.2g}"
         significant = "n/a" if r["group"] == "construction" else ("yes" if str(r["significant"]) == "True" else "no")
         cells.append([headers.get(r["metric"], r["metric"]) if first else "", r["group"] if first else "", r["baseline"],
-                      str(r["n"]), str(r["wins"]), str(r["ties"]), str(r["losses"]), _difference(r), p, ph,
+                      str(r["n"]), str(r["wins"]), str(r["ties"]), str(r["losses"]), format_difference(r), p, ph,
                       significant])  # fmt: skip
     return _text_table(heads, cells)

@@ -76,6 +76,14 @@ def _significant(values: np.ndarray) -> np.ndarray:
     return np.array([float(f"{v:.{SIGNIFICANT}g}") for v in values], dtype=float)
 
 
+def _paired_values(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """a and b as flat arrays rounded as results.csv stores them (:func:`_significant`); ValueError when their lengths differ."""
+    a_arr, b_arr = (_significant(np.asarray(v, dtype=float).reshape(-1)) for v in (a, b))
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"paired values need the same images: {a_arr.size} against {b_arr.size}")
+    return a_arr, b_arr
+
+
 def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: bool = True) -> dict:
     """Per-image comparison of method a against method b on the same images.
 
@@ -109,9 +117,7 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: 
     """
     from scipy import stats
 
-    a_arr, b_arr = (_significant(np.asarray(v, dtype=float).reshape(-1)) for v in (a, b))
-    if a_arr.shape != b_arr.shape:
-        raise ValueError(f"paired values need the same images: {a_arr.size} against {b_arr.size}")
+    a_arr, b_arr = _paired_values(a, b)
     keep = ~(np.isnan(a_arr) | np.isnan(b_arr))
     diff = (a_arr - b_arr)[keep] * (1 if higher_is_better else -1)
     diff[np.abs(diff) <= TIE_TOLERANCE] = 0.0
@@ -142,9 +148,7 @@ def paired_difference(
     Raises:
         ValueError: when a and b differ in length (and as :func:`bootstrap_ci` for ``stat``, ``n_boot``, ``level``).
     """
-    a_arr, b_arr = (_significant(np.asarray(v, dtype=float).reshape(-1)) for v in (a, b))
-    if a_arr.shape != b_arr.shape:
-        raise ValueError(f"paired values need the same images: {a_arr.size} against {b_arr.size}")
+    a_arr, b_arr = _paired_values(a, b)
     diff = a_arr - b_arr
     diff = diff[~np.isnan(diff)]
     if diff.size == 0:

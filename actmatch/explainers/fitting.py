@@ -449,9 +449,12 @@ class TopFraction(nn.Module):
     def reset_parameters(self) -> None:
         self.net.reset_parameters()  # type: ignore[operator]  # every mask network has it
 
+    def areas(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) the fraction kept of each image: ``area``."""
+        return torch.full((images.shape[0],), self.area, device=images.device)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        area = torch.full((images.shape[0],), self.area, device=images.device)
-        return TopArea(self.net, area)(images)
+        return TopArea(self.net, self.areas(images))(images)
 
 
 class RandomTopFraction(TopFraction):
@@ -474,11 +477,11 @@ class RandomTopFraction(TopFraction):
     def init_args(self) -> dict:
         return {**super().init_args(), "low": self.low, "high": self.high}
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def areas(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) a_i ~ U[low, high] in training mode, ``area`` in eval mode."""
         if not self.training:
-            return super().forward(images)
-        area = torch.empty(images.shape[0]).uniform_(self.low, self.high).to(images.device)
-        return TopArea(self.net, area)(images)
+            return super().areas(images)
+        return torch.empty(images.shape[0]).uniform_(self.low, self.high).to(images.device)
 
 
 class AreaContinuation(FitStrategy):

@@ -393,17 +393,9 @@ def benchmark_context(out_dir: Path) -> dict:
     }
 
 
-def _difference_cell(row: dict) -> str:
-    """``d [low, high]``: the paired difference of a paired.csv row and its interval ("–" where it has none)."""
-    value, low, high = (to_number(row.get(k)) for k in ("difference", "difference_ci_low", "difference_ci_high"))
-    if value is None or low is None or high is None or math.isnan(value):
-        return "–"
-    return f"{value:.3g} [{low:.3g}, {high:.3g}]"
-
-
 def _paired_context(out_dir: Path) -> dict:
     """The headline (from the exam's columns only) and the paired table, from paired.csv."""
-    from actmatch.evaluation.benchmark import headline
+    from actmatch.evaluation.benchmark import format_difference, headline
 
     path = out_dir / "paired.csv"
     if not path.is_file():
@@ -432,7 +424,7 @@ def _paired_context(out_dir: Path) -> dict:
             "wins": r["wins"],
             "ties": r.get("ties", ""),
             "losses": r["losses"],
-            "difference": _difference_cell(r),
+            "difference": format_difference(r) or "–",
             "p": format_value("p", to_number(r.get("p_value"))),
             "p_holm": format_value("p", to_number(r.get("p_holm"))),
             "significant": r["significant"],

@@ -1,4 +1,4 @@
-"""Would another order inside `am`'s mask delete faster? A screen on a benchmark run.
+"""Would another order around `am`'s mask (inside it, outside it, or both) score better? A screen on a benchmark run.
 
     .venv/bin/python experiments/evaluation/ranking_inside_mask.py OUT --images DIR --exam-photos DIR
 
@@ -6,7 +6,8 @@
 ``ig`` among them too, the ``ig_inside`` order). `am`'s map is its binary mask m plus the mask network's
 probability s, so the curves (insertion, deletion) and every cut smaller than the mask follow s inside the
 mask. Deletion asks which kept pixels the label needs most, which s was never fitted to say. Orders scored
-beside `am`, each the mask first (its equal-area cut is still the mask) and the outside in s's order:
+beside `am`, each the mask first (its equal-area cut is still the mask) and, unless it says otherwise, the
+outside in s's order:
 
 * ``grad_e``: inside by the mask's gradient at the fitted mask, ∂f_y(e)/∂m = Σ_c ∂f_y/∂e_c · (x_c − μ_c),
   e = m ⊙ x + (1 − m) ⊙ μ (μ the mean colour, the fit's fill): which kept pixels the explanation's score
