@@ -12,6 +12,20 @@ study's rows (``--study study.csv``) as points: area against exam robustness and
 
 ``--every 5`` takes the study's 20 images (every 5th of the 100, sorted), so the curves and the study's
 points are measured on the same images.
+
+With ``--images`` instead of a run, the maps of ``--methods`` are computed here (EfficientNet-Lite0, the
+benchmark's method classes and defaults; ``am-amortized`` with ``--checkpoint``, its map the pass's
+ranking, so its cuts are the one pass at other areas). ``--paired REF`` adds, per area, each method
+against REF image by image: label kept (exact sign test) and exam robustness (Wilcoxon). ``--plot-kept``
+draws the share of labels kept against the area, one curve per method:
+
+    .venv/bin/python experiments/evaluation/frontier.py --images ../shared/data/imagenet-sample \
+        --exam-photos ../shared/data/imagenet-train --methods am-amortized,gradcam,am --checkpoint CKPT \
+        --areas 0.1,0.2,0.25,0.3,0.4,0.5,0.6,0.7 --paired am-amortized --out docs/amortized-frontier.csv \
+        --plot-kept docs/amortized-frontier.png
+
+(``am`` is the per-image default recipe's map, the mask then its network's probability: cut at a fixed
+area it is that fit's ranking at that area, not its own per-image area.)
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
 import statistics
 import sys
@@ -26,11 +41,13 @@ from pathlib import Path
 
 import torch
 
-from actmatch.commands.benchmark import _bench_image, load_photo_pool
+from actmatch.commands.benchmark import _bench_image, load_images, load_photo_pool, method_names
 from actmatch.commands.study import plot_study
 from actmatch.evaluation.benchmark import MapStore
 from actmatch.evaluation.exam import judge_masks
-from actmatch.evaluation.families import default_exam
+from actmatch.evaluation.families import EXAM_SEED, default_exam
+from actmatch.evaluation.methods import METHODS
+from actmatch.evaluation.statistics import paired_comparison
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.masks import top_fraction_mask
 from actmatch.memory import keep_freed_memory
@@ -52,68 +69,162 @@ FIELDS = [
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="an actmatch benchmark output folder (results.csv, settings.json, raw/)")
+    parser.add_argument("run", nargs="?", help="an actmatch benchmark output folder (results.csv, settings.json, raw/)")
+    parser.add_argument("--images", nargs="+", default=None, help="instead of a run: compute the maps on these images or folders")
+    parser.add_argument("--checkpoint", default=None, help="with --images: the `actmatch fit` checkpoint of am-amortized")
     parser.add_argument("--methods", default="saliency,gradcam,occlusion,ig,rise,convad")
     parser.add_argument("--areas", default="0.05,0.1,0.2,0.3,0.5")
     parser.add_argument("--exam-photos", default=None, metavar="DIR")
+    parser.add_argument("--exam-seed", type=int, default=EXAM_SEED, help="with --images: the exam seed")
     parser.add_argument("--limit", type=int, default=None, help="only the run's first N images (after --every)")
     parser.add_argument("--every", type=int, default=1, help="every Nth image of the run (5: the study's 20 of 100)")
     parser.add_argument("--out", required=True, help="CSV of the frontier rows")
+    parser.add_argument("--paired", default=None, metavar="METHOD", help="also each method against METHOD at each area")
     parser.add_argument("--study", default=None, help="a study.csv whose rows are drawn as points")
     parser.add_argument("--plot", default=None, help="PNG of the curves (and the study's points)")
+    parser.add_argument("--plot-kept", default=None, metavar="PNG", help="PNG of the labels kept against the area")
     parser.add_argument("--replot", action="store_true", help="read the frontier rows from --out instead of computing them")
     args = parser.parse_args(argv)
+    methods, areas = method_names(args.methods), [float(a) for a in args.areas.split(",")]
     if args.replot:
         with open(args.out, newline="") as handle:
             saved = [{k: (v if k == "method" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
-        if args.plot:
-            plot_study(Path(args.study) if args.study else None, Path(args.plot), frontier=saved)
+        draw(args, saved)
         return 0
+    if (args.run is None) == (args.images is None):
+        parser.error("give either a benchmark run folder or --images (the maps computed here), not both")
+    if args.paired is not None and args.paired not in methods:
+        parser.error(f"--paired {args.paired}: it must be one of --methods ({', '.join(methods)})")
+    if bad := [a for a in areas if not 0 < a <= 1]:
+        parser.error(f"--areas must lie in (0, 1], got {bad}")
     keep_freed_memory()  # as the actmatch CLI does: the exam's batches would otherwise re-map their buffers
-    run = Path(args.run)
-    settings = json.loads((run / "settings.json").read_text())
-    classifier = load_classifier(settings["backbone"], settings.get("weights"), input_size=settings.get("input_size"))
-    with (run / "results.csv").open() as handle:
-        paths = list(dict.fromkeys(row["image"] for row in csv.DictReader(handle)))[:: args.every][: args.limit]
-    images = [_bench_image(Path(p), classifier) for p in paths]
+    if args.run is not None:
+        classifier, images, exam_seed, maps = from_run(Path(args.run), methods, args.every, args.limit)
+    else:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if "am-amortized" in methods and args.checkpoint is None:
+            parser.error("am-amortized needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
+        classifier = load_classifier("efficientnet_lite0").eval()
+        images = load_images(args.images, classifier, None)[:: args.every][: args.limit]
+        exam_seed, maps = args.exam_seed, computed_maps(classifier, methods, args.checkpoint)
     photos = load_photo_pool(args.exam_photos, images, classifier.input_size) if args.exam_photos else None
-    seed = re.search(r"seed (\d+)", settings.get("exam", ""))
-    exam = default_exam(photos, int(seed.group(1)) if seed else 1000)
-    store = MapStore(run / "raw")
-    methods, areas = args.methods.split(","), [float(a) for a in args.areas.split(",")]
-    per: dict[tuple[str, float], list[dict]] = {}
+    exam = default_exam(photos, exam_seed)
+    per: dict[tuple[str, float], dict[str, dict]] = {}
     for n, item in enumerate(images, start=1):
         x = item.image[None]
         draws = exam.draws(x, Path(item.path).name)
         for method in methods:
-            saved = store.load(item.path, method)
-            if saved is None:
+            relevance = maps(item, method)
+            if relevance is None:
                 continue
-            cuts = top_fraction_mask(saved["map"].expand(len(areas), -1, -1, -1), torch.tensor(areas))
+            cuts = top_fraction_mask(relevance.expand(len(areas), -1, -1, -1), torch.tensor(areas))
             scores = judge_masks(classifier, x, cuts, draws, file_size=item.file_size, resampled=item.resampled[None])
             for j, area in enumerate(areas):
-                per.setdefault((method, area), []).append({k: float(v[j]) for k, v in scores.items()})
+                per.setdefault((method, area), {})[item.path] = {k: float(v[j]) for k, v in scores.items()}
         print(f"[{n}/{len(images)}] {Path(item.path).name}", file=sys.stderr, flush=True)
-    rows = []
-    for (method, area), values in per.items():
-        mean = lambda key: round(statistics.fmean(v[key] for v in values), 3)  # noqa: E731
-        median = lambda key: round(statistics.median(v[key] for v in values), 3)  # noqa: E731
-        rows.append({"method": method, "area": area, "images": len(values), "robust_median": median("robustness"),
-                     "robust_mean": mean("robustness"), "robust_photos_mean": mean("robust_photos"),
-                     "conf_ratio_median": median("ratio"), "kept": mean("kept"), "dilated_kept": mean("kept_dilated"),
-                     "shift_kept": mean("kept_shift"), "readback_kept": mean("kept_readback")})  # fmt: skip
+    rows = [frontier_row(method, area, list(values.values())) for (method, area), values in per.items()]
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     for r in rows:
         print(
-            f"{r['method']:<10} {r['area']:>5.2f}  robust {r['robust_median']:.3f} (photos {r['robust_photos_mean']:.2f})  "
+            f"{r['method']:<12} {r['area']:>5.2f}  robust {r['robust_median']:.3f} (photos {r['robust_photos_mean']:.2f})  "
             f"pe/px {r['conf_ratio_median']:.3f}  kept {r['kept']:.2f}"
         )
+    if args.paired is not None:
+        print(paired_table(per, args.paired, methods, areas))
+    draw(args, rows)
+    return 0
+
+
+def from_run(run: Path, methods: list[str], every: int, limit: int | None) -> tuple:
+    """The classifier, images, exam seed and saved maps of an ``actmatch benchmark`` run."""
+    settings = json.loads((run / "settings.json").read_text())
+    classifier = load_classifier(settings["backbone"], settings.get("weights"), input_size=settings.get("input_size"))
+    with (run / "results.csv").open() as handle:
+        paths = list(dict.fromkeys(row["image"] for row in csv.DictReader(handle)))[::every][:limit]
+    images = [_bench_image(Path(p), classifier) for p in paths]
+    seed = re.search(r"seed (\d+)", settings.get("exam", ""))
+    store = MapStore(run / "raw")
+
+    def maps(item, method: str) -> torch.Tensor | None:
+        saved = store.load(item.path, method)
+        return None if saved is None else saved["map"]
+
+    return classifier, images, int(seed.group(1)) if seed else EXAM_SEED, maps
+
+
+def computed_maps(classifier, methods: list[str], checkpoint: str | None):
+    """A function (image, method) -> the method's map (1, 1, H, W), computed with the benchmark's
+    method classes at their defaults (``am-amortized``: the checkpoint's one pass, map m + σ(z))."""
+    built = {m: METHODS[m](classifier, **({"checkpoint": checkpoint} if m == "am-amortized" else {})) for m in methods}
+
+    def maps(item, method: str) -> torch.Tensor:
+        return built[method].attribute(item.image[None]).detach().reshape(1, 1, *item.image.shape[-2:])
+
+    return maps
+
+
+def frontier_row(method: str, area: float, values: list[dict]) -> dict:
+    """One (method, area) row: medians and means over the images' exam scores (NaN for a family the
+    exam lacks: other photos without ``--exam-photos``)."""
+    mean = lambda key: round(statistics.fmean(v.get(key, math.nan) for v in values), 3)  # noqa: E731
+    median = lambda key: round(statistics.median(v.get(key, math.nan) for v in values), 3)  # noqa: E731
+    return {"method": method, "area": area, "images": len(values), "robust_median": median("robustness"),
+            "robust_mean": mean("robustness"), "robust_photos_mean": mean("robust_photos"),
+            "conf_ratio_median": median("ratio"), "kept": mean("kept"), "dilated_kept": mean("kept_dilated"),
+            "shift_kept": mean("kept_shift"), "readback_kept": mean("kept_readback")}  # fmt: skip
+
+
+def paired_table(per: dict, reference: str, methods: list[str], areas: list[float]) -> str:
+    """Each method against ``reference`` at each area, on the images both have: wins–ties–losses and p
+    (:func:`~actmatch.evaluation.statistics.paired_comparison`) for the label kept and the exam robustness."""
+    lines = [f"\nagainst {reference}, image by image (wins–ties–losses, p): label kept (sign test), robustness (Wilcoxon)"]
+    for method in (m for m in methods if m != reference):
+        for area in areas:
+            ours, theirs = per.get((method, area), {}), per.get((reference, area), {})
+            shared = [name for name in ours if name in theirs]
+            cells = []
+            for key in ("kept", "robustness"):
+                c = paired_comparison([ours[k][key] for k in shared], [theirs[k][key] for k in shared])
+                cells.append(f"{key} {c['wins']}–{c['ties']}–{c['losses']}, p {c['p_value']:.2g}")
+            lines.append(f"{method:<12} {area:>5.2f}  n {len(shared):>3}  " + "   ".join(cells))
+    return "\n".join(lines)
+
+
+def draw(args: argparse.Namespace, rows: list[dict]) -> None:
     if args.plot:
         plot_study(Path(args.study) if args.study else None, Path(args.plot), frontier=rows)
-    return 0
+    if args.plot_kept:
+        plot_kept(rows, Path(args.plot_kept))
+
+
+#: legend entries of --plot-kept
+KEPT_LABELS = {"am": "am: the per-image fit's ranking", "am-amortized": "am-amortized: the one pass's ranking"}
+
+
+def plot_kept(rows: list[dict], png: Path) -> None:
+    """The share of labels kept (mean fill) against the area of the cut, one curve per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted((float(r["area"]), float(r["kept"])) for r in rows if r["method"] == method)
+        ax.plot(*zip(*points), "o-", lw=1.2, ms=3, label=f"{KEPT_LABELS.get(method, method)} (n={int(float(rows[0]['images']))})")
+    ax.axhline(0.9, color="grey", ls=":", lw=1)
+    ax.set_xlabel("area of the top-k cut")
+    ax.set_ylabel("label kept, mean fill (share of images)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
