@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"--areas must lie in (0, 1], got {bad}")
     keep_freed_memory()  # as the actmatch CLI does: the exam's batches would otherwise re-map their buffers
     if args.run is not None:
-        classifier, images, exam_seed, maps = from_run(Path(args.run), methods, args.every, args.limit)
+        classifier, images, exam_seed, maps = from_run(Path(args.run), args.every, args.limit)
     else:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def from_run(run: Path, methods: list[str], every: int, limit: int | None) -> tuple:
+def from_run(run: Path, every: int, limit: int | None) -> tuple:
     """The classifier, images, exam seed and saved maps of an ``actmatch benchmark`` run."""
     settings = json.loads((run / "settings.json").read_text())
     classifier = load_classifier(settings["backbone"], settings.get("weights"), input_size=settings.get("input_size"))
