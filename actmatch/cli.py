@@ -10,12 +10,17 @@
   (actmatch.commands.lightning)
 
 ``actmatch --version`` prints the installed package's version (pyproject.toml's ``version``).
+
+A command with a parser in :mod:`actmatch.commands.parsers` is parsed before its module is imported,
+so ``--help`` and a refused argument answer without loading torch; ``fit`` and its siblings build
+their parser from the classes (LightningCLI) and load them first.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import sys
 
 __all__ = ["main", "SUBCOMMANDS", "version"]
@@ -65,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"actmatch: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[command][0])
-    return int(module.main(command, rest) or 0)
+    module_name = SUBCOMMANDS[command][0]
+    parser_name = module_name.replace("actmatch.commands.", "actmatch.commands.parsers.")
+    if importlib.util.find_spec(parser_name) is None:  # LightningCLI: the parser needs the classes
+        return int(importlib.import_module(module_name).main(command, rest) or 0)
+    args = importlib.import_module(parser_name).parse_args(command, rest)
+    return int(importlib.import_module(module_name).run(command, args) or 0)
 
 
 if __name__ == "__main__":

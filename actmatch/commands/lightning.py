@@ -36,7 +36,9 @@ from lightning.pytorch.utilities import rank_zero_info
 # imported so that short class names resolve in configs and --help lists them
 import actmatch.callbacks  # noqa: F401
 import actmatch.classifier_training  # noqa: F401
-import actmatch.datamodules  # noqa: F401
+import actmatch.datamodules.imagenet  # noqa: F401
+import actmatch.datamodules.predict  # noqa: F401
+import actmatch.datamodules.synthetic  # noqa: F401
 from actmatch.callbacks.writer import ExplanationWriter
 from actmatch.explainers import losses as loss_terms
 from actmatch.explainers.classifier import ClassifierLoadError

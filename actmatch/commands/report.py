@@ -10,23 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from actmatch.commands.parsers.report import parse_args
 from actmatch.report import ReportError, write_report
 
 __all__ = ["main"]
 
 
-def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"actmatch {command}",
-        description="Rebuild OUT/report.html (summary table, plots, sortable gallery) from an "
-        "`actmatch explain` or `actmatch benchmark` output folder.",
-    )
-    parser.add_argument("out", metavar="OUT", help="the output folder of `actmatch explain` or `actmatch benchmark`")
-    return parser.parse_args(argv)
-
-
 def main(command: str, argv: list[str]) -> int:
-    args = parse_args(command, argv)
+    return run(command, parse_args(command, argv))
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    """``actmatch report`` with arguments checked by :func:`~actmatch.commands.parsers.report.parse_args`."""
     try:
         path = write_report(Path(args.out))
     except ReportError as err:

@@ -7,10 +7,12 @@ image in one batched pass (:func:`~actmatch.evaluation.exam.score_maps`) and, fo
 (:func:`~actmatch.evaluation.methods.randomized_top`) to measure how much each map depends on the
 model. :func:`summarize` gives one row per method (mean or median, 95 % bootstrap interval over
 images); :func:`compare_pairs` compares ``am`` with each baseline per column, paired by image, with
-Holm's correction over every comparison it counts; :func:`headline` is the sentence the
-benchmark leads with, computed from the exam's columns only.
+Holm's correction over every comparison it counts; :func:`~actmatch.evaluation.columns.headline` is
+the sentence the benchmark leads with, computed from the exam's columns only. The columns, their
+groups and the text tables live in :mod:`~actmatch.evaluation.columns` (torch-free) and are
+re-exported here.
 
-Columns true for ``am`` by construction (:data:`~actmatch.evaluation.exam.COLUMN_GROUPS`
+Columns true for ``am`` by construction (:data:`~actmatch.evaluation.columns.COLUMN_GROUPS`
 ``construction``) are shown, marked, and never counted; columns judged with the fit's own mean
 fill (``fill``) are shown and tested but left out of the headline.
 """
@@ -28,7 +30,21 @@ import torch
 
 from actmatch.evaluation import metrics as M
 from actmatch.evaluation.batching import PassCounter
-from actmatch.evaluation.exam import COLUMN_GROUPS, score_keys, score_maps
+from actmatch.evaluation.columns import (
+    ALPHA,
+    COLUMN_STATISTICS,
+    HEADERS,
+    PAIRED_FIELDS,
+    PAIRED_METRICS,
+    SUMMARY_FIELDS,
+    SUMMARY_METRICS,
+    TABLE_BLOCKS,
+    format_difference,
+    format_paired,
+    format_table,
+    headline,
+)
+from actmatch.evaluation.exam import score_keys, score_maps
 from actmatch.evaluation.families import Exam
 from actmatch.evaluation.statistics import bootstrap_ci, holm, paired_comparison, paired_difference
 
@@ -55,68 +71,6 @@ __all__ = [
     "sufficient_with_cut",
     "add_derived",
 ]
-
-#: significance level of the ``significant`` column (after Holm's correction)
-ALPHA = 0.05
-
-#: summary columns: (key, results.csv column, statistic over images, header, higher is better)
-SUMMARY_METRICS = (
-    ("kept_equal_area", "kept_equal_area", "mean", "kept@area", True),
-    ("median_ratio_equal_area", "ratio_equal_area", "median", "pe/px@area", True),
-    ("kept_equal_area_convad", "kept_equal_area_convad", "mean", "kept@area(AD)", True),
-    ("kept_at_5", "kept_at_5", "mean", "kept@5%", True),
-    ("kept_at_10", "kept_at_10", "mean", "kept@10%", True),
-    ("kept_at_20", "kept_at_20", "mean", "kept@20%", True),
-    ("median_ratio_at_10", "ratio_at_10", "median", "pe/px@10%", True),
-    ("median_smallest_sufficient_area", "smallest_sufficient_area", "median", "med.suff.area", False),
-    ("median_sufficient_area_with_cut", "sufficient_area_with_cut", "median", "med.suff+cut", False),
-    ("median_ratio_region", "ratio_region", "median", "pe/px@region", True),
-    ("deletion_auc", "deletion_auc", "mean", "del.AUC", False),
-    ("dg_score_fill", "dg_score_fill", "mean", "DG(fill)", False),
-    ("median_robust_sufficient_area", "robust_sufficient_area", "median", "med.robust.area", False),
-    ("robustness", "robustness", "mean", "robust", True),
-    ("robust_photos", "robust_photos", "mean", "r.photos", True),
-    ("robust_blur", "robust_blur", "mean", "r.blur", True),
-    ("robust_road", "robust_road", "mean", "r.road", True),
-    ("robust_solid", "robust_solid", "mean", "r.solid", True),
-    ("robust_noise", "robust_noise", "mean", "r.noise", True),
-    ("insertion_auc", "insertion_auc", "mean", "ins.AUC", True),
-    ("insertion_auc_rise", "insertion_auc_rise", "mean", "ins.AUC(RISE)", True),
-    ("deletion_auc_blur", "deletion_auc_blur", "mean", "del.AUC(blur)", False),
-    ("dg_score", "dg_score", "mean", "DG score", False),
-    ("kept_dilated", "kept_dilated", "mean", "kept.dilated", True),
-    ("median_ratio_dilated", "ratio_dilated", "median", "pe/px.dilated", True),
-    ("kept_shift", "kept_shift", "mean", "kept.shift", True),
-    ("kept_readback", "kept_readback", "mean", "kept.readback", True),
-    ("kept_resampled", "kept_resampled", "mean", "kept.resampled", True),
-    ("median_sanity_spearman", "sanity_spearman", "median", "sanity.rho", False),
-    ("median_sanity_iou", "sanity_iou", "median", "sanity.IoU", False),
-    ("median_seconds", "seconds", "median", "med.s/img", False),
-)
-SUMMARY_FIELDS = [
-    "method", "images", *(f"{key}{end}" for key, *_ in SUMMARY_METRICS for end in ("", "_ci_low", "_ci_high")), "errors",
-]  # fmt: skip
-HEADERS = {key: header for key, _, _, header, _ in SUMMARY_METRICS}
-#: the printed summary, in blocks that fit 120 columns: fill columns, then the exam's
-TABLE_BLOCKS = (
-    ("kept_equal_area", "median_ratio_equal_area", "kept_equal_area_convad", "kept_at_5", "kept_at_10"),
-    ("kept_at_20", "median_ratio_at_10", "median_smallest_sufficient_area", "median_sufficient_area_with_cut"),
-    ("median_ratio_region", "deletion_auc", "dg_score_fill", "median_seconds"),
-    ("median_robust_sufficient_area", "robustness", "robust_photos", "robust_blur", "robust_road"),
-    ("robust_solid", "robust_noise", "insertion_auc", "insertion_auc_rise", "dg_score"),
-    ("kept_dilated", "median_ratio_dilated", "kept_shift", "kept_readback", "kept_resampled"),
-    ("deletion_auc_blur", "median_sanity_spearman", "median_sanity_iou"),
-)
-#: metrics of the paired comparison: (results.csv column, header, higher is better, group)
-PAIRED_METRICS = tuple(
-    (column, header.removeprefix("med."), better, COLUMN_GROUPS.get(column, "exam"))
-    for _, column, _, header, better in SUMMARY_METRICS
-    if column != "seconds"
-)
-#: results.csv column -> the statistic of its summary ("mean", or "median" for areas and ratios)
-COLUMN_STATISTICS = {column: stat for _, column, stat, _, _ in SUMMARY_METRICS}
-PAIRED_FIELDS = ["metric", "group", "reference", "baseline", "n", "wins", "ties", "losses", "difference", "difference_ci_low",
-                 "difference_ci_high", "p_value", "p_holm", "test", "significant"]  # fmt: skip
 
 
 def result_fields(exam: Exam | None = None) -> list[str]:
@@ -453,84 +407,3 @@ def compare_pairs(rows: list[dict], reference: str = "am", seed: int = 0) -> lis
         r["p_holm"] = p
         r["significant"] = not math.isnan(p) and p < ALPHA
     return out
-
-
-def headline(paired: list[dict]) -> str:
-    """One sentence from the exam's columns only: where ``am`` is significantly better than every
-    baseline, and where a baseline is significantly better than ``am`` (Holm-corrected)."""
-    exam = [r for r in paired if r["group"] == "exam"]
-    if not exam:
-        return "no exam columns to compare (run `am` and at least one baseline)"
-    headers = {column: header for column, header, _, _ in PAIRED_METRICS}
-    baselines = sorted({r["baseline"] for r in exam})
-    better_than_all, worse = [], []
-    for column in dict.fromkeys(r["metric"] for r in exam):
-        these = [r for r in exam if r["metric"] == column]
-        if all(r["significant"] and r["wins"] > r["losses"] for r in these) and len(these) == len(baselines):
-            better_than_all.append(headers[column])
-        losers = [r["baseline"] for r in these if r["significant"] and r["losses"] > r["wins"]]
-        if losers:
-            worse.append(f"{headers[column]} ({', '.join(losers)})")
-    reference = exam[0]["reference"]
-    first = (f"{reference} is significantly better than every baseline ({', '.join(baselines)}) on "
-             f"{', '.join(better_than_all)}" if better_than_all else
-             f"{reference} is significantly better than every baseline on no exam column")  # fmt: skip
-    second = f"; significantly worse than a baseline on {'; '.join(worse)}" if worse else "; significantly worse on none"
-    return f"On the exam (columns no fit sees; Holm-corrected, α = {ALPHA:g}): {first}{second}."
-
-
-def _cell(value: float, low: float, high: float, digits: int) -> str:
-    if math.isnan(value):
-        return "n/a"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _text_table(heads: list[str], cells: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
-    line = lambda items: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
-    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
-
-
-def _mark(column: str) -> str:
-    """† by construction for am; * judged with the fit's own mean fill."""
-    return {"construction": "†", "fill": "*"}.get(COLUMN_GROUPS.get(column, "exam"), "")
-
-
-def format_table(summary: list[dict]) -> str:
-    """The summary as fixed-width text tables (blocks of columns), ``value [ci_low, ci_high]``."""
-    columns = {key: column for key, column, *_ in SUMMARY_METRICS}
-    blocks = []
-    for keys in TABLE_BLOCKS:
-        heads = ["method", "n", *(HEADERS[k] + _mark(columns[k]) for k in keys)]
-        cells = [
-            [r["method"], str(r["images"])] + [_cell(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"], 2) for k in keys] for r in summary
-        ]
-        blocks.append(_text_table(heads, cells))
-    return "\n\n".join(blocks) + "\n\n† true for am by construction (never counted)   * judged with the mean fill am fits with"
-
-
-def format_difference(row: dict) -> str:
-    """``difference [low, high]`` of a paired row (compare_pairs' or paired.csv's), or "" where it has none
-    (a paired.csv written before the column existed, or no pairs)."""
-    keys = ("difference", "difference_ci_low", "difference_ci_high")
-    value, low, high = (float(v) if (v := row.get(k)) not in (None, "") else math.nan for k in keys)
-    return "" if math.isnan(value) else _cell(value, low, high, 3)
-
-
-def format_paired(paired: list[dict]) -> str:
-    """The paired comparison as a fixed-width text table, one line per metric and baseline (the test's name is
-    paired.csv's ``test`` column)."""
-    headers = {column: header for column, header, _, _ in PAIRED_METRICS}
-    heads = ["metric", "group", f"{paired[0]['reference']} vs" if paired else "vs", "n", "wins", "ties", "losses",
-             "difference [95 %]", "p", "p(Holm)", f"p<{ALPHA:g}"]  # fmt: skip
-    cells, previous = [], None
-    for r in paired:
-        first = r["metric"] != previous
-        previous = r["metric"]
-        p = "" if math.isnan(float(r["p_value"])) else f"{float(r['p_value']):.2g}"
-        ph = "" if math.isnan(float(r["p_holm"])) else f"{float(r['p_holm']):.2g}"
-        significant = "n/a" if r["group"] == "construction" else ("yes" if str(r["significant"]) == "True" else "no")
-        cells.append([headers.get(r["metric"], r["metric"]) if first else "", r["group"] if first else "", r["baseline"],
-                      str(r["n"]), str(r["wins"]), str(r["ties"]), str(r["losses"]), format_difference(r), p, ph,
-                      significant])  # fmt: skip
-    return _text_table(heads, cells)

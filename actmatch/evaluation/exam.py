@@ -26,6 +26,7 @@ from torch import nn
 
 from actmatch.evaluation import metrics as M
 from actmatch.evaluation.batching import Job, PassCounter, classify
+from actmatch.evaluation.columns import COLUMN_GROUPS
 from actmatch.evaluation.families import ExamDraws
 from actmatch.evaluation.maskers import DeactivationMasker
 from actmatch.explainers.backgrounds import gaussian_blur, make_fill
@@ -38,35 +39,6 @@ __all__ = ["score_maps", "region_scores", "judge_masks", "score_keys", "FIXED_AR
 FIXED_AREAS = (0.05, 0.10, 0.20)
 #: a cut is robust when it keeps the label on at least this share of the exam's draws
 ROBUST_RATE = 0.8
-
-#: which judge each column uses (see the module docstring)
-COLUMN_GROUPS = {
-    "kept_equal_area": "construction",
-    "sufficient_area_with_cut": "construction",
-    "ratio_equal_area": "fill",
-    "kept_equal_area_convad": "fill",
-    "kept_at_5": "fill",
-    "kept_at_10": "fill",
-    "kept_at_20": "fill",
-    "ratio_at_10": "fill",
-    "smallest_sufficient_area": "fill",
-    "ratio_region": "fill",
-    "deletion_auc": "fill",
-    "dg_score_fill": "fill",
-    "robustness": "exam",
-    "robust_sufficient_area": "exam",
-    "insertion_auc": "exam",
-    "insertion_auc_rise": "exam",
-    "deletion_auc_blur": "exam",
-    "dg_score": "exam",
-    "kept_dilated": "exam",
-    "ratio_dilated": "exam",
-    "kept_shift": "exam",
-    "kept_readback": "exam",
-    "kept_resampled": "exam",
-    "sanity_spearman": "exam",
-    "sanity_iou": "exam",
-}
 
 
 def _fixed_key(fraction: float) -> str:

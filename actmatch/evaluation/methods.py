@@ -25,7 +25,7 @@ from actmatch.explainers.baselines import (
 from actmatch.explainers.classifier import FrozenClassifier
 from actmatch.explainers.convad import ConvADOcclusion
 
-__all__ = ["ActMatchMethod", "AmortizedActMatchMethod", "METHODS", "DEFAULT_METHODS", "randomized_top", "recipe_families"]
+__all__ = ["ActMatchMethod", "AmortizedActMatchMethod", "METHODS", "randomized_top", "recipe_families"]
 
 
 class ActMatchMethod(AttributionMethod):
@@ -126,7 +126,6 @@ METHODS: dict[str, type[AttributionMethod]] = {
     "convad": ConvADOcclusion,
     "ep": ExtremalPerturbation,
 }
-DEFAULT_METHODS = "am,saliency,gradcam,occlusion,ig,rise,convad"
 
 
 def recipe_families(method: AttributionMethod) -> dict[str, str]:

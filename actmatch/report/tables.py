@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from urllib.parse import quote
 
+from actmatch.evaluation.columns import SUMMARY_METRICS, column_mark, format_difference, headline
+
 __all__ = [
     "benchmark_context",
     "explain_context",
@@ -101,12 +103,9 @@ SHORT = {
 
 def _benchmark_titles() -> dict[str, str]:
     """The benchmark's own headers, marked by group: † true for am by construction, * the fit's mean fill."""
-    from actmatch.evaluation.benchmark import SUMMARY_METRICS
-    from actmatch.evaluation.exam import COLUMN_GROUPS
-
     titles = {}
     for key, column, _, header, _ in SUMMARY_METRICS:
-        mark = {"construction": "†", "fill": "*"}.get(COLUMN_GROUPS.get(column, "exam"), "")
+        mark = column_mark(column)
         titles[key] = header + mark
         titles.setdefault(column, header.removeprefix("med.") + mark)
     return titles
@@ -395,7 +394,6 @@ def benchmark_context(out_dir: Path) -> dict:
 
 def _paired_context(out_dir: Path) -> dict:
     """The headline (from the exam's columns only) and the paired table, from paired.csv."""
-    from actmatch.evaluation.benchmark import format_difference, headline
 
     path = out_dir / "paired.csv"
     if not path.is_file():

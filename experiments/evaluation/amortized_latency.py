@@ -35,13 +35,8 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from actmatch.commands.explain import (
-    add_scan_argument,
-    build_explainer,
-    check_scan_argument,
-    use_amortized_refinement,
-    use_checkpoint,
-)
+from actmatch.commands.explain import build_explainer, use_amortized_refinement, use_checkpoint
+from actmatch.commands.parsers.explain import add_scan_argument, check_scan_argument
 from actmatch.evaluation.statistics import bootstrap_ci
 from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.unet import binarize
