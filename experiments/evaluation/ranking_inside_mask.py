@@ -33,6 +33,7 @@ A screen for photos other than the evaluation photos (e.g. 30 of ``imagenet-trai
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from pathlib import Path
 
@@ -68,9 +69,15 @@ def mask_gradient(classifier, image: torch.Tensor, mask: torch.Tensor, y: int) -
     return grad.detach()
 
 
+@functools.cache
+def class_map_network(classifier) -> FeatureMaskNet:
+    """The network whose class activation map :func:`class_map` reads, built once per classifier."""
+    return FeatureMaskNet(classifier, stages=[-1], width=4, class_map=True)
+
+
 def class_map(classifier, image: torch.Tensor) -> torch.Tensor:
     """(1, 1, H, W) class activation map of the prediction, W_y · A + b_y standardised, bilinear to the image."""
-    net = FeatureMaskNet(classifier, stages=[-1], width=4, class_map=True)
+    net = class_map_network(classifier)
     model = classifier.model
     with torch.no_grad():
         final = model.forward_intermediates(classifier.normalize(image), indices=[len(model.feature_info) - 1])[0]
