@@ -32,9 +32,9 @@ test: $(STAMP)  ## run the fast test suite
 test-behaviour: $(STAMP)  ## run the behaviour tests (shortcut, DDP, circuit, full fits)
 	$(BIN)/python -m pytest -q -m behaviour --durations=15
 
-lint: $(STAMP)  ## ruff (lint + format check) and mypy on actmatch/
-	$(BIN)/ruff check actmatch tests
-	$(BIN)/ruff format --check actmatch tests
+lint: $(STAMP)  ## ruff (lint + format check) on actmatch/, tests/ and experiments/; mypy on actmatch/
+	$(BIN)/ruff check actmatch tests experiments
+	$(BIN)/ruff format --check actmatch tests experiments
 	$(BIN)/mypy actmatch
 
 check-report:  ## render report.html in headless Chromium (Debian's chromium + playwright; installs nothing, fails if missing)

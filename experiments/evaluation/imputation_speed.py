@@ -85,9 +85,9 @@ def main() -> None:
     totals, worst = np.zeros(4), 0.0  # quantus wall, ours wall, quantus cpu, ours cpu
     for i, area in enumerate(AREAS):
         indices = np.flatnonzero(~keep[i])  # sorted flat indices of the removed pixels
-        reference, q_wall, q_cpu = timed(lambda: quantus_imputation(image.copy(), indices, noise=0.0))
+        reference, q_wall, q_cpu = timed(lambda indices=indices: quantus_imputation(image.copy(), indices, noise=0.0))
         ours(i)  # warm-up
-        result, o_wall, o_cpu = timed(lambda: ours(i))
+        result, o_wall, o_cpu = timed(lambda i=i: ours(i))
         diff = float(np.abs(result[0].double().cpu().numpy() - reference).max())
         totals, worst = totals + (q_wall, o_wall, q_cpu, o_cpu), max(worst, diff)
         print(

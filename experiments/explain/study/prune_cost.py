@@ -29,7 +29,10 @@ for path in paths:
     logits = ex.classifier(x)
     y = logits.argmax(-1)
     fill = make_fill(x, ex.fill, ex.classifier.data_config["mean"])
-    kept = lambda m: ex.classifier(m * x + (1 - m) * fill).argmax(-1) == y
+
+    def kept(m, x=x, fill=fill, y=y):
+        return ex.classifier(m * x + (1 - m) * fill).argmax(-1) == y
+
     line = f"{path.name[:22]:22s} fit {tf:5.1f}s area {r.area.item():.3f} |"
     for stages in ([16, 8], [32, 16, 8]):
         m = r.masks.clone()
