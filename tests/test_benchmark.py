@@ -210,8 +210,9 @@ def test_from_results_names_a_missing_or_foreign_file(tmp_path, capsys):
 
 def test_unknown_method_is_named(setup, tmp_path, capsys):
     photos, weights, _, pool = setup
-    code = benchmark.main("benchmark", ["--images", str(photos), "--methods", "saliency,lime", "--out", str(tmp_path)])
-    assert code == 2
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main("benchmark", ["--images", str(photos), "--methods", "saliency,lime", "--out", str(tmp_path)])
+    assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "lime" in err and "gradcam" in err
 
@@ -219,7 +220,9 @@ def test_unknown_method_is_named(setup, tmp_path, capsys):
 def test_amortized_without_checkpoint_and_unreadable_image_are_named(setup, tmp_path, capsys):
     photos, weights, _, pool = setup
     common = ["--out", str(tmp_path), "--backbone", "test_efficientnet", "--weights", str(weights)]
-    assert benchmark.main("benchmark", ["--images", str(photos), "--methods", "am-amortized", *common]) == 2
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main("benchmark", ["--images", str(photos), "--methods", "am-amortized", *common])
+    assert stop.value.code == 2
     assert "--checkpoint" in capsys.readouterr().err
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")

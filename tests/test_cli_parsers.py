@@ -66,6 +66,8 @@ def test_help_imports_no_torch(command):
         (["explain", "photo.jpg", "--steps", "0"], "--steps must be >= 1, got 0"),
         (["explain", "photo.jpg", "--preset", "tiny"], "unknown preset 'tiny'"),
         (["benchmark", "--images", "x", "--seed", "1000"], "--exam-seed must differ from --seed"),
+        (["benchmark", "--images", "x", "--methods", "am,lime"], "--methods: unknown method(s) ['lime']"),
+        (["benchmark", "--images", "x", "--methods", "am-amortized"], "method 'am-amortized' needs --checkpoint CKPT"),
         (["study", "x", "--scan", "4"], "--scan refines the masks of one amortized pass"),
         (["circuit", "x", "--scoring", "magic"], "argument --scoring: invalid choice: 'magic'"),
         (["throughput", "x", "--batch-sizes", "0"], "batch sizes and --limit must be >= 1"),

@@ -115,7 +115,13 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
         "print the tables and, with --out, write summary.csv and paired.csv there",
     )
     args = parser.parse_args(argv)
-    check_scan_argument(parser, args, "am-amortized" in method_names(args.methods), fix="add am-amortized to --methods")
+    names = method_names(args.methods)
+    unknown = [n for n in names if n not in METHOD_NAMES]
+    if not names or unknown:
+        parser.error(f"--methods: unknown method(s) {unknown or names}; choose from {', '.join(METHOD_NAMES)}")
+    if "am-amortized" in names and args.checkpoint is None and not args.from_results:
+        parser.error("method 'am-amortized' needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
+    check_scan_argument(parser, args, "am-amortized" in names, fix="add am-amortized to --methods")
     if not args.images and not args.from_results:
         parser.error("--images is required (or --from-results CSV to summarize an earlier run)")
     if args.out is None and not args.from_results:
