@@ -16,12 +16,11 @@ from actmatch.evaluation.benchmark import (
     BenchImage,
     add_derived,
     compare_pairs,
-    format_paired,
-    headline,
     result_fields,
     score_image,
     sufficient_with_cut,
 )
+from actmatch.evaluation.columns import format_paired, headline
 from actmatch.evaluation.families import default_exam
 from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY

@@ -46,23 +46,25 @@ import torch
 from actmatch.commands.parsers.benchmark import method_names, parse_args
 from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_for_model, resize_for_model, to_tensor
 from actmatch.evaluation.benchmark import (
+    BenchImage,
+    MapStore,
+    MetricTime,
+    add_derived,
+    compare_pairs,
+    result_fields,
+    run_benchmark,
+    summarize,
+)
+from actmatch.evaluation.columns import (
     HEADERS,
     PAIRED_FIELDS,
     PAIRED_METRICS,
     SUMMARY_FIELDS,
     SUMMARY_METRICS,
     TABLE_BLOCKS,
-    BenchImage,
-    MapStore,
-    MetricTime,
-    add_derived,
-    compare_pairs,
     format_paired,
     format_table,
     headline,
-    result_fields,
-    run_benchmark,
-    summarize,
 )
 from actmatch.evaluation.families import Exam, default_exam, held_out_leaks
 from actmatch.evaluation.methods import (

@@ -9,8 +9,7 @@ model. :func:`summarize` gives one row per method (mean or median, 95 % bootstra
 images); :func:`compare_pairs` compares ``am`` with each baseline per column, paired by image, with
 Holm's correction over every comparison it counts; :func:`~actmatch.evaluation.columns.headline` is
 the sentence the benchmark leads with, computed from the exam's columns only. The columns, their
-groups and the text tables live in :mod:`~actmatch.evaluation.columns` (torch-free) and are
-re-exported here.
+groups and the text tables live in :mod:`~actmatch.evaluation.columns` (torch-free).
 
 Columns true for ``am`` by construction (:data:`~actmatch.evaluation.columns.COLUMN_GROUPS`
 ``construction``) are shown, marked, and never counted; columns judged with the fit's own mean
@@ -30,20 +29,7 @@ import torch
 
 from actmatch.evaluation import metrics as M
 from actmatch.evaluation.batching import PassCounter
-from actmatch.evaluation.columns import (
-    ALPHA,
-    COLUMN_STATISTICS,
-    HEADERS,
-    PAIRED_FIELDS,
-    PAIRED_METRICS,
-    SUMMARY_FIELDS,
-    SUMMARY_METRICS,
-    TABLE_BLOCKS,
-    format_difference,
-    format_paired,
-    format_table,
-    headline,
-)
+from actmatch.evaluation.columns import ALPHA, COLUMN_STATISTICS, PAIRED_METRICS, SUMMARY_METRICS
 from actmatch.evaluation.exam import score_keys, score_maps
 from actmatch.evaluation.families import Exam
 from actmatch.evaluation.statistics import bootstrap_ci, holm, paired_comparison, paired_difference
@@ -52,22 +38,11 @@ __all__ = [
     "BenchImage",
     "MapStore",
     "MetricTime",
-    "SUMMARY_METRICS",
-    "SUMMARY_FIELDS",
-    "PAIRED_METRICS",
-    "PAIRED_FIELDS",
-    "TABLE_BLOCKS",
-    "HEADERS",
-    "ALPHA",
     "result_fields",
     "run_benchmark",
     "score_image",
     "summarize",
     "compare_pairs",
-    "headline",
-    "format_table",
-    "format_paired",
-    "format_difference",
     "sufficient_with_cut",
     "add_derived",
 ]
