@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
 
 import lightning as L
@@ -160,3 +161,34 @@ def test_epoch_table_writes_one_row_per_validation_epoch(tmp_path):
     assert [(r["epoch"], float(r["val/score"])) for r in rows] == [("0", 1.0), ("1", 11.0), ("2", 21.0)]
     assert math.isnan(float(rows[0]["val/late"])) and float(rows[2]["val/late"]) == 2.0
     assert [int(r["step"]) for r in rows] == [2, 4, 6]
+
+
+def test_epoch_table_records_the_training_throughput_of_lightnings_monitor(tmp_path):
+    """ThroughputMonitor (Lightning's) with the recipes' ``batch_size``: after epoch e, 3 batches of 4 samples per
+    epoch give train/samples = 12 (e + 1), and train/time (validation excluded) grows; the prefixes pick those two
+    names and no other train/ metric."""
+    from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+    from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from actmatch.callbacks import EpochTable
+    from actmatch.explainers.module import batch_size
+
+    class Batches(BoringModel):
+        def train_dataloader(self):
+            return DataLoader(RandomDataset(32, 64), batch_size=4)
+
+    monitor = ThroughputMonitor(batch_size_fn=batch_size)
+    table = EpochTable(prefixes=("val/", "train/time", "train/samples"))
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=3, limit_val_batches=1, log_every_n_steps=1,
+                        logger=CSVLogger(tmp_path), enable_progress_bar=False, accelerator="cpu",
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "run" / "checkpoints"), monitor, table])  # fmt: skip
+    with pytest.warns(UserWarning, match="flops_per_batch"):
+        trainer.fit(Batches())
+    with (tmp_path / "run" / "epochs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "step", "train/samples", "train/time"]
+    assert [float(r["train/samples"]) for r in rows] == [12.0, 24.0, 36.0]
+    times = [float(r["train/time"]) for r in rows]
+    assert 0 < times[0] < times[1] < times[2]

@@ -13,10 +13,11 @@ __all__ = ["EpochTable"]
 
 class EpochTable(L.Callback):
     """Writes ``epochs.csv``: one row per validation epoch, ``epoch``, ``step`` and every scalar the run has
-    logged whose name starts with one of ``prefixes`` (``trainer.callback_metrics`` when validation ends,
-    the values ``ModelCheckpoint`` reads). The file is rewritten each epoch with the union of the columns,
-    so a metric that first appears later still gets its column; a resumed run (``--ckpt_path``) keeps the
-    rows of the epochs before the one it resumes at.
+    logged whose name starts with one of ``prefixes`` when validation ends (``trainer.callback_metrics``, the
+    values ``ModelCheckpoint`` reads, and ``trainer.logged_metrics``, where Lightning's ``ThroughputMonitor``
+    puts ``train/time`` and ``train/samples``: training seconds without validation, and images seen). The
+    file is rewritten each epoch with the union of the columns, so a metric that first appears later still
+    gets its column; a resumed run (``--ckpt_path``) keeps the rows of the epochs before the one it resumes at.
 
     Args:
         path: the file; default ``epochs.csv`` beside the run's ``checkpoints/`` folder (the first
@@ -43,7 +44,7 @@ class EpochTable(L.Callback):
             with path.open(newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
         row: dict = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        for name, value in sorted(trainer.callback_metrics.items()):
+        for name, value in sorted({**trainer.logged_metrics, **trainer.callback_metrics}.items()):
             if name.startswith(self.prefixes) and getattr(value, "numel", lambda: 1)() == 1:
                 row[name] = float(value)
         self.rows.append(row)

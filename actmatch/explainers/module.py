@@ -45,12 +45,33 @@ from actmatch.explainers.stages import FitState, Stage
 from actmatch.explainers.taps import ActivationTaps, default_taps, validate_layers
 from actmatch.explainers.unet import binarize
 
-__all__ = ["ActMatchExplainer", "Explanation", "StepOutput", "DEFAULT_RECIPE", "DEFAULT_RECIPE_VERSION", "UNET_INIT_KEY"]
+__all__ = [
+    "ActMatchExplainer",
+    "Explanation",
+    "StepOutput",
+    "DEFAULT_RECIPE",
+    "DEFAULT_RECIPE_VERSION",
+    "UNET_INIT_KEY",
+    "batch_images",
+    "batch_size",
+]
 
 #: the name and version of the built-in recipe (:func:`default_loss_terms`, :func:`default_fitting`, the
 #: default U-Net, fill and restarts), which experiments/explain/faithful.yaml spells out
 DEFAULT_RECIPE = "faithful"
 DEFAULT_RECIPE_VERSION = 4
+
+
+def batch_images(batch) -> torch.Tensor:
+    """The images of a batch in any of the DataModules' forms: a dict's ``image``, a tuple's first item, or the tensor."""
+    if isinstance(batch, dict):
+        return batch["image"]
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def batch_size(batch) -> int:
+    """How many images ``batch`` holds (``ThroughputMonitor(batch_size_fn=...)`` in the amortized recipes)."""
+    return len(batch_images(batch))
 
 
 @dataclass
@@ -507,14 +528,8 @@ class ActMatchExplainer(L.LightningModule):
         return self.masks(images)
 
     # ------------------------------------------------------------------ Lightning
-    @staticmethod
-    def _images(batch) -> torch.Tensor:
-        if isinstance(batch, dict):
-            return batch["image"]
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
-
     def _shared_step(self, batch, stage: str) -> dict:
-        images = self._images(batch)
+        images = batch_images(batch)
         progress = None
         if stage == "train" and self._trainer is not None:
             progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)
@@ -578,7 +593,7 @@ class ActMatchExplainer(L.LightningModule):
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Explanation:
-        return self.explain(self._images(batch))
+        return self.explain(batch_images(batch))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Save the U-Net's class and constructor arguments beside its weights, so that
