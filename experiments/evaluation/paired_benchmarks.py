@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from actmatch.commands.study import border_kept
+from actmatch.evaluation.columns import format_difference
 from actmatch.evaluation.statistics import holm, paired_comparison, paired_difference
 
 #: results.csv column -> whether higher is better
@@ -85,7 +86,7 @@ def main() -> None:
     for (column, higher, mean_a, mean_b, test), p_holm in zip(results, adjusted):
         record = f"{test['wins']}-{test['ties']}-{test['losses']}"
         better = "higher" if higher else "lower"
-        gap = f"{test['difference']:.3f} [{test['difference_ci_low']:.3f}, {test['difference_ci_high']:.3f}]"
+        gap = format_difference(test)
         p_value = test["p_value"]
         print(f"{column:<24} {better:>6} {mean_a:>8.3f} {mean_b:>8.3f} {gap:>26} {record:>19} {p_value:>8.2g} {p_holm:>8.2g}")
     bands = [band_masks(folder, args.method, images) for folder in (args.a, args.b)]

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from actmatch.evaluation.columns import format_difference
 from actmatch.evaluation.statistics import paired_comparison, paired_difference
 
 #: summary.json key -> whether higher is better
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> int:
         wins, ties, losses, p = test["wins"], test["ties"], test["losses"], test["p_value"]
         means = f"A {sum(x) / len(x):.3f}  B {sum(y) / len(y):.3f}"
         gap = paired_difference(x, y)
-        gap_text = f"A − B {gap['difference']:.3f} [{gap['difference_ci_low']:.3f}, {gap['difference_ci_high']:.3f}]"
+        gap_text = f"A − B {format_difference(gap)}"
         print(f"{measure:18s} {means}  {gap_text}  A better {wins}  ties {ties}  A worse {losses}  p {p:.3g}")
     return 0
 
