@@ -81,6 +81,7 @@ from actmatch.report.maps import write_method_maps
 
 __all__ = [
     "main",
+    "run",
     "METHODS",
     "ActMatchMethod",
     "AmortizedActMatchMethod",

@@ -48,7 +48,7 @@ from actmatch.explainers.circuits import (
 )
 from actmatch.explainers.classifier import ClassifierLoadError
 
-__all__ = ["main", "read_mask", "CSV_FIELDS", "summarize"]
+__all__ = ["main", "run", "read_mask", "CSV_FIELDS", "summarize"]
 
 CSV_FIELDS = [
     "image",

@@ -43,6 +43,7 @@ from actmatch.results import as_items, clean_staging, explanation_at, finished_r
 
 __all__ = [
     "main",
+    "run",
     "add_model_arguments",
     "build_explainer",
     "explainer_init_args",

@@ -13,7 +13,7 @@ from pathlib import Path
 from actmatch.commands.parsers.report import parse_args
 from actmatch.report import ReportError, write_report
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 def main(command: str, argv: list[str]) -> int:

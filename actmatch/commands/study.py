@@ -33,7 +33,7 @@ from actmatch.evaluation.families import default_exam, held_out_leaks
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.masks import border_band
 
-__all__ = ["main", "study_row", "study_rows", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
+__all__ = ["main", "run", "study_row", "study_rows", "plot_study", "forward_backward_seconds", "border_kept", "STUDY_FIELDS"]
 
 STUDY_FIELDS = [
     "config",

@@ -25,7 +25,7 @@ from actmatch.commands.parsers.throughput import parse_args
 from actmatch.datamodules.images import expand_image_items
 from actmatch.explainers.classifier import ClassifierLoadError
 
-__all__ = ["main", "THROUGHPUT_FIELDS"]
+__all__ = ["main", "run", "THROUGHPUT_FIELDS"]
 
 THROUGHPUT_FIELDS = [
     "batch_size",
