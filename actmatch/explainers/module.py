@@ -168,6 +168,8 @@ class ActMatchExplainer(L.LightningModule):
     """
 
     MODES = ("per_image", "amortized")
+    #: read by Lightning's ``ThroughputMonitor`` (the amortized recipes' images/s); FLOPs are not counted
+    flops_per_batch: int | None = None
 
     def __init__(
         self,
