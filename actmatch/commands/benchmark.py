@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from actmatch.commands.parsers.benchmark import method_names, parse_args
+from actmatch.commands.parsers.benchmark import method_names, methods_problem, parse_args
 from actmatch.datamodules.images import ImageReadError, expand_image_paths, read_for_model, resize_for_model, to_tensor
 from actmatch.evaluation.benchmark import (
     BenchImage,
@@ -105,11 +105,8 @@ __all__ = [
 def parse_methods(text: str, checkpoint: str | None) -> list[str]:
     """Validated method names (``am`` first, then in order), without duplicates; errors name the bad ones."""
     names = method_names(text)
-    unknown = [n for n in names if n not in METHODS]
-    if not names or unknown:
-        raise ValueError(f"unknown method(s) {unknown or names}; choose from {', '.join(METHODS)}")
-    if "am-amortized" in names and checkpoint is None:
-        raise ValueError("method 'am-amortized' needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
+    if problem := methods_problem(names, checkpoint):
+        raise ValueError(problem)
     if "ep" in names and not torchray_available():
         raise ValueError("method 'ep' (extremal perturbation) needs TorchRay, which is not installed (CC BY-NC 4.0); drop 'ep'")
     return sorted(names, key=lambda n: n != "am")  # am first: its mask area sets the equal-area cut

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from actmatch.commands.benchmark import _bench_image, load_images, load_photo_pool, method_names
+from actmatch.commands.benchmark import _bench_image, load_images, load_photo_pool, method_names, parse_methods
 from actmatch.commands.study import plot_study
 from actmatch.evaluation.benchmark import MapStore
 from actmatch.evaluation.exam import judge_masks
@@ -101,11 +101,10 @@ def main(argv: list[str]) -> int:
     if args.run is not None:
         classifier, images, exam_seed, maps = from_run(Path(args.run), args.every, args.limit)
     else:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-        if "am-amortized" in methods and args.checkpoint is None:
-            parser.error("am-amortized needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
+        try:
+            parse_methods(args.methods, args.checkpoint)  # the benchmark's checks; the order stays --methods'
+        except ValueError as err:
+            parser.error(str(err))
         classifier = load_classifier("efficientnet_lite0").eval()
         images = load_images(args.images, classifier, None)[:: args.every][: args.limit]
         exam_seed, maps = args.exam_seed, computed_maps(classifier, methods, args.checkpoint)

@@ -7,7 +7,7 @@ import argparse
 from actmatch.commands.parsers.explain import add_model_arguments, add_scan_argument, check_scan_argument
 from actmatch.evaluation.seeds import EXAM_SEED
 
-__all__ = ["parse_args", "method_names", "METHOD_NAMES", "DEFAULT_METHODS", "DESCRIPTION"]
+__all__ = ["parse_args", "method_names", "methods_problem", "METHOD_NAMES", "DEFAULT_METHODS", "DESCRIPTION"]
 
 #: the names of :data:`actmatch.evaluation.methods.METHODS`, in its order
 METHOD_NAMES = ("am", "am-amortized", "saliency", "gradcam", "occlusion", "ig", "rise", "convad", "ep")
@@ -116,11 +116,8 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     names = method_names(args.methods)
-    unknown = [n for n in names if n not in METHOD_NAMES]
-    if not names or unknown:
-        parser.error(f"--methods: unknown method(s) {unknown or names}; choose from {', '.join(METHOD_NAMES)}")
-    if "am-amortized" in names and args.checkpoint is None and not args.from_results:
-        parser.error("method 'am-amortized' needs --checkpoint CKPT (an `actmatch fit` checkpoint)")
+    if problem := methods_problem(names, args.checkpoint, checkpoint_needed=not args.from_results):
+        parser.error(problem)
     check_scan_argument(parser, args, "am-amortized" in names, fix="add am-amortized to --methods")
     if not args.images and not args.from_results:
         parser.error("--images is required (or --from-results CSV to summarize an earlier run)")
@@ -148,3 +145,14 @@ def parse_args(command: str, argv: list[str]) -> argparse.Namespace:
 def method_names(text: str) -> list[str]:
     """The names of a comma-separated ``--methods``, in order, without blanks or duplicates."""
     return list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+
+
+def methods_problem(names: list[str], checkpoint: str | None, checkpoint_needed: bool = True) -> str | None:
+    """Why ``--methods`` ``names`` cannot run, naming the fix, or None: an unknown name, or ``am-amortized``
+    without ``--checkpoint`` (unless ``checkpoint_needed`` is False: a run summarised from its results)."""
+    unknown = [n for n in names if n not in METHOD_NAMES]
+    if not names or unknown:
+        return f"--methods: unknown method(s) {unknown or names}; choose from {', '.join(METHOD_NAMES)}"
+    if "am-amortized" in names and checkpoint is None and checkpoint_needed:
+        return "method 'am-amortized' needs --checkpoint CKPT (an `actmatch fit` checkpoint)"
+    return None
