@@ -214,8 +214,10 @@ def plot_kept(rows: list[dict], png: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((float(r["area"]), float(r["kept"])) for r in rows if r["method"] == method)
-        ax.plot(*zip(*points), "o-", lw=1.2, ms=3, label=f"{KEPT_LABELS.get(method, method)} (n={int(float(rows[0]['images']))})")
+        own = [r for r in rows if r["method"] == method]
+        points = sorted((float(r["area"]), float(r["kept"])) for r in own)
+        n = max(int(float(r["images"])) for r in own)
+        ax.plot(*zip(*points), "o-", lw=1.2, ms=3, label=f"{KEPT_LABELS.get(method, method)} (n={n})")
     ax.axhline(0.9, color="grey", ls=":", lw=1)
     ax.set_xlabel("area of the top-k cut")
     ax.set_ylabel("label kept, mean fill (share of images)")
