@@ -111,7 +111,8 @@ def _benchmark_titles() -> dict[str, str]:
     return titles
 
 
-TITLES = {**_benchmark_titles(), **{k: v for k, v in TITLES.items() if k not in _benchmark_titles()}}
+_BENCHMARK_TITLES = _benchmark_titles()
+TITLES = {**_BENCHMARK_TITLES, **{k: v for k, v in TITLES.items() if k not in _BENCHMARK_TITLES}}
 
 
 def title(key: str) -> str:
