@@ -25,6 +25,7 @@ from actmatch.explainers.unet import MaskUNet
 from lightning_helpers import ROOT, cli_in_process, evaluation_script, write_mask_targets
 
 SHIPPED = "experiments/amortized_lite0.yaml"
+QUARTER = "experiments/amortized_tried/quarter.yaml"  # v2, the shipped recipe before v3; the tried recipes vary it
 ABLATIONS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "experiments" / "ablations").glob("*.yaml"))
 
 
@@ -102,18 +103,18 @@ def test_shipped_recipe_trains_and_explain_loads_its_checkpoint(shipped_checkpoi
 
     ckpt = torch.load(shipped_checkpoint, map_location="cpu", weights_only=True)
     saved = ckpt[UNET_INIT_KEY]
-    assert saved["class_path"].endswith("TopFraction") and saved["init_args"]["area"] == 0.25
+    assert saved["class_path"].endswith("TopFraction") and saved["init_args"]["area"] == 0.55
     assert saved["init_args"]["net"]["class_path"].endswith("FeatureMaskNet")
     assert saved["init_args"]["net"]["init_args"]["backbone"] == "efficientnet_lite0"
     read = FitCheckpoint.read(shipped_checkpoint)
-    assert (read.recipe, read.recipe_version, read.backbone) == ("amortized-lite0", 2, "efficientnet_lite0")
+    assert (read.recipe, read.recipe_version, read.backbone) == ("amortized-lite0", 3, "efficientnet_lite0")
     photo = _photo_folder(tmp_path / "new") / "n01440764_photo0.JPEG"
     out = tmp_path / "out"
     code = explain_main("explain", [str(photo), "--checkpoint", str(shipped_checkpoint), "--amortized", "--out", str(out)])
     assert code == 0
     summary = json.loads(next(out.rglob("summary.json")).read_text())
-    assert summary["recipe"] == "amortized-lite0" and summary["recipe_version"] == 2
-    assert summary["mask_area"] == pytest.approx(0.25, abs=0.01)  # the recipe keeps a quarter of the image
+    assert summary["recipe"] == "amortized-lite0" and summary["recipe_version"] == 3
+    assert summary["mask_area"] == pytest.approx(0.55, abs=0.01)  # the recipe keeps 55 % of the image
     assert (out / "n01440764_photo0" / "mask.png").is_file()
 
 
@@ -130,7 +131,7 @@ def test_explain_scans_the_amortized_ranking_under_its_own_recipe_name(shipped_c
     assert "--border-free F cuts the scanned ranking again: it needs --scan N" in capsys.readouterr().err
     assert explain_main("explain", argv + ["--amortized", "--scan", "4"]) == 0
     summary = json.loads(next((tmp_path / "out").rglob("summary.json")).read_text())
-    assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+scan4", 2)
+    assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+scan4", 3)
     assert summary["label_kept"] and summary["confidence_explanation"] >= 0.9 * summary["confidence_original"]
 
 
@@ -154,7 +155,7 @@ def test_explain_grows_only_the_refused_amortized_masks_under_its_own_recipe_nam
         assert message in capsys.readouterr().err
     assert explain_main("explain", argv + ["--amortized", "--grow", "4"]) == 0
     summary = json.loads(next((tmp_path / "out").rglob("summary.json")).read_text())
-    assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+grow4", 2)
+    assert (summary["recipe"], summary["recipe_version"]) == ("amortized-lite0+grow4", 3)
     assert summary["label_kept"] and summary["confidence_explanation"] >= 0.9 * summary["confidence_original"]
     assert explain_main("explain", argv + ["--amortized", "--grow", "4", "--bisect", "--out", str(tmp_path / "b")]) == 0
     summary = json.loads(next((tmp_path / "b").rglob("summary.json")).read_text())
@@ -501,14 +502,24 @@ def test_the_backbone_comparison_changes_only_the_backbone():
     shipped = _instantiated_model([SHIPPED])
     lite1 = _instantiated_model([SHIPPED, "experiments/amortized_lite1.yaml"])
     assert (lite1.hparams["backbone"], lite1.recipe) == ("efficientnet_lite1", "amortized-lite1")
+    assert lite1.recipe_version == shipped.recipe_version  # follows the shipped recipe's version and settings
     assert _terms(lite1) == _terms(shipped) and lite1.lr == shipped.lr
     expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
     expected["net"]["init_args"] = {**expected["net"]["init_args"], "backbone": "efficientnet_lite1"}
     assert lite1.unet.init_args() == expected
 
 
+def test_v2_is_the_shipped_recipe_at_a_quarter():
+    """quarter.yaml rebuilds `amortized-lite0` v2: the shipped network, terms and learning rate, cut at 0.25, not 0.55."""
+    shipped, v2 = _instantiated_model([SHIPPED]), _instantiated_model([SHIPPED, QUARTER])
+    assert (shipped.recipe, shipped.recipe_version, shipped.unet.area) == ("amortized-lite0", 3, 0.55)
+    assert (v2.recipe, v2.recipe_version, v2.unet.area) == ("amortized-lite0", 2, 0.25)
+    assert v2.unet.init_args() == {**shipped.unet.init_args(), "area": 0.25}
+    assert _terms(v2) == _terms(shipped) and v2.lr == shipped.lr
+
+
 def test_the_log_probability_recipe_changes_only_what_the_class_map_explains():
-    shipped = _instantiated_model([SHIPPED])
+    shipped = _instantiated_model([SHIPPED, QUARTER])
     tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/log_probability.yaml"])
     assert tried.recipe == "amortized-lite0-log-probability"
     assert _terms(tried) == _terms(shipped) and tried.lr == shipped.lr
@@ -522,7 +533,7 @@ def test_the_random_area_recipe_changes_only_the_training_cut():
     the quarter. A ranking network returning the pixel index keeps exactly round(a·N) pixels of each image."""
     from actmatch.explainers.fitting import RandomTopFraction
 
-    shipped = _instantiated_model([SHIPPED])
+    shipped = _instantiated_model([SHIPPED, QUARTER])
     tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/random_area.yaml"])
     assert tried.recipe == "amortized-lite0-random-area" and isinstance(tried.unet, RandomTopFraction)
     assert _terms(tried) == _terms(shipped) and tried.lr == shipped.lr
@@ -544,7 +555,7 @@ def test_the_random_area_recipe_changes_only_the_training_cut():
 def test_the_label_margin_recipe_changes_only_the_label_terms():
     """label_margin.yaml: the shipped network, learning rate and activation matching; cross-entropy and robustness
     replaced by one hinge on the label's logit margin (τ = 2) on the fill and 2 backgrounds of the fit's own kinds."""
-    shipped = _instantiated_model([SHIPPED])
+    shipped = _instantiated_model([SHIPPED, QUARTER])
     tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/label_margin.yaml"])
     assert tried.recipe == "amortized-lite0-label-margin" and tried.lr == shipped.lr
     assert tried.unet.init_args() == shipped.unet.init_args()
