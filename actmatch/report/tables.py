@@ -395,7 +395,6 @@ def benchmark_context(out_dir: Path) -> dict:
 
 def _paired_context(out_dir: Path) -> dict:
     """The headline (from the exam's columns only) and the paired table, from paired.csv."""
-
     path = out_dir / "paired.csv"
     if not path.is_file():
         return {"headline": None, "paired": []}
