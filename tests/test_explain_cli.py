@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -315,6 +316,28 @@ def test_rerun_after_an_explainer_code_change_explains_again(small_coffee_path, 
     err = capsys.readouterr().err
     assert "explained with another recipe" in err and "already explained" not in err
     assert json.loads(next(out.rglob("summary.json")).read_text())["recipe_digest"] != first["recipe_digest"]
+
+
+def test_rerun_with_another_thread_count_explains_again(small_coffee_path, tmp_path, capsys, fast):
+    """The order of float sums follows torch's thread count, and a fit can end elsewhere with it: a folder
+    written with 2 threads is not passed off as a 1-thread run's mask, and summary.json says which it was."""
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
+        first = json.loads(next(out.rglob("summary.json")).read_text())
+        capsys.readouterr()
+        torch.set_num_threads(1)
+        assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "explained with another recipe" in err and "already explained" not in err
+    second = json.loads(next(out.rglob("summary.json")).read_text())
+    assert first["arithmetic"] == f"cpu, 2 threads, torch {torch.__version__}"
+    assert second["arithmetic"] == f"cpu, 1 thread, torch {torch.__version__}"
+    assert second["recipe_digest"] != first["recipe_digest"]
 
 
 def test_explainer_source_digest_follows_the_files(tmp_path, monkeypatch):
