@@ -7,14 +7,21 @@ robustness, robustness on other photos, p(e)/p(x) and the mask's area, the means
 A − B per image with its 95 % bootstrap interval, how many
 images A beats, ties and loses to B (for the area: A's mask is smaller), and the benchmark's paired test
 (:func:`~actmatch.evaluation.statistics.paired_comparison`: the exact sign test for the label kept,
-Wilcoxon signed-rank with zero differences dropped for the rest).
+Wilcoxon signed-rank with zero differences dropped for the rest). Where both folders hold an image's
+``mask_input.png`` (the mask as classified), it also prints how far the two masks of an image overlap: the
+median and quartiles of IoU = |A ∩ B| / |A ∪ B| over the images, how many are the same pixel for pixel and how
+many fall below 0.8 and 0.5.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from actmatch.evaluation.columns import format_difference
 from actmatch.evaluation.statistics import paired_comparison, paired_difference
@@ -29,6 +36,29 @@ def load(folder: str) -> dict[str, dict]:
     if not rows:
         raise SystemExit(f"{folder}: no */summary.json (give a recipe folder of an `actmatch study` --out)")
     return rows
+
+
+def mask_iou(a: Path, b: Path) -> float:
+    """IoU of two 0/255 mask files of the same size (1.0 for two empty masks)."""
+    x, y = np.asarray(Image.open(a)) > 127, np.asarray(Image.open(b)) > 127
+    if x.shape != y.shape:
+        raise SystemExit(f"{a} and {b} differ in size ({x.shape} against {y.shape}): not the same image's masks")
+    union = np.logical_or(x, y).sum()
+    return float(np.logical_and(x, y).sum() / union) if union else 1.0
+
+
+def overlap_line(folder_a: str, folder_b: str, keys: list[str]) -> str | None:
+    """The masks' overlap over the images whose two folders both hold ``mask_input.png``, or None."""
+    pairs = [(Path(folder_a, k, "mask_input.png"), Path(folder_b, k, "mask_input.png")) for k in keys]
+    ious = [mask_iou(a, b) for a, b in pairs if a.is_file() and b.is_file()]
+    if not ious:
+        return None
+    q1, median, q3 = statistics.quantiles(ious, n=4, method="inclusive") if len(ious) > 1 else (ious[0],) * 3
+    same, below_08, below_05 = sum(v == 1.0 for v in ious), sum(v < 0.8 for v in ious), sum(v < 0.5 for v in ious)
+    return (
+        f"mask_input.png IoU over {len(ious)} images: median {median:.3f} (p25 {q1:.3f}, p75 {q3:.3f}); "
+        f"the same pixel for pixel {same}, below 0.8 {below_08}, below 0.5 {below_05}"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -47,6 +77,8 @@ def main(argv: list[str]) -> int:
         gap = paired_difference(x, y)
         gap_text = f"A − B {format_difference(gap)}"
         print(f"{measure:18s} {means}  {gap_text}  A better {wins}  ties {ties}  A worse {losses}  p {p:.3g}")
+    if line := overlap_line(argv[0], argv[1], keys):
+        print(line)
     return 0
 
 
