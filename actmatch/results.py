@@ -268,13 +268,13 @@ def explainer_source_digest() -> str:
     return digest.hexdigest()
 
 
-def arithmetic(explainer) -> str:
-    """Where the explainer's float arithmetic runs, e.g. ``"cpu, 2 threads, torch 2.14.1"`` or
+def arithmetic(module: torch.nn.Module) -> str:
+    """Where a module's float arithmetic runs (an explainer's, a classifier's), e.g. ``"cpu, 2 threads, torch 2.14.1"`` or
     ``"cuda, torch 2.14.1"``: the device type, on the CPU torch's thread count (it sets the order of
     float sums), and torch's version. A fit decides at thresholds (the criterion's p(e) >= r p(x), the
     cut between two logits), so the last bits of a sum can send it elsewhere: with 1 thread instead
     of 2, ``faithful`` v4 ends with another mask on 93 of the 100 evaluation photos (docs/explain.md)."""
-    device = next(explainer.classifier.parameters()).device.type
+    device = next(module.parameters()).device.type
     count = torch.get_num_threads()
     threads = f", {count} thread{'s' if count != 1 else ''}" if device == "cpu" else ""
     return f"{device}{threads}, torch {torch.__version__}"

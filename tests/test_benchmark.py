@@ -357,6 +357,28 @@ def test_run_settings_name_a_changed_am_recipe(tmp_path):
     assert benchmark.settings_changes(tmp_path / "missing.json", settings()) == []  # an older run: nothing to compare
 
 
+def test_run_settings_name_the_arithmetic_and_resume_refuses_another_thread_count(tmp_path):
+    """settings.json says where the run's arithmetic ran; with another thread count `am`'s fits can end elsewhere,
+    so the run's settings and am's digest both count as changed for --resume."""
+    classifier = load_classifier("resnet10t", pretrained=False, num_classes=5)
+
+    def settings():
+        args = benchmark.parse_args("benchmark", ["--images", str(tmp_path), "--out", str(tmp_path)])
+        return benchmark.run_settings(args, {"am": benchmark.ActMatchMethod(classifier)}, classifier, "exam")
+
+    threads = torch.get_num_threads()
+    saved = tmp_path / "settings.json"
+    try:
+        torch.set_num_threads(2)
+        saved.write_text(json.dumps(settings()))
+        assert json.loads(saved.read_text())["arithmetic"] == f"cpu, 2 threads, torch {torch.__version__}"
+        torch.set_num_threads(1)
+        assert settings()["arithmetic"] == f"cpu, 1 thread, torch {torch.__version__}"
+        assert benchmark.settings_changes(saved, settings()) == ["arithmetic", "methods.am.recipe_digest"]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_sufficient_area_with_cut_takes_the_equal_area_cut_when_it_keeps_the_label():
     """The scan can miss a two-part map's own mask; the equal-area cut is one more candidate, for every method."""
     missed = {"smallest_sufficient_area": "0.956", "area": "0.109", "kept_equal_area": "1"}

@@ -131,7 +131,7 @@ def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClas
     ``am``'s config file is replaced by its recipe: the name and version it goes by and the digest
     of its settings (:func:`~actmatch.results.recipe_digest`), so an edited config or a changed
     default counts as a change."""
-    from actmatch.results import recipe_digest
+    from actmatch.results import arithmetic, recipe_digest
 
     per_method = {}
     for name, method in methods.items():
@@ -148,6 +148,7 @@ def run_settings(args: argparse.Namespace, methods: dict, classifier: FrozenClas
         "weights": args.weights,
         "input_size": classifier.input_size,
         "seed": args.seed,
+        "arithmetic": arithmetic(classifier),  # device, CPU threads, torch: a fit can end elsewhere with others
         "area": args.area,
         "curve_steps": args.curve_steps,
         "exam": exam_description,
