@@ -26,6 +26,7 @@ from actmatch.explainers.classifier import load_classifier
 from actmatch.explainers.fit_checkpoint import UNET_INIT_KEY
 from actmatch.explainers.stages import BorderFree, Scan
 from actmatch.explainers.unet import MaskUNet
+from lightning_helpers import torch_threads
 
 CHEAP = [
     "--steps",
@@ -366,17 +367,13 @@ def test_run_settings_name_the_arithmetic_and_resume_refuses_another_thread_coun
         args = benchmark.parse_args("benchmark", ["--images", str(tmp_path), "--out", str(tmp_path)])
         return benchmark.run_settings(args, {"am": benchmark.ActMatchMethod(classifier)}, classifier, "exam")
 
-    threads = torch.get_num_threads()
     saved = tmp_path / "settings.json"
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         saved.write_text(json.dumps(settings()))
-        assert json.loads(saved.read_text())["arithmetic"] == f"cpu, 2 threads, torch {torch.__version__}"
-        torch.set_num_threads(1)
+    assert json.loads(saved.read_text())["arithmetic"] == f"cpu, 2 threads, torch {torch.__version__}"
+    with torch_threads(1):
         assert settings()["arithmetic"] == f"cpu, 1 thread, torch {torch.__version__}"
         assert benchmark.settings_changes(saved, settings()) == ["arithmetic", "methods.am.recipe_digest"]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_sufficient_area_with_cut_takes_the_equal_area_cut_when_it_keeps_the_label():

@@ -24,7 +24,7 @@ from PIL import Image
 
 from actmatch import results
 from actmatch.commands import explain as explain_cmd
-from lightning_helpers import PLAIN_FITTING, plain_fit_config, tiny_explainer_config
+from lightning_helpers import PLAIN_FITTING, plain_fit_config, tiny_explainer_config, torch_threads
 
 STEPS = ["--steps", "3"]
 
@@ -322,16 +322,12 @@ def test_rerun_with_another_thread_count_explains_again(small_coffee_path, tmp_p
     """The order of float sums follows torch's thread count, and a fit can end elsewhere with it: a folder
     written with 2 threads is not passed off as a 1-thread run's mask, and summary.json says which it was."""
     out = tmp_path / "out"
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
-        first = json.loads(next(out.rglob("summary.json")).read_text())
-        capsys.readouterr()
-        torch.set_num_threads(1)
+    first = json.loads(next(out.rglob("summary.json")).read_text())
+    capsys.readouterr()
+    with torch_threads(1):
         assert run([str(small_coffee_path), "--out", str(out), *fast]) == 0
-    finally:
-        torch.set_num_threads(threads)
     err = capsys.readouterr().err
     assert "explained with another recipe" in err and "already explained" not in err
     second = json.loads(next(out.rglob("summary.json")).read_text())

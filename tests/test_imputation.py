@@ -9,6 +9,7 @@ import torch
 
 import actmatch.evaluation.imputation as imputation
 from actmatch.evaluation.imputation import linear_imputation, noisy_linear_imputation
+from lightning_helpers import torch_threads
 
 TOLERANCE = 1e-4  # max abs difference to Quantus' sparse direct solve, images in [0, 1]
 
@@ -17,10 +18,8 @@ TOLERANCE = 1e-4  # max abs difference to Quantus' sparse direct solve, images i
 def one_thread():
     """One torch thread: the solver runs many small ops, and two threads on a busy 2-core machine
     wait on each other at every op (about 10x slower); one thread is as fast when the machine is idle."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def mask_bank(h: int, w: int) -> dict[str, np.ndarray]:

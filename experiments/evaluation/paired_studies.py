@@ -25,6 +25,7 @@ from PIL import Image
 
 from actmatch.evaluation.columns import format_difference
 from actmatch.evaluation.statistics import paired_comparison, paired_difference
+from actmatch.results import MODEL_MASK
 
 #: summary.json key -> whether higher is better
 MEASURES = {"label_kept": True, "robustness": True, "robust_photos": True, "confidence_ratio": True, "mask_area": False}
@@ -48,15 +49,15 @@ def mask_iou(a: Path, b: Path) -> float:
 
 
 def overlap_line(folder_a: str, folder_b: str, keys: list[str]) -> str | None:
-    """The masks' overlap over the images whose two folders both hold ``mask_input.png``, or None."""
-    pairs = [(Path(folder_a, k, "mask_input.png"), Path(folder_b, k, "mask_input.png")) for k in keys]
+    """The masks' overlap over the images whose two folders both hold ``mask_input.png`` (``MODEL_MASK``), or None."""
+    pairs = [(Path(folder_a, k, MODEL_MASK), Path(folder_b, k, MODEL_MASK)) for k in keys]
     ious = [mask_iou(a, b) for a, b in pairs if a.is_file() and b.is_file()]
     if not ious:
         return None
     q1, median, q3 = statistics.quantiles(ious, n=4, method="inclusive") if len(ious) > 1 else (ious[0],) * 3
     same, below_08, below_05 = sum(v == 1.0 for v in ious), sum(v < 0.8 for v in ious), sum(v < 0.5 for v in ious)
     return (
-        f"mask_input.png IoU over {len(ious)} images: median {median:.3f} (p25 {q1:.3f}, p75 {q3:.3f}); "
+        f"{MODEL_MASK} IoU over {len(ious)} images: median {median:.3f} (p25 {q1:.3f}, p75 {q3:.3f}); "
         f"the same pixel for pixel {same}, below 0.8 {below_08}, below 0.5 {below_05}"
     )
 
