@@ -446,6 +446,42 @@ def test_class_map_prior_ranks_the_pixels_as_captums_grad_cam():
     assert net.init_args()["class_map"] is True
 
 
+def test_a_smaller_read_is_grad_cam_of_the_resized_copy_and_keeps_no_label():
+    """FeatureMaskNet(read_size=64) on 96 × 128 images: the encoder reads the antialiased bilinear copy whose
+    short side is 64 (64 × 85, the aspect ratio kept), so with the decoder's head silenced its logits are
+    Captum's Grad-CAM of that copy's prediction, upsampled to the images' size; the copy's logits are not the
+    images' label, so none are kept."""
+    import torch.nn.functional as F
+
+    from actmatch.explainers.feature_masknet import FeatureMaskNet
+
+    torch.manual_seed(0)
+    net = FeatureMaskNet("resnet10t", stages=[2, 3, 4], width=8, pretrained=False, class_map=True, read_size=64).eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        images = torch.rand(2, 3, 96, 128)
+        logits = net(images) - net.init_keep
+    copy = F.interpolate(images, size=(64, 85), mode="bilinear", antialias=True, align_corners=False)
+    model = net.encoder.model
+    expected = _captum_class_map(model, model.layer4, net.encoder.normalize(copy), (96, 128))
+    assert logits.shape == (2, 1, 96, 128) and torch.allclose(logits, expected, atol=1e-4)
+    assert net.class_logits is None and net.init_args()["read_size"] == 64
+    net(copy)
+    assert net.class_logits is not None  # a read of the image itself keeps its logits
+    with pytest.raises(ValueError, match="read_size"):
+        FeatureMaskNet("resnet10t", pretrained=False, read_size=8)
+
+
+def test_the_read112_recipe_changes_only_the_read_size():
+    shipped = _instantiated_model([SHIPPED])
+    tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/read112.yaml"])
+    assert tried.recipe == "amortized-lite0-read112"
+    assert _terms(tried) == _terms(shipped) and tried.lr == shipped.lr
+    expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
+    expected["net"]["init_args"] = {**expected["net"]["init_args"], "read_size": 112}
+    assert tried.unet.init_args() == expected
+
+
 def _silenced_class_map(name: str, class_score: str):
     """A random FeatureMaskNet(class_map=True) on ``name`` with the decoder's head silenced, run on two random
     images: (its logits less the head's bias, i.e. s · upsample(standardised class map), s = 1; the timm model;
