@@ -472,6 +472,14 @@ def test_a_smaller_read_is_grad_cam_of_the_resized_copy_and_keeps_no_label():
         FeatureMaskNet("resnet10t", pretrained=False, read_size=8)
 
 
+def test_the_unet_top55_recipe_is_unet_top_quarter_at_v3s_cut():
+    quarter = _instantiated_model([SHIPPED, "experiments/amortized_tried/unet_top_quarter.yaml"])
+    top55 = _instantiated_model([SHIPPED, "experiments/amortized_tried/unet_top55.yaml"])
+    assert top55.recipe == "amortized-lite0-unet-top55" and type(top55.unet.net).__name__ == "MaskUNet"
+    assert top55.unet.init_args() == {**quarter.unet.init_args(), "area": 0.55}
+    assert _terms(top55) == _terms(quarter) and top55.lr == quarter.lr
+
+
 def test_the_read112_recipe_changes_only_the_read_size():
     shipped = _instantiated_model([SHIPPED])
     tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/read112.yaml"])
