@@ -245,7 +245,7 @@ class FeatureMaskNet(nn.Module):
         :attr:`class_logits` (detached)."""
         height, width = images.shape[-2:]
         model = cast(Any, self.encoder.model)
-        read = self._read_copy(images)
+        read = self.read_copy(images)
         with torch.no_grad():
             out = model.forward_intermediates(
                 self.encoder.normalize(read), indices=self._indices(self.encoder), intermediates_only=not self.class_map
@@ -269,7 +269,7 @@ class FeatureMaskNet(nn.Module):
             logits = logits + self.class_scale * F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
         return logits
 
-    def _read_copy(self, images: torch.Tensor) -> torch.Tensor:
+    def read_copy(self, images: torch.Tensor) -> torch.Tensor:
         """What the encoder reads: ``images`` themselves, or their antialiased bilinear copy whose short side
         is ``read_size`` (the aspect ratio kept, as the images were sized for the classifier)."""
         height, width = images.shape[-2:]

@@ -79,7 +79,7 @@ def labels_kept(explainer, nets: dict[int, FeatureMaskNet], folder: Path, area: 
         y = int(probs.argmax())
         for size, net in nets.items():
             scores = net(x)
-            copy = net._read_copy(x)
+            copy = net.read_copy(x)
             same = int(classifier(copy).argmax()) == y
             probs_e = classifier(explainer.explanations(x, cuts_of(scores, fraction))).softmax(-1)[0]
             counts[size]["same"] += same
