@@ -371,6 +371,13 @@ def _instantiated_model(configs: list[str]):
     return cli.model
 
 
+def _with_net_args(model, **changes) -> dict:
+    """``model``'s mask-network arguments (``TopFraction`` around a network) with ``changes`` to the inner network's."""
+    args = model.unet.init_args()
+    net = args["net"]
+    return {**args, "net": {**net, "init_args": {**net["init_args"], **changes}}}
+
+
 def _terms(model) -> dict[str, tuple[float, str]]:
     return {term.name: (term.weight, term.extra_repr().split(", ", 1)[-1]) for term in model.losses}
 
@@ -485,9 +492,7 @@ def test_the_read112_recipe_changes_only_the_read_size():
     tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/read112.yaml"])
     assert tried.recipe == "amortized-lite0-read112"
     assert _terms(tried) == _terms(shipped) and tried.lr == shipped.lr
-    expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
-    expected["net"]["init_args"] = {**expected["net"]["init_args"], "read_size": 112}
-    assert tried.unet.init_args() == expected
+    assert tried.unet.init_args() == _with_net_args(shipped, read_size=112)
 
 
 def _silenced_class_map(name: str, class_score: str):
@@ -548,9 +553,7 @@ def test_the_backbone_comparison_changes_only_the_backbone():
     assert (lite1.hparams["backbone"], lite1.recipe) == ("efficientnet_lite1", "amortized-lite1")
     assert lite1.recipe_version == shipped.recipe_version  # follows the shipped recipe's version and settings
     assert _terms(lite1) == _terms(shipped) and lite1.lr == shipped.lr
-    expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
-    expected["net"]["init_args"] = {**expected["net"]["init_args"], "backbone": "efficientnet_lite1"}
-    assert lite1.unet.init_args() == expected
+    assert lite1.unet.init_args() == _with_net_args(shipped, backbone="efficientnet_lite1")
 
 
 def test_v2_is_the_shipped_recipe_at_a_quarter():
@@ -567,9 +570,7 @@ def test_the_log_probability_recipe_changes_only_what_the_class_map_explains():
     tried = _instantiated_model([SHIPPED, "experiments/amortized_tried/log_probability.yaml"])
     assert tried.recipe == "amortized-lite0-log-probability"
     assert _terms(tried) == _terms(shipped) and tried.lr == shipped.lr
-    expected = {**shipped.unet.init_args(), "net": {**shipped.unet.init_args()["net"]}}
-    expected["net"]["init_args"] = {**expected["net"]["init_args"], "class_score": "log_probability"}
-    assert tried.unet.init_args() == expected
+    assert tried.unet.init_args() == _with_net_args(shipped, class_score="log_probability")
 
 
 def test_the_random_area_recipe_changes_only_the_training_cut():

@@ -3,7 +3,8 @@
 Nothing here is used by a fit: the metrics (:mod:`~actmatch.evaluation.metrics`), the exam's
 perturbation families and seed stream (:mod:`~actmatch.evaluation.families`), ROAD's imputation
 (:mod:`~actmatch.evaluation.imputation`), the per-image protocol (:mod:`~actmatch.evaluation.exam`),
-statistics over images (:mod:`~actmatch.evaluation.statistics`), the benchmark protocol
+statistics over images (:mod:`~actmatch.evaluation.statistics`), timings compared as ratios
+(:mod:`~actmatch.evaluation.timing`), the benchmark protocol
 (:mod:`~actmatch.evaluation.benchmark`) and its columns and tables (:mod:`~actmatch.evaluation.columns`,
 torch-free).
 

@@ -27,9 +27,7 @@ under the same machine load).
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
-import time
 
 import skimage.data
 import torch
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from actmatch.commands.explain import build_explainer, use_amortized_refinement, use_checkpoint
 from actmatch.commands.parsers.explain import add_scan_argument, check_scan_argument
 from actmatch.evaluation.statistics import bootstrap_ci
+from actmatch.evaluation.timing import interleaved_seconds
 from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.unet import binarize
 from actmatch.memory import keep_freed_memory
@@ -83,20 +82,8 @@ def main() -> None:
         explainer.explain(x)
 
     tasks = {"forward": forward, "mask+forward": mask_and_forward, "explain": explain}
-    times: dict[str, list[float]] = {name: [] for name in tasks}
-    order = list(tasks)
     with torch.inference_mode():
-        for _ in range(3):  # warm-up
-            for task in tasks.values():
-                task()
-        for _ in range(args.rounds):
-            random.shuffle(order)
-            for name in order:
-                sync()
-                start = time.perf_counter()
-                tasks[name]()
-                sync()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved_seconds(tasks, args.rounds, sync=sync)
     threads = torch.get_num_threads()
     setting = f"{classifier.name}, B = 1, {x.shape[-1]} px, {args.rounds} rounds, {threads} threads"
     print(f"{args.checkpoint} ({explainer.recipe}): {setting}")

@@ -21,15 +21,14 @@ A screen for the training photos, never the evaluation photos.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from actmatch.commands.explain import build_explainer
 from actmatch.datamodules.images import expand_image_paths, read_for_model
+from actmatch.evaluation.timing import interleaved_seconds
 from actmatch.explainers.feature_masknet import FeatureMaskNet
 from actmatch.explainers.stages import cuts_of
 
@@ -52,17 +51,7 @@ def timings(classifier, nets: dict[int, FeatureMaskNet], rounds: int) -> dict[in
     size = classifier.input_size
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))  # the cost does not depend on the content
     tasks = {"forward": lambda: classifier(x), **{size: (lambda net=net: net(x)) for size, net in nets.items()}}
-    times: dict = {name: [] for name in tasks}
-    order = list(tasks)
-    for _ in range(3):
-        for task in tasks.values():
-            task()
-    for _ in range(rounds):
-        random.shuffle(order)
-        for name in order:
-            start = time.perf_counter()
-            tasks[name]()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_seconds(tasks, rounds)
     return {size: statistics.median(t / f for t, f in zip(times[size], times["forward"])) for size in nets}
 
 
