@@ -14,10 +14,11 @@ __all__ = ["EpochTable"]
 class EpochTable(L.Callback):
     """Writes ``epochs.csv``: one row per validation epoch, ``epoch``, ``step`` and every scalar the run has
     logged whose name starts with one of ``prefixes`` when validation ends (``trainer.callback_metrics``, the
-    values ``ModelCheckpoint`` reads, and ``trainer.logged_metrics``, where Lightning's ``ThroughputMonitor``
-    puts ``train/time`` and ``train/samples``: training seconds without validation, and images seen). The
-    file is rewritten each epoch with the union of the columns, so a metric that first appears later still
-    gets its column; a resumed run (``--ckpt_path``) keeps the rows of the epochs before the one it resumes at.
+    values ``ModelCheckpoint`` reads, and ``trainer.logged_metrics``, where ``ResumableThroughputMonitor``
+    (Lightning's ``ThroughputMonitor`` carried across a resume) puts ``train/time`` and ``train/samples``: the
+    run's training seconds without validation, and images seen). The file is rewritten each epoch with the
+    union of the columns, so a metric that first appears later still gets its column; a resumed run
+    (``--ckpt_path``) keeps the rows of the epochs before the one it resumes at.
 
     Args:
         path: the file; default ``epochs.csv`` beside the run's ``checkpoints/`` folder (the first
