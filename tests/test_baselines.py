@@ -165,3 +165,24 @@ def test_bad_inputs_are_named(resnet):
 def test_extremal_perturbation_says_torchray_is_missing(resnet):
     with pytest.raises(ImportError, match="TorchRay"):
         B.ExtremalPerturbation(resnet)
+
+
+def test_centre_prior_ranks_by_distance_from_the_middle(resnet):
+    """Worked out by hand on a 4 × 6 image: u = (i + ½)/4 − ½ ∈ {∓3/8, ∓1/8}, v = (j + ½)/6 − ½ ∈ {∓5/12, ∓3/12, ∓1/12};
+    the four pixels with |u| = 1/8 and |v| = 1/12 come first, then the four with |u| = 1/8, |v| = 3/12 (1/64 + 1/16
+    against 9/64 + 1/144 for |u| = 3/8, |v| = 1/12)."""
+    images = torch.rand(2, 3, 4, 6)
+    maps = B.CentrePrior(resnet).attribute(images)
+    assert maps.shape == (2, 1, 4, 6)
+    torch.testing.assert_close(maps[0], maps[1])  # the image is never read
+    assert maps[0, 0, 1, 2].item() == pytest.approx(-(1 / 64 + 1 / 144))
+    order = maps[0, 0].flatten().argsort(descending=True, stable=True).tolist()
+    assert sorted(order[:4]) == [8, 9, 14, 15]  # rows 1-2, columns 2-3
+    assert sorted(order[4:8]) == [7, 10, 13, 16]  # rows 1-2, columns 1 and 4
+    # in fractions of each side the top half is the disc u² + v² ≤ ρ² of area π ρ² = ½ (an ellipse in pixels)
+    big = B.CentrePrior(resnet).attribute(torch.rand(1, 3, 200, 100))[0, 0]
+    top = big >= big.flatten().kthvalue(big.numel() - big.numel() // 2 + 1).values
+    u = (torch.arange(200) + 0.5) / 200 - 0.5
+    v = (torch.arange(100) + 0.5) / 100 - 0.5
+    ellipse = u[:, None] ** 2 + v[None, :] ** 2 <= 0.5 / torch.pi
+    assert (top != ellipse).float().mean() < 0.01

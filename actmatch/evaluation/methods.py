@@ -16,6 +16,7 @@ from torch import nn
 from actmatch.explainers.baselines import (
     RISE,
     AttributionMethod,
+    CentrePrior,
     ExtremalPerturbation,
     GradCAM,
     IntegratedGradients,
@@ -125,6 +126,7 @@ METHODS: dict[str, type[AttributionMethod]] = {
     "rise": RISE,
     "convad": ConvADOcclusion,
     "ep": ExtremalPerturbation,
+    "centre": CentrePrior,
 }
 
 

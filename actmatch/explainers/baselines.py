@@ -47,6 +47,7 @@ __all__ = [
     "IntegratedGradients",
     "RISE",
     "ExtremalPerturbation",
+    "CentrePrior",
     "gradcam_layer",
     "torchray_available",
 ]
@@ -136,6 +137,26 @@ class AttributionMethod:
         return relevance
 
     __call__ = attribute
+
+
+class CentrePrior(AttributionMethod):
+    """The centre bias: a sanity baseline that reads neither the image nor the classifier.
+
+    S(i, j) = −((u_i − ½)² + (v_j − ½)²), with u_i = (i + ½)/H and v_j = (j + ½)/W the pixel centres as
+    fractions of each side, so every top-k cut is the centred ellipse of area k (a disc on a square image).
+    Photos put their subject near the middle; an explainer that keeps no more labels than this at the same
+    area has not shown that it reads the image.
+    """
+
+    @property
+    def name(self) -> str:
+        return "centre"
+
+    def compute(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        u = (torch.arange(h, device=images.device, dtype=torch.float32) + 0.5) / h - 0.5
+        v = (torch.arange(w, device=images.device, dtype=torch.float32) + 0.5) / w - 0.5
+        return -(u[:, None] ** 2 + v[None, :] ** 2).expand(b, 1, h, w)
 
 
 class Saliency(AttributionMethod):

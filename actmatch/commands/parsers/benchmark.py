@@ -10,7 +10,7 @@ from actmatch.evaluation.seeds import EXAM_SEED
 __all__ = ["parse_args", "method_names", "methods_problem", "METHOD_NAMES", "DEFAULT_METHODS", "DESCRIPTION"]
 
 #: the names of :data:`actmatch.evaluation.methods.METHODS`, in its order
-METHOD_NAMES = ("am", "am-amortized", "saliency", "gradcam", "occlusion", "ig", "rise", "convad", "ep")
+METHOD_NAMES = ("am", "am-amortized", "saliency", "gradcam", "occlusion", "ig", "rise", "convad", "ep", "centre")
 #: ``--methods`` when not given
 DEFAULT_METHODS = "am,saliency,gradcam,occlusion,ig,rise,convad"
 DESCRIPTION = "actmatch benchmark: actmatch against the baseline explainers, same model, same images."
