@@ -779,3 +779,15 @@ def test_area_rules_screen_reads_the_classifier_as_it_classifies_the_photos(ship
         with torch.no_grad():
             assert row["p_x"] == pytest.approx(float(classifier(x).softmax(-1).max()), abs=1e-5)
         assert row["kept"][1] and row["ratio"][1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_unet_top55_student_recipe_adds_only_the_distillation_and_its_rate():
+    """`unet_top55_student` on top of `unet_top55`: the same network, the same terms and MaskDistillation 1.0, lr 0.001."""
+    top55_file = "experiments/amortized_tried/unet_top55.yaml"
+    top55 = _instantiated_model([SHIPPED, top55_file])
+    student = _instantiated_model([SHIPPED, top55_file, "experiments/amortized_tried/unet_top55_student.yaml"])
+    assert student.recipe == "amortized-lite0-unet-top55-student"
+    assert student.unet.init_args() == top55.unet.init_args() and type(student.unet.net).__name__ == "MaskUNet"
+    distillation = _terms(student).pop("mask_distillation")
+    assert distillation[0] == 1.0 and {k: v for k, v in _terms(student).items() if k != "mask_distillation"} == _terms(top55)
+    assert (top55.lr, student.lr) == (0.0002, 0.001)

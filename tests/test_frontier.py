@@ -16,13 +16,13 @@ def test_the_whole_image_is_kept_everywhere_and_pairs_are_counted(coffee_path, t
     folder = tmp_path / "photos"
     folder.mkdir()
     shutil.copy(coffee_path, folder / "coffee.png")
-    out = tmp_path / "frontier.csv"
+    out = tmp_path / "not" / "made" / "yet" / "frontier.csv"  # its folder is made before the images are judged
     frontier = evaluation_script("frontier")
-    argv = ["--images", str(folder), "--methods", "gradcam,saliency", "--areas", "0.3,1.0", "--paired", "gradcam"]
+    argv = ["--images", str(folder), "--methods", "gradcam,saliency,centre", "--areas", "0.3,1.0", "--paired", "gradcam"]
     assert frontier.main([*argv, "--out", str(out), "--plot-kept", str(tmp_path / "kept.png")]) == 0
     rows = {(r["method"], float(r["area"])): r for r in csv.DictReader(out.open())}
-    assert set(rows) == {(m, a) for m in ("gradcam", "saliency") for a in (0.3, 1.0)}
-    for method in ("gradcam", "saliency"):
+    assert set(rows) == {(m, a) for m in ("gradcam", "saliency", "centre") for a in (0.3, 1.0)}
+    for method in ("gradcam", "saliency", "centre"):
         whole = rows[method, 1.0]
         assert float(whole["kept"]) == 1 and float(whole["robust_median"]) == 1
         assert float(whole["conf_ratio_median"]) == pytest.approx(1, abs=1e-3)

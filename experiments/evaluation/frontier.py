@@ -97,6 +97,9 @@ def main(argv: list[str]) -> int:
         parser.error(f"--paired {args.paired}: it must be one of --methods ({', '.join(methods)})")
     if bad := [a for a in areas if not 0 < a <= 1]:
         parser.error(f"--areas must lie in (0, 1], got {bad}")
+    for path in (args.out, args.plot, args.plot_kept):  # before the images are judged, not after
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()  # as the actmatch CLI does: the exam's batches would otherwise re-map their buffers
     if args.run is not None:
         classifier, images, exam_seed, maps = from_run(Path(args.run), args.every, args.limit)
@@ -202,7 +205,11 @@ def draw(args: argparse.Namespace, rows: list[dict]) -> None:
 
 
 #: legend entries of --plot-kept
-KEPT_LABELS = {"am": "am: the per-image fit's ranking", "am-amortized": "am-amortized: the one pass's ranking"}
+KEPT_LABELS = {
+    "am": "am: the per-image fit's ranking",
+    "am-amortized": "am-amortized: the one pass's ranking",
+    "centre": "centre: the centred ellipse",
+}
 
 
 def plot_kept(rows: list[dict], png: Path) -> None:
