@@ -1,6 +1,8 @@
 """Two `actmatch benchmark` runs of the same images, one method's rows paired per image: A against B.
 
-    python experiments/evaluation/paired_benchmarks.py OUT_A OUT_B [--method am]
+    python experiments/evaluation/paired_benchmarks.py OUT_A OUT_B [--method am] [--method-b centre]
+
+``--method-b`` pairs another method of run B with A's (e.g. a baseline run on its own against ``am``).
 
 Reads ``results.csv`` of the two benchmark folders (``--out``) and prints, for the exam's columns,
 the means of A and B, the mean of A − B per image with its 95 % bootstrap interval, how many images A beats,
@@ -65,15 +67,18 @@ def band_masks(folder: str, method: str, images: list[str]) -> int | None:
     return count
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", help="benchmark folder A")
     parser.add_argument("b", help="benchmark folder B")
     parser.add_argument("--method", default="am")
-    args = parser.parse_args()
-    a, b = rows(args.a, args.method), rows(args.b, args.method)
+    parser.add_argument("--method-b", default=None, help="run B's method (default: --method)")
+    args = parser.parse_args(argv)
+    method_b = args.method_b or args.method
+    a, b = rows(args.a, args.method), rows(args.b, method_b)
     images = sorted(set(a) & set(b))
-    print(f"{args.method}: {len(images)} paired images; A = {args.a}, B = {args.b}")
+    pair = args.method if method_b == args.method else f"{args.method} (A) against {method_b} (B)"
+    print(f"{pair}: {len(images)} paired images; A = {args.a}, B = {args.b}")
     results = []
     for column, higher in COLUMNS.items():
         x = [float(a[i][column]) for i in images]
@@ -89,7 +94,7 @@ def main() -> None:
         gap = format_difference(test)
         p_value = test["p_value"]
         print(f"{column:<24} {better:>6} {mean_a:>8.3f} {mean_b:>8.3f} {gap:>26} {record:>19} {p_value:>8.2g} {p_holm:>8.2g}")
-    bands = [band_masks(folder, args.method, images) for folder in (args.a, args.b)]
+    bands = [band_masks(folder, method, images) for folder, method in ((args.a, args.method), (args.b, method_b))]
     print(f"masks keeping > 5 % of the border band: A {bands[0]}, B {bands[1]} (of {len(images)})")
 
 
