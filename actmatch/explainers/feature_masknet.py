@@ -272,7 +272,7 @@ class FeatureMaskNet(nn.Module):
     def read_copy(self, images: torch.Tensor) -> torch.Tensor:
         """What the encoder reads: ``images`` themselves, or their antialiased bilinear copy whose short side
         is ``read_size`` (the aspect ratio kept, as the images were sized for the classifier)."""
-        height, width = images.shape[-2:]
+        height, width = (int(side) for side in images.shape[-2:])  # ints also when traced (torch.jit.trace)
         if self.read_size is None or min(height, width) == self.read_size:
             return images
         scale = self.read_size / min(height, width)

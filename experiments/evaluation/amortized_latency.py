@@ -15,6 +15,11 @@ input size (224 px for Lite0). Each round times, in a fresh random order:
   that makes m(x), so only f(e) is a second pass;
 * ``explain − forward`` (derived per round): what an explanation adds to classifying the image.
 
+With ``--freeze`` the first two are also timed as frozen TorchScript (``torch.jit.trace``, ``torch.jit.freeze``,
+``torch.jit.optimize_for_inference``: batch norms folded into the convolutions, no Python between layers), each
+against the frozen forward: whether the ratio is the eager interpreter's overhead. The trace fixes the cut's
+threshold at the espresso photo's, so the frozen pass times that photo and explains no other.
+
 With ``--scan N`` the ``explain`` rows also cut the ranking at N areas and keep the smallest cut
 the recipe's criterion accepts (``actmatch explain --amortized --scan N``), and with
 ``--border-free F`` a band-free cut of at most F times its area.
@@ -48,6 +53,30 @@ def espresso(size: int) -> torch.Tensor:
     return F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
+class MaskAndForward(torch.nn.Module):
+    """f(m(x) ⊙ x + (1 − m(x)) ⊙ fill): the mask network's hard mask, then the classifier on the explanation."""
+
+    def __init__(self, unet: torch.nn.Module, classifier: torch.nn.Module, fill: torch.Tensor) -> None:
+        super().__init__()
+        self.unet, self.classifier, self.fill = unet, classifier, fill
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = (self.unet(x) > 0).to(x)  # binarize's forward
+        return self.classifier(mask * x + (1 - mask) * self.fill)
+
+
+def frozen_pass(module: torch.nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
+    """``module`` traced on ``x``, frozen and optimised for inference; refused unless it gives module(x) to 1e-4."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the cut's threshold becomes a constant: x's
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(module.eval(), x, check_trace=False)))
+    if not torch.allclose(frozen(x), module(x), atol=1e-4):
+        raise SystemExit("--freeze: the frozen pass does not give the eager pass's output on the photo")
+    return frozen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="an `actmatch fit` checkpoint")
@@ -55,6 +84,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--freeze", action="store_true", help="also time frozen TorchScript passes, each against a frozen forward"
+    )
     add_scan_argument(parser)  # as `actmatch explain --amortized`
     parser.set_defaults(amortized=True)
     args = parser.parse_args()
@@ -82,15 +114,25 @@ def main() -> None:
         explainer.explain(x)
 
     tasks = {"forward": forward, "mask+forward": mask_and_forward, "explain": explain}
+    base = dict.fromkeys(tasks, "forward")  # each row's ratio is to this row, round by round
     with torch.inference_mode():
+        if args.freeze:
+            fill = make_fill(x, explainer.fill, mean)
+            frozen = {
+                "forward (frozen)": frozen_pass(classifier, x),
+                "mask+forward (frozen)": frozen_pass(MaskAndForward(unet, classifier, fill), x),
+            }
+            tasks.update({name: (lambda f=f: f(x)) for name, f in frozen.items()})
+            base.update(dict.fromkeys(frozen, "forward (frozen)"))
         times = interleaved_seconds(tasks, args.rounds, sync=sync)
     threads = torch.get_num_threads()
     setting = f"{classifier.name}, B = 1, {x.shape[-1]} px, {args.rounds} rounds, {threads} threads"
     print(f"{args.checkpoint} ({explainer.recipe}): {setting}")
     print(f"{'':<18} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}")
     times["explain − forward"] = [t - f for t, f in zip(times["explain"], times["forward"])]
+    base["explain − forward"] = "forward"
     for name in times:
-        ratios = [t / f for t, f in zip(times[name], times["forward"])]
+        ratios = [t / f for t, f in zip(times[name], times[base[name]])]
         low, high = bootstrap_ci(ratios, "median", n_boot=5000)
         ms = 1000 * statistics.median(times[name])
         print(f"{name:<18} {ms:>10.1f} {statistics.median(ratios):>10.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
