@@ -128,14 +128,14 @@ def main() -> None:
     threads = torch.get_num_threads()
     setting = f"{classifier.name}, B = 1, {x.shape[-1]} px, {args.rounds} rounds, {threads} threads"
     print(f"{args.checkpoint} ({explainer.recipe}): {setting}")
-    print(f"{'':<18} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}")
+    print(f"{'':<22} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}")
     times["explain − forward"] = [t - f for t, f in zip(times["explain"], times["forward"])]
     base["explain − forward"] = "forward"
     for name in times:
         ratios = [t / f for t, f in zip(times[name], times[base[name]])]
         low, high = bootstrap_ci(ratios, "median", n_boot=5000)
         ms = 1000 * statistics.median(times[name])
-        print(f"{name:<18} {ms:>10.1f} {statistics.median(ratios):>10.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
+        print(f"{name:<22} {ms:>10.1f} {statistics.median(ratios):>10.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
 
 
 if __name__ == "__main__":
