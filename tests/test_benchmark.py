@@ -72,7 +72,7 @@ def setup(tmp_path_factory):
 
 def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys):
     photos, weights, ckpt, pool = setup
-    methods = "am,am-amortized,saliency,gradcam,occlusion,ig,rise,convad"
+    methods = "am,am-amortized,saliency,gradcam,occlusion,ig,rise,convad,centre"
     argv = ["--images", str(photos), "--methods", methods, "--out", str(tmp_path), "--backbone", "test_efficientnet",
             "--weights", str(weights), "--checkpoint", str(ckpt), "--gallery", "2", "--exam-photos", str(pool),
             *CHEAP]  # fmt: skip
@@ -85,7 +85,7 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     assert "maps/" in report and "On the exam" in report and "robust.area" in report and "p (Holm)" in report
     assert "difference [95 %]" in report
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
-    assert len(rows) == 2 * 8
+    assert len(rows) == 2 * 9
     assert not any(r["error"] for r in rows)
     assert set(rows[0]) >= {"kept_equal_area", "smallest_sufficient_area", "insertion_auc", "deletion_auc", "robustness",
                             "seconds", "kept_at_5", "kept_at_10", "kept_at_20", "robust_sufficient_area", "robust_photos",
@@ -103,6 +103,8 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
     sanity = [r for r in rows if r["image"].endswith("chelsea.png")]  # the first image (sorted) gets the sanity check
     assert all(r["sanity_spearman"] not in ("", None) for r in sanity)
     assert all(r["sanity_spearman"] in ("", None) for r in rows if r not in sanity)
+    # the centre's map never reads the classifier, so the randomised classifier's map is the same map
+    assert [float(r["sanity_spearman"]) for r in sanity if r["method"] == "centre"] == [pytest.approx(1.0)]
     am_area = {r["image"]: r["area"] for r in rows if r["method"] == "am"}
     assert all(r["area"] == am_area[r["image"]] for r in rows)  # every map cut to actmatch's area
     summary = list(csv.DictReader((tmp_path / "summary.csv").open()))
@@ -116,7 +118,7 @@ def test_benchmark_runs_end_to_end_and_writes_every_file(setup, tmp_path, capsys
                 continue
             assert float(r[f"{key}_ci_low"]) <= float(r[key]) + 1e-9 <= float(r[f"{key}_ci_high"]) + 2e-9, key
     paired = list(csv.DictReader((tmp_path / "paired.csv").open()))
-    assert len(paired) == 7 * len(benchmark.PAIRED_METRICS)  # am against the 7 others, per metric
+    assert len(paired) == 8 * len(benchmark.PAIRED_METRICS)  # am against the 8 others, per metric
     for r in paired:
         # the sanity check ran on the first image only (and a constant map, e.g. an untrained U-Net's, has no ρ)
         n = (0, 1) if r["metric"].startswith("sanity") else (2,)
