@@ -1,8 +1,10 @@
 """Two `actmatch benchmark` runs of the same images, one method's rows paired per image: A against B.
 
-    python experiments/evaluation/paired_benchmarks.py OUT_A OUT_B [--method am] [--method-b centre]
+    python experiments/evaluation/paired_benchmarks.py OUT_A OUT_B [--method am[,gradcam,...]] [--method-b centre]
+        [--columns robust_sufficient_area,dg_score,...]
 
-``--method-b`` pairs another method of run B with A's (e.g. a baseline run on its own against ``am``).
+``--method-b`` pairs another method of run B with A's (e.g. a baseline run on its own against ``am``); with several
+``--method`` names each is paired in turn, and Holm's correction is over every printed comparison (methods × columns).
 
 Reads ``results.csv`` of the two benchmark folders (``--out``) and prints, for the exam's columns,
 the means of A and B, the mean of A − B per image with its 95 % bootstrap interval, how many images A beats,
@@ -71,31 +73,43 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", help="benchmark folder A")
     parser.add_argument("b", help="benchmark folder B")
-    parser.add_argument("--method", default="am")
-    parser.add_argument("--method-b", default=None, help="run B's method (default: --method)")
+    parser.add_argument("--method", default="am", help="run A's method, or several, comma-separated (each paired in turn)")
+    parser.add_argument("--method-b", default=None, help="run B's method (default: each --method itself)")
+    parser.add_argument("--columns", default=",".join(COLUMNS), help="the results.csv columns to pair (default: all)")
     args = parser.parse_args(argv)
-    method_b = args.method_b or args.method
-    a, b = rows(args.a, args.method), rows(args.b, method_b)
+    methods = [m for m in args.method.split(",") if m]
+    columns = [c for c in args.columns.split(",") if c]
+    if unknown := [c for c in columns if c not in COLUMNS]:
+        parser.error(f"--columns: unknown {unknown}; choose from {', '.join(COLUMNS)}")
+    blocks = [pair_block(args.a, args.b, method, args.method_b or method, columns) for method in methods]
+    adjusted = iter(holm([test["p_value"] for _, results, _ in blocks for *_, test in results]))
+    print(f"Holm over {sum(len(results) for _, results, _ in blocks)} comparisons ({len(blocks)} × {len(columns)})")
+    for header, results, bands in blocks:
+        print(header)
+        print(f"{'column':<24} {'better':>6} {'mean A':>8} {'mean B':>8} {'A − B [95 %]':>26} {'A wins-ties-losses':>19} "
+              f"{'p':>8} {'p(Holm)':>8}")  # fmt: skip
+        for column, higher, mean_a, mean_b, test in results:
+            record = f"{test['wins']}-{test['ties']}-{test['losses']}"
+            better = "higher" if higher else "lower"
+            print(f"{column:<24} {better:>6} {mean_a:>8.3f} {mean_b:>8.3f} {format_difference(test):>26} {record:>19} "
+                  f"{test['p_value']:>8.2g} {next(adjusted):>8.2g}")  # fmt: skip
+        print(bands)
+
+
+def pair_block(folder_a: str, folder_b: str, method_a: str, method_b: str, columns: list[str]) -> tuple[str, list, str]:
+    """One method of run A against one of run B: (header, [(column, higher is better, mean A, mean B, test)], band line)."""
+    a, b = rows(folder_a, method_a), rows(folder_b, method_b)
     images = sorted(set(a) & set(b))
-    pair = args.method if method_b == args.method else f"{args.method} (A) against {method_b} (B)"
-    print(f"{pair}: {len(images)} paired images; A = {args.a}, B = {args.b}")
+    pair = method_a if method_b == method_a else f"{method_a} (A) against {method_b} (B)"
     results = []
-    for column, higher in COLUMNS.items():
+    for column in columns:
         x = [float(a[i][column]) for i in images]
         y = [float(b[i][column]) for i in images]
-        test = {**paired_comparison(x, y, higher), **paired_difference(x, y)}
-        results.append((column, higher, statistics.fmean(x), statistics.fmean(y), test))
-    adjusted = holm([r[-1]["p_value"] for r in results])
-    print(f"{'column':<24} {'better':>6} {'mean A':>8} {'mean B':>8} {'A − B [95 %]':>26} {'A wins-ties-losses':>19} {'p':>8} "
-          f"{'p(Holm)':>8}")  # fmt: skip
-    for (column, higher, mean_a, mean_b, test), p_holm in zip(results, adjusted):
-        record = f"{test['wins']}-{test['ties']}-{test['losses']}"
-        better = "higher" if higher else "lower"
-        gap = format_difference(test)
-        p_value = test["p_value"]
-        print(f"{column:<24} {better:>6} {mean_a:>8.3f} {mean_b:>8.3f} {gap:>26} {record:>19} {p_value:>8.2g} {p_holm:>8.2g}")
-    bands = [band_masks(folder, method, images) for folder, method in ((args.a, args.method), (args.b, method_b))]
-    print(f"masks keeping > 5 % of the border band: A {bands[0]}, B {bands[1]} (of {len(images)})")
+        test = {**paired_comparison(x, y, COLUMNS[column]), **paired_difference(x, y)}
+        results.append((column, COLUMNS[column], statistics.fmean(x), statistics.fmean(y), test))
+    bands = [band_masks(folder, method, images) for folder, method in ((folder_a, method_a), (folder_b, method_b))]
+    band_line = f"masks keeping > 5 % of the border band: A {bands[0]}, B {bands[1]} (of {len(images)})"
+    return f"\n{pair}: {len(images)} paired images; A = {folder_a}, B = {folder_b}", results, band_line
 
 
 if __name__ == "__main__":
