@@ -226,6 +226,7 @@ def test_default_exam_and_held_out_leaks():
     without = default_exam(None)
     assert without.size == 16 and without.describe().startswith("16 draws: blur ×4, road ×4, solid ×4, noise ×4")
     assert sorted(without.names) == sorted(["blur"] * 4 + ["road"] * 4 + ["solid"] * 4 + ["noise"] * 4)
+    assert default_exam([torch.rand(3, 8, 8)] * 3).photo_count == 3 and without.photo_count == 0
     used = {"blur": "fill", "solid": "backgrounds", "photos": "backgrounds"}
     assert held_out_leaks(used, with_photos) == ["blur (fill)", "photos (backgrounds)"]
     assert held_out_leaks({"noise": "backgrounds", "solid": "backgrounds"}, with_photos) == []

@@ -66,7 +66,7 @@ from actmatch.evaluation.columns import (
     format_table,
     headline,
 )
-from actmatch.evaluation.families import Exam, default_exam, held_out_leaks
+from actmatch.evaluation.families import EXAM_SEED, Exam, default_exam, held_out_leaks
 from actmatch.evaluation.methods import (
     METHODS,
     ActMatchMethod,
@@ -97,6 +97,7 @@ __all__ = [
     "headline",
     "log_to_wandb",
     "load_images",
+    "load_exam",
     "load_photo_pool",
     "check_exam",
 ]
@@ -304,6 +305,13 @@ def load_photo_pool(folder: str, images: list[BenchImage], short_side: int) -> l
     return [resize_for_model(to_tensor(read_for_model(p, short_side)[0]), short_side) for p in paths]
 
 
+def load_exam(folder: str | None, images: list[BenchImage], short_side: int, seed: int = EXAM_SEED) -> Exam:
+    """The exam of ``images``: :func:`~actmatch.evaluation.families.default_exam` with the photo pool of ``folder``
+    (:func:`load_photo_pool`), or without the photo family when ``folder`` is None."""
+    photos = load_photo_pool(folder, images, short_side) if folder else None
+    return default_exam(photos, seed)
+
+
 def check_exam(methods: dict, exam: Exam) -> None:
     """Refuse an activation-matching recipe that fits, selects or prunes on a held-out exam family."""
     for name, method in methods.items():
@@ -456,8 +464,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         names = parse_methods(args.methods, args.checkpoint)
         classifier = load_classifier(args.backbone, args.weights, input_size=args.input_size).to(args.device)
         images = load_images(args.images, classifier, args.limit)
-        photos = load_photo_pool(args.exam_photos, images, classifier.input_size) if args.exam_photos else None
-        exam = default_exam(photos, args.exam_seed)
+        exam = load_exam(args.exam_photos, images, classifier.input_size, args.exam_seed)
         settings = method_settings(args)
         methods = {name: METHODS[name](classifier, **settings.get(name, {})) for name in names}
         check_exam(methods, exam)
@@ -469,7 +476,8 @@ def run(command: str, args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    exam_text = exam.describe() + (f", photos from {args.exam_photos} ({len(photos)})" if photos else ", no photos")
+    photos = f", photos from {args.exam_photos} ({exam.photo_count})" if exam.photo_count else ", no photos"
+    exam_text = exam.describe() + photos
     log(f"benchmark: {len(images)} image(s) x {len(methods)} method(s) on {classifier.name}; exam: {exam_text}")
     fields = result_fields(exam)
     done = {}

@@ -29,7 +29,7 @@ import torch
 from actmatch.commands.parsers.study import parse_args
 from actmatch.datamodules.images import expand_image_paths, to_tensor
 from actmatch.evaluation.exam import judge_masks
-from actmatch.evaluation.families import default_exam, held_out_leaks
+from actmatch.evaluation.families import Exam, held_out_leaks
 from actmatch.explainers.classifier import ClassifierLoadError, FrozenClassifier
 from actmatch.explainers.masks import border_band
 
@@ -252,13 +252,11 @@ def _scored_elsewise(explainer, items, folder: Path, args, evaluation: str) -> l
     return [row["folder"] for row in done.values() if row.get("status") == "ok" and row.get("evaluation") != evaluation]
 
 
-def _photos(args, paths: list[Path], size: int) -> list[torch.Tensor] | None:
-    from actmatch.commands.benchmark import load_photo_pool
+def _exam(args, paths: list[Path], size: int) -> Exam:
+    from actmatch.commands.benchmark import load_exam
     from actmatch.evaluation.benchmark import BenchImage
 
-    if not args.exam_photos:
-        return None
-    return load_photo_pool(args.exam_photos, [BenchImage(str(p), torch.empty(0)) for p in paths], size)
+    return load_exam(args.exam_photos, [BenchImage(str(p), torch.empty(0)) for p in paths], size, args.exam_seed)
 
 
 def study_rows(
@@ -312,7 +310,7 @@ def run(command: str, args: argparse.Namespace) -> int:
                 init_state = use_checkpoint(explainer, checkpoint, args.amortized)
             name += use_amortized_refinement(explainer, args.scan, args.border_free, args.grow, args.bisect)
             if exam is None:
-                exam = default_exam(_photos(args, paths, explainer.classifier.input_size), args.exam_seed)
+                exam = _exam(args, paths, explainer.classifier.input_size)
             leaks = held_out_leaks(explainer.families, exam)
             if leaks:
                 raise ValueError(

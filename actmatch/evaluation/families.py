@@ -258,6 +258,11 @@ class Exam:
         return sum(count for _, count in self.families)
 
     @property
+    def photo_count(self) -> int:
+        """Photos in the pool of the exam's photo family (0 without one)."""
+        return sum(len(family.pool) for family, _ in self.families if isinstance(family, Photos))
+
+    @property
     def names(self) -> list[str]:
         """The family name of each draw, in the exam's order."""
         return [family.name for family in self.schedule()]

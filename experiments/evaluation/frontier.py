@@ -41,11 +41,11 @@ from pathlib import Path
 
 import torch
 
-from actmatch.commands.benchmark import _bench_image, load_images, load_photo_pool, method_names, parse_methods
+from actmatch.commands.benchmark import _bench_image, load_exam, load_images, method_names, parse_methods
 from actmatch.commands.study import plot_study
 from actmatch.evaluation.benchmark import MapStore
 from actmatch.evaluation.exam import judge_masks
-from actmatch.evaluation.families import EXAM_SEED, default_exam
+from actmatch.evaluation.families import EXAM_SEED
 from actmatch.evaluation.methods import METHODS
 from actmatch.evaluation.statistics import paired_comparison
 from actmatch.explainers.classifier import load_classifier
@@ -111,8 +111,7 @@ def main(argv: list[str]) -> int:
         classifier = load_classifier("efficientnet_lite0").eval()
         images = load_images(args.images, classifier, None)[:: args.every][: args.limit]
         exam_seed, maps = args.exam_seed, computed_maps(classifier, methods, args.checkpoint)
-    photos = load_photo_pool(args.exam_photos, images, classifier.input_size) if args.exam_photos else None
-    exam = default_exam(photos, exam_seed)
+    exam = load_exam(args.exam_photos, images, classifier.input_size, exam_seed)
     per: dict[tuple[str, float], dict[str, dict]] = {}
     for n, item in enumerate(images, start=1):
         x = item.image[None]

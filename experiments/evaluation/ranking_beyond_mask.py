@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from actmatch.commands.benchmark import load_images, load_photo_pool
+from actmatch.commands.benchmark import load_exam, load_images
 from actmatch.evaluation import metrics as M
-from actmatch.evaluation.families import EXAM_SEED, default_exam
+from actmatch.evaluation.families import EXAM_SEED
 from actmatch.explainers.backgrounds import gaussian_blur
 from actmatch.explainers.classifier import load_classifier
 
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     classifier = load_classifier("efficientnet_lite0").eval()
     images = load_images([args.images], classifier, None)
-    exam = default_exam(load_photo_pool(args.exam_photos, images, classifier.input_size), args.exam_seed)
+    exam = load_exam(args.exam_photos, images, classifier.input_size, args.exam_seed)
     areas: dict[str, list[float]] = {}
     for item in images:
         name = Path(item.path).name

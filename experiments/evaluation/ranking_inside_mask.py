@@ -39,10 +39,10 @@ from pathlib import Path
 
 import torch
 
-from actmatch.commands.benchmark import load_images, load_photo_pool, read_results
+from actmatch.commands.benchmark import load_exam, load_images, read_results
 from actmatch.evaluation.benchmark import MapStore
 from actmatch.evaluation.exam import score_maps
-from actmatch.evaluation.families import EXAM_SEED, default_exam
+from actmatch.evaluation.families import EXAM_SEED
 from actmatch.evaluation.statistics import paired_comparison
 from actmatch.explainers.backgrounds import gaussian_blur, make_fill
 from actmatch.explainers.classifier import load_classifier
@@ -143,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     classifier = load_classifier("efficientnet_lite0").eval()
     images = load_images([args.images], classifier, None)
-    exam = default_exam(load_photo_pool(args.exam_photos, images, classifier.input_size), args.exam_seed)
+    exam = load_exam(args.exam_photos, images, classifier.input_size, args.exam_seed)
     run = {(Path(r["image"]).name, r["method"]): r for r in read_results(args.out / "results.csv")}
     baselines = sorted({m for (_, m) in run if m != "am"})
     store = MapStore(args.out / "raw")

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from actmatch.commands.benchmark import load_photo_pool
+from actmatch.commands.benchmark import load_exam
 from actmatch.commands.circuit import saved_mask
 from actmatch.datamodules.images import read_for_model
 from actmatch.evaluation.benchmark import BenchImage
 from actmatch.evaluation.exam import judge_masks
-from actmatch.evaluation.families import EXAM_SEED, default_exam
+from actmatch.evaluation.families import EXAM_SEED
 from actmatch.evaluation.methods import METHODS
 from actmatch.evaluation.statistics import paired_comparison
 from actmatch.explainers.classifier import load_classifier
@@ -46,8 +46,7 @@ def main() -> None:
     summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
     classifier = load_classifier(summaries[0]["backbone"])
     paths = [Path(s["image"]) for s in summaries]
-    photos = load_photo_pool(args.exam_photos, [BenchImage(str(p), torch.empty(0)) for p in paths], classifier.input_size)
-    exam = default_exam(photos, args.exam_seed)
+    exam = load_exam(args.exam_photos, [BenchImage(str(p), torch.empty(0)) for p in paths], classifier.input_size, args.exam_seed)
     method = METHODS[args.method](classifier)
     ours, theirs = {"robustness": [], "robust_photos": []}, {"robustness": [], "robust_photos": []}
     same = 0
