@@ -152,22 +152,15 @@ def add_classifier_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="classes of the classifier's head (default: read from the checkpoint)",
     )
-    parser.add_argument(
-        "--mean",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("R", "G", "B"),
-        help="per-channel mean the classifier normalises with (default: its timm data config)",
-    )
-    parser.add_argument(
-        "--std",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("R", "G", "B"),
-        help="per-channel std the classifier normalises with (default: its timm data config)",
-    )
+    for statistic in ("mean", "std"):
+        parser.add_argument(
+            f"--{statistic}",
+            type=float,
+            nargs=3,
+            default=None,
+            metavar=("R", "G", "B"),
+            help=f"per-channel {statistic} the classifier normalises with (default: its timm data config)",
+        )
     parser.add_argument(
         "--input-size",
         type=int,
