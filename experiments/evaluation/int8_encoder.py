@@ -101,8 +101,8 @@ def block_stages(model: nn.Module, indices: list[int]) -> list[int]:
     return [int(model.feature_info[i]["module"].split(".")[1]) for i in indices]
 
 
-def int8_copy(encoder: PlainEncoder, calibration: list[torch.Tensor]) -> nn.Module:
-    """``encoder`` quantized (FX static, ``x86`` qconfig), activations calibrated on the normalised images."""
+def int8_copy(encoder: PlainEncoder, calibration: list[torch.Tensor], engine: str = "x86") -> nn.Module:
+    """``encoder`` quantized (FX static, ``engine``'s default qconfig), activations calibrated on the normalised images."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -110,7 +110,7 @@ def int8_copy(encoder: PlainEncoder, calibration: list[torch.Tensor]) -> nn.Modu
     config = PrepareCustomConfig().set_non_traceable_module_classes([SamePad])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice (the API moves to torchao)
-        prepared = prepare_fx(copy.deepcopy(encoder), get_default_qconfig_mapping("x86"), (calibration[0],),
+        prepared = prepare_fx(copy.deepcopy(encoder), get_default_qconfig_mapping(engine), (calibration[0],),
                               prepare_custom_config=config)  # fmt: skip
         with torch.no_grad():
             for x in calibration:
@@ -125,10 +125,12 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engine", default="x86", choices=["x86", "fbgemm", "onednn", "qnnpack"], help="quantized backend")
     parser.add_argument("--mobilenet", action="store_true", help="also torchvision's MobileNetV2, float and int8 (speed only)")
     parser.add_argument("--profile", action="store_true", help="also the int8 encoder's 8 costliest operators (torch.profiler)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.backends.quantized.engine = args.engine
     classifier = load_classifier("efficientnet_lite0").eval()
     model, indices = classifier.model, [1, 2, 3, 4]  # FeatureMaskNet's stages [-4, -3, -2, -1] of Lite0
     paths = expand_image_paths([args.photos])[: args.calibration + args.check]
@@ -141,7 +143,7 @@ def main() -> None:
         ours, theirs = plain(probe), model.forward_intermediates(probe, indices=indices)
     gap = max((a - b).abs().max().item() for a, b in zip([ours[0], *ours[1]], [theirs[0], *theirs[1]]))
     print(f"plain encoder against timm's forward_intermediates, float32: max |difference| {gap:.1e}")
-    quantized = int8_copy(plain, images[: args.calibration])
+    quantized = int8_copy(plain, images[: args.calibration], args.engine)
     with torch.no_grad():
         same = [model(x).argmax(-1) == model.forward_head(quantized(x)[0]).argmax(-1) for x in images[args.calibration :]]
     agree = int(sum(same))
@@ -158,7 +160,7 @@ def main() -> None:
             float_net, int8_net = mobilenet_pair()
             tasks |= {"MobileNetV2, float": lambda: float_net(x), "MobileNetV2, int8": lambda: int8_net(x)}
         times = interleaved_seconds(tasks, args.rounds)
-    print(f"B = 1, 224 px, {args.rounds} rounds, {torch.get_num_threads()} threads")
+    print(f"B = 1, 224 px, {args.rounds} rounds, {torch.get_num_threads()} threads, {args.engine} engine")
     print(f"{'':<24} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}")
     for name, seconds in times.items():
         ratios = [t / f for t, f in zip(seconds, times["forward"])]
@@ -176,13 +178,13 @@ def main() -> None:
 
 def mobilenet_pair() -> tuple[nn.Module, nn.Module]:
     """torchvision's MobileNetV2 (random weights: for its speed only) in float and quantized with its own recipe
-    (fused conv + batch norm + ReLU, ``x86`` qconfig, calibrated on random images)."""
+    (fused conv + batch norm + ReLU, the current engine's qconfig, calibrated on random images)."""
     import torchvision
     from torchvision.models.quantization import mobilenet_v2
 
     int8_net = mobilenet_v2(weights=None, quantize=False).eval()
     int8_net.fuse_model(is_qat=False)
-    int8_net.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+    int8_net.qconfig = torch.ao.quantization.get_default_qconfig(torch.backends.quantized.engine)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.ao.quantization.prepare(int8_net, inplace=True)
