@@ -24,6 +24,7 @@ import argparse
 import copy
 import math
 import statistics
+import time
 import warnings
 
 import torch
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--engine", default="x86", choices=["x86", "fbgemm", "onednn", "qnnpack"], help="quantized backend")
     parser.add_argument("--mobilenet", action="store_true", help="also torchvision's MobileNetV2, float and int8 (speed only)")
     parser.add_argument("--profile", action="store_true", help="also the int8 encoder's 8 costliest operators (torch.profiler)")
+    parser.add_argument("--by-layer", action="store_true", help="also the int8 and float convolutions' time by kind")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.backends.quantized.engine = args.engine
@@ -174,6 +176,44 @@ def main() -> None:
             for _ in range(10):
                 quantized(x)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+    if args.by_layer:
+        kinds = {"int8": seconds_by_kind(quantized, x), "float": seconds_by_kind(plain, x)}
+        print(f"\nconvolutions by kind, ms per pass (mean of 20 passes, each call timed by forward hooks): {', '.join(kinds)}")
+        for kind in sorted(kinds["float"], key=lambda k: -kinds["float"][k]):
+            print(f"  {kind:<34} {1000 * kinds['int8'].get(kind, float('nan')):>8.2f} {1000 * kinds['float'][kind]:>8.2f}")
+
+
+def conv_kind(module: nn.Module) -> str | None:
+    """e.g. ``depthwise 5×5 stride 2``, ``pointwise``, ``full 3×3 stride 2`` for a (quantized) convolution, else None."""
+    if not all(hasattr(module, name) for name in ("kernel_size", "stride", "groups", "in_channels")):
+        return None
+    k, stride = module.kernel_size, module.stride
+    if k == (1, 1) or k == 1:
+        return "pointwise"
+    shape = "depthwise" if module.groups == module.in_channels else "full"
+    return f"{shape} {k[0]}×{k[1]} stride {stride[0]}"
+
+
+def seconds_by_kind(net: nn.Module, x: torch.Tensor, passes: int = 20) -> dict[str, float]:
+    """Each convolution's seconds per pass, summed by :func:`conv_kind` (forward hooks around each call)."""
+    starts: dict[int, float] = {}
+    totals: dict[str, list[float]] = {}
+    hooks = []
+    for module in net.modules():
+        kind = conv_kind(module)
+        if kind is None:
+            continue
+        hooks.append(module.register_forward_pre_hook(lambda m, _: starts.__setitem__(id(m), time.perf_counter())))
+        hooks.append(module.register_forward_hook(
+            lambda m, _i, _o, kind=kind: totals.setdefault(kind, []).append(time.perf_counter() - starts[id(m)])))  # fmt: skip
+    with torch.no_grad():
+        net(x)  # warm-up
+        totals.clear()
+        for _ in range(passes):
+            net(x)
+    for hook in hooks:
+        hook.remove()
+    return {kind: sum(values) / passes for kind, values in totals.items()}
 
 
 def mobilenet_pair() -> tuple[nn.Module, nn.Module]:
