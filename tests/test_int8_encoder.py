@@ -32,3 +32,18 @@ def test_the_folded_encoder_is_timms_forward_intermediates():
     for ours, theirs in zip([final, *features], [timm_final, *timm_features]):
         assert ours.shape == theirs.shape
         torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-4)
+
+
+def test_convolution_kinds_and_their_times():
+    """The --by-layer table's kinds, read by hand from each layer's shape; every kind present is timed."""
+    script = evaluation_script("int8_encoder")
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2),  # full 3×3 stride 2
+        torch.nn.Conv2d(8, 8, 5, stride=2, groups=8),  # depthwise 5×5 stride 2
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 1),  # pointwise
+    )
+    assert [script.conv_kind(m) for m in net] == ["full 3×3 stride 2", "depthwise 5×5 stride 2", None, "pointwise"]
+    seconds = script.seconds_by_kind(net, torch.rand(1, 3, 32, 32), passes=2)
+    assert set(seconds) == {"full 3×3 stride 2", "depthwise 5×5 stride 2", "pointwise"}
+    assert all(value > 0 for value in seconds.values())
