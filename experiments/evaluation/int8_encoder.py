@@ -2,9 +2,9 @@
 
 ``amortized-lite0`` reads the classifier's own 224-px pass, so mask + masked forward costs about 2.2 × one
 forward. The row asks for 1.5 ×, so the mask may cost at most half a forward. This screen asks whether a
-post-training int8 copy of the classifier's feature stages (PyTorch FX static quantization, the ``x86``
-backend, per-channel weights, activations calibrated on ``--calibration`` photos) is that cheap, and whether it
-still names the classifier's class:
+post-training int8 copy of the classifier's feature stages (PyTorch FX static quantization with the
+``--engine`` backend's default qconfig, ``x86`` unless told, activations calibrated on ``--calibration`` photos)
+is that cheap, and whether it still names the classifier's class:
 
 * ``plain``: the encoder rewritten for quantization: every batch norm folded into its convolution (eval
   statistics), TensorFlow "same" padding as an explicit :class:`SamePad` before an unpadded convolution. In
@@ -12,9 +12,13 @@ still names the classifier's class:
 * ``int8``: ``plain`` quantized, its final features through the classifier's own float head.
 * top-1 agreement of ``int8`` with the classifier on ``--check`` photos after the calibration ones;
 * B = 1, 224 px, medians of interleaved rounds (:func:`~actmatch.evaluation.timing.interleaved_seconds`), each
-  task's ratio to the classifier's forward in the same round with a bootstrap 95 % interval.
+  task's ratio to the classifier's forward in the same round with a bootstrap 95 % interval; with
+  ``--mobilenet`` also torchvision's MobileNetV2 in float and int8, for the backend's speed on a network it suits;
+* ``--profile``: the int8 copy's costliest operators; ``--by-layer``: the int8 and float convolutions' time per
+  pass by kind (pointwise, depthwise k×k stride s, full), to find the layers that make it slow.
 
-Usage: ``experiments/evaluation/int8_encoder.py ../shared/data/imagenet-train --calibration 32 --check 100``
+Usage: ``experiments/evaluation/int8_encoder.py ../shared/data/imagenet-train --calibration 32 --check 100
+[--engine onednn] [--mobilenet] [--profile] [--by-layer]``
 (training photos: calibration must not see the evaluation photos).
 """
 
