@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from actmatch.evaluation.timing import interleaved_seconds
+from actmatch.evaluation.timing import interleaved_seconds, ratio_table
 
 
 def test_each_round_calls_every_task_once_after_the_warmup_in_the_given_order():
@@ -29,3 +29,14 @@ def test_the_order_is_shuffled_between_rounds():
     interleaved_seconds(tasks, rounds=20, warmup=0, rng=random.Random(1))
     orders = {tuple(calls[i : i + 6]) for i in range(0, 120, 6)}
     assert len(orders) > 1
+
+
+def test_ratio_table_reads_each_task_against_its_base_round_by_round():
+    """forward 1, 2, 4 s and pass 2, 6, 4 s: per-round ratios 2, 3, 1 (median 2, every resample's median within
+    [1, 3]), median 4000 ms; forward against itself 1.00 [1.00, 1.00] at 2000 ms."""
+    lines = ratio_table({"forward": [1.0, 2.0, 4.0], "pass": [2.0, 6.0, 4.0]}, {"forward": "forward", "pass": "forward"}, width=8)
+    assert lines[0].split() == ["median", "ms", "×", "forward", "95", "%", "interval"]
+    assert lines[1].split() == ["forward", "2000.0", "1.00", "[1.00,", "1.00]"]
+    name, ms, ratio, low, high = lines[2].split()
+    assert (name, ms, ratio) == ("pass", "4000.0", "2.00")
+    assert 1.0 <= float(low.strip("[,")) <= 2.0 <= float(high.strip("]")) <= 3.0

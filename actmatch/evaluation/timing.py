@@ -3,16 +3,19 @@
 Pairing the tasks by round puts each ratio under the same machine load, so the median of the per-round
 ratios (with :func:`~actmatch.evaluation.statistics.bootstrap_ci` over rounds) compares them, where two
 medians of separate runs would also compare the load (``experiments/evaluation/amortized_latency.py``,
-``experiments/evaluation/read_sizes.py``). Torch-free.
+``experiments/evaluation/read_sizes.py``); :func:`ratio_table` prints them. Torch-free.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections.abc import Callable, Hashable
 
-__all__ = ["interleaved_seconds"]
+from actmatch.evaluation.statistics import bootstrap_ci
+
+__all__ = ["interleaved_seconds", "ratio_table"]
 
 
 def interleaved_seconds(
@@ -40,3 +43,16 @@ def interleaved_seconds(
             sync()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def ratio_table(times: dict[Hashable, list[float]], base: dict[Hashable, Hashable], width: int = 22) -> list[str]:
+    """Lines of a table, one per task of :func:`interleaved_seconds`: its median milliseconds, the median of its
+    per-round ratios t_r / b_r to the task ``base[task]`` of the same round, and their bootstrap 95 % interval
+    (5000 resamples of the rounds)."""
+    lines = [f"{'':<{width}} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}"]
+    for name, seconds in times.items():
+        ratios = [t / b for t, b in zip(seconds, times[base[name]])]
+        low, high = bootstrap_ci(ratios, "median", n_boot=5000)
+        ms, interval = 1000 * statistics.median(seconds), f"[{low:.2f}, {high:.2f}]"
+        lines.append(f"{name!s:<{width}} {ms:>10.1f} {statistics.median(ratios):>10.2f} {interval:>16}")
+    return lines

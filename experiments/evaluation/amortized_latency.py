@@ -32,7 +32,6 @@ under the same machine load).
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import skimage.data
 import torch
@@ -40,8 +39,7 @@ import torch.nn.functional as F
 
 from actmatch.commands.explain import build_explainer, use_amortized_refinement, use_checkpoint
 from actmatch.commands.parsers.explain import add_scan_argument, check_scan_argument
-from actmatch.evaluation.statistics import bootstrap_ci
-from actmatch.evaluation.timing import interleaved_seconds
+from actmatch.evaluation.timing import interleaved_seconds, ratio_table
 from actmatch.explainers.backgrounds import make_fill
 from actmatch.explainers.unet import binarize
 from actmatch.memory import keep_freed_memory
@@ -128,14 +126,9 @@ def main() -> None:
     threads = torch.get_num_threads()
     setting = f"{classifier.name}, B = 1, {x.shape[-1]} px, {args.rounds} rounds, {threads} threads"
     print(f"{args.checkpoint} ({explainer.recipe}): {setting}")
-    print(f"{'':<22} {'median ms':>10} {'× forward':>10} {'95 % interval':>16}")
     times["explain − forward"] = [t - f for t, f in zip(times["explain"], times["forward"])]
     base["explain − forward"] = "forward"
-    for name in times:
-        ratios = [t / f for t, f in zip(times[name], times[base[name]])]
-        low, high = bootstrap_ci(ratios, "median", n_boot=5000)
-        ms = 1000 * statistics.median(times[name])
-        print(f"{name:<22} {ms:>10.1f} {statistics.median(ratios):>10.2f} {f'[{low:.2f}, {high:.2f}]':>16}")
+    print("\n".join(ratio_table(times, base)))
 
 
 if __name__ == "__main__":
